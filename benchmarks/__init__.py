@@ -1,0 +1,1 @@
+"""edgetl's latency harness, runtime runners, device profiles and the project's own benchmark suites."""

