@@ -144,6 +144,8 @@ register_arch(
 def list_archs() -> dict[str, ArchSpec]:
     """All architectures the zoo can build, by name."""
     _torchvision_archs()
+    import edgetl.distill.students  # noqa: F401 - registers edgetl's own students (lazy: no import cycle)
+
     return dict(sorted(_ARCHS.items()))
 
 
