@@ -12,7 +12,8 @@ Exception tree::
     ├── ModelError                   a model that cannot go through a stage
     ├── ExportError                  a format conversion failed
     ├── ParityError                  an export computes something else than its source
-    └── BudgetError                  an accuracy or latency budget cannot be met
+    ├── BudgetError                  an accuracy or latency budget cannot be met
+    └── RemoteError                  a board that cannot be reached, verified, or that dropped mid-run
 
 Messages say what failed, what was given, what is valid and how to fix it, on one line.
 """
@@ -32,6 +33,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelError",
     "ParityError",
+    "RemoteError",
     "UnknownNameError",
     "UnsafeCheckpointError",
     "closest",
@@ -115,3 +117,7 @@ class ParityError(ExportError):
 
 class BudgetError(EdgetlError):
     pass
+
+
+class RemoteError(EdgetlError):
+    """A remote board over SSH: unreachable, host key not verified, runtime missing, or dropped mid-run."""

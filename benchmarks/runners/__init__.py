@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import importlib
 
+from benchmarks.runners.base import Runner, RunnerOptions
 from edgetl.artifact import Artifact, Format
 from edgetl.errors import ConfigError, UnknownNameError
-from benchmarks.runners.base import Runner, RunnerOptions
 
 __all__ = ["RUNNERS", "Runner", "RunnerOptions", "open_runner", "runner_for"]
 
@@ -24,6 +24,9 @@ RUNNERS: dict[str, tuple[str, str, tuple[Format, ...]]] = {
     "torch": ("benchmarks.runners.torch_runner", "TorchRunner", (Format.TORCH,)),
     "onnxruntime": ("benchmarks.runners.onnxruntime_runner", "OnnxRuntimeRunner", (Format.ONNX, Format.ORT)),
     "openvino": ("benchmarks.runners.openvino_runner", "OpenVinoRunner", (Format.OPENVINO, Format.ONNX)),
+    "litert": ("benchmarks.runners.litert_runner", "LiteRtRunner", (Format.TFLITE,)),
+    "tensorrt": ("benchmarks.runners.tensorrt_runner", "TensorRtRunner", (Format.TENSORRT,)),
+    "executorch": ("benchmarks.runners.executorch_runner", "ExecuTorchRunner", (Format.EXECUTORCH,)),
 }
 
 DEFAULT_RUNTIME: dict[Format, str] = {
@@ -31,6 +34,9 @@ DEFAULT_RUNTIME: dict[Format, str] = {
     Format.ONNX: "onnxruntime",
     Format.ORT: "onnxruntime",
     Format.OPENVINO: "openvino",
+    Format.TFLITE: "litert",
+    Format.TENSORRT: "tensorrt",
+    Format.EXECUTORCH: "executorch",
 }
 
 

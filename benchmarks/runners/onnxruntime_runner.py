@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.runners.base import Runner
-from edgetl.errors import InputFileError, MissingDependencyError
+from edgetl.errors import ConfigError, InputFileError, MissingDependencyError
 
 
 class OnnxRuntimeRunner(Runner):
@@ -22,7 +22,17 @@ class OnnxRuntimeRunner(Runner):
             so.inter_op_num_threads = 1
         # Spinning threads keep burning CPU after run() returns and slow whatever is timed next.
         so.add_session_config_entry("session.intra_op.allow_spinning", "0" if options.extra.get("no_spin", True) else "1")
-        providers = options.extra.get("providers") or ["CPUExecutionProvider"]
+        level = options.extra.get("graph_optimization", "all")
+        levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+        if level not in levels:
+            raise ConfigError(f"unknown ONNX Runtime graph optimization level {level!r}; valid: {', '.join(levels)}")
+        so.graph_optimization_level = levels[level]
+        providers = list(options.extra.get("providers") or ["CPUExecutionProvider"])
+        missing = [p for p in providers if p not in ort.get_available_providers()]
+        if missing:
+            raise ConfigError(f"ONNX Runtime here has no {', '.join(missing)}; available: "
+                              f"{', '.join(ort.get_available_providers())}")
         try:
             self.session = ort.InferenceSession(str(artifact.path), sess_options=so, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
@@ -36,4 +46,5 @@ class OnnxRuntimeRunner(Runner):
 
     def describe(self):
         return {"runtime": "onnxruntime", "version": self._ort.__version__, "threads": self.options.threads,
-                "providers": self.session.get_providers(), "precision": "as-stored"}
+                "providers": self.session.get_providers(), "precision": "as-stored",
+                "spinning": self.options.extra.get("no_spin", True) is False}

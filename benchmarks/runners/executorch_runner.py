@@ -1,0 +1,44 @@
+"""ExecuTorch runner (``.pte``) through the ExecuTorch Python runtime (XNNPACK delegate on this CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.runners.base import Runner
+from edgetl.errors import InputFileError, MissingDependencyError
+
+
+class ExecuTorchRunner(Runner):
+    runtime = "executorch"
+
+    def __init__(self, artifact, options) -> None:
+        super().__init__(artifact, options)
+        try:
+            import torch
+            from executorch.runtime import Runtime
+        except ImportError:
+            raise MissingDependencyError("executorch", "mobile", "running ExecuTorch programs") from None
+        self._torch = torch
+        try:
+            program = Runtime.get().load_program(str(artifact.path))
+            self.method = program.load_method("forward")
+        except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError / ValueError
+            raise InputFileError(f"{artifact.path}: ExecuTorch cannot load it ({str(e).splitlines()[0][:300]})") from None
+        # A static program takes exactly the traced batch; a dynamic one any batch up to its planned maximum.
+        self._max_batch = int(artifact.extra.get("max_batch", 1))
+        if not artifact.extra.get("dynamic_batch", False):
+            self.fixed_batch = self._max_batch
+
+    def run(self, batch):
+        torch = self._torch
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if x.shape[0] <= self._max_batch or self.fixed_batch:
+            return self.method.execute((x,))[0].numpy().copy()  # outputs alias memory the next call reuses
+        return np.concatenate([self.method.execute((c.contiguous(),))[0].numpy().copy()
+                               for c in torch.split(x, self._max_batch)])
+
+    def describe(self):
+        import executorch.version
+
+        return {"runtime": "executorch", "version": executorch.version.__version__, "threads": self.options.threads,
+                "backend": "xnnpack", "precision": self.artifact.extra.get("precision", "fp32")}
