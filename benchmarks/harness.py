@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import enum
+import functools
 import gc
 import importlib
 import logging
@@ -181,6 +182,7 @@ def _recorded_dataset(artifact: Artifact) -> str | None:
     return str(name) if name else None
 
 
+@functools.lru_cache(maxsize=4)
 def _photo_inputs(spec: InputSpec, n: int) -> tuple[np.ndarray, str] | None:
     try:
         import skimage.data as sd
@@ -218,7 +220,9 @@ def _photo_inputs(spec: InputSpec, n: int) -> tuple[np.ndarray, str] | None:
     return np.concatenate(out), f"photos:skimage.data({','.join(used)})"
 
 
+@functools.lru_cache(maxsize=4)
 def _dataset_inputs(name: str, spec: InputSpec, n: int) -> tuple[np.ndarray, str] | None:
+    """Cached: benching several exports of one model loads their dataset once."""
     from edgetl.data import BUILTIN_DATASETS, load_data, prepare
 
     if name not in BUILTIN_DATASETS and not Path(name).exists():
@@ -596,7 +600,8 @@ def measure(artifact: Artifact, config: BenchConfig | None = None, *, profile=No
     shown = stored if stored == "int8" or ran is None else ran
     acc, acc_src = _accuracy(artifact)
     return BenchResult(
-        artifact=artifact.name, path=str(artifact.path or source_path or "") or None, format=artifact.format.value,
+        artifact=Path(source_path).name if source_path and artifact.path is None else artifact.name,
+        path=str(artifact.path or source_path or "") or None, format=artifact.format.value,
         runtime=runtime, precision=str(shown), batch=config.batch,
         threads=config.threads if config.threads is not None else info.get("threads"),
         latency_ms=stats, runtime_latency_ms=LatencyStats.from_samples(rt_samples) if rt_samples else None,

@@ -1,0 +1,177 @@
+"""``edgetl bench``: latency of exported artifacts on this machine or on boards over SSH."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
+
+DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Results database (default: $EDGETL_RESULTS_DB or "
+                                                             "~/.cache/edgetl/results.db).")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench_cmd)
+
+
+def result_row(r, *, with_host: bool = False) -> list[Any]:
+    """One table row per result (device, batch and threads go in the title)."""
+    s = r.latency_ms
+    return [*([r.host] if with_host else []), r.artifact, r.format, r.runtime, r.precision,
+            f"{s.p50:.3f}", f"{s.p90:.3f}", f"{s.p99:.3f}", s.count,
+            f"{r.cold_start_ms:.0f}" if r.cold_start_ms is not None else "-",
+            f"{r.peak_rss_delta_mb:.0f}" if r.peak_rss_delta_mb is not None else "-",
+            f"{r.model_size_bytes / 1e6:.1f}" if r.model_size_bytes else "-",
+            f"{100 * r.accuracy:.2f}" if r.accuracy is not None else "-"]
+
+
+RESULT_COLUMNS = ["artifact", "format", "runtime", "precision", "p50", "p90", "p99", "n", "cold", "peak MB", "MB",
+                  "acc %"]
+
+
+def _keep_going_note(e: Exception, done: int, db: str | None) -> Exception:
+    if done:
+        where = f" in {db}" if db else ""
+        e.args = (f"{e} ({done} earlier result(s) kept{where})",)
+    return e
+
+
+def bench_cmd(
+    artifacts: Annotated[list[Path], typer.Argument(help="Exported models (.onnx, .xml, .ort, .pte, .engine, .pt ...).")],
+    device: Annotated[str, typer.Option("--device", "-D", help="Device profile name or YAML file (see `edgetl devices`).")] = "x86-cpu",
+    host: Annotated[Optional[list[str]], typer.Option("--host", "-H", help="Board to run on over SSH (user@address or an SSH config alias); repeat for a device farm.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Runtime threads (default: the profile's, else every core).")] = None,
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    min_time: Annotated[Optional[float], typer.Option("--min-time", help="Minimum seconds of timed calls.")] = None,
+    min_count: Annotated[Optional[int], typer.Option("--min-count", help="Minimum number of timed calls.")] = None,
+    max_time: Annotated[Optional[float], typer.Option("--max-time", help="Stop after this many seconds even below --min-count.")] = None,
+    warmup: Annotated[Optional[float], typer.Option("--warmup", help="Minimum seconds of warm-up.")] = None,
+    warmup_runs: Annotated[Optional[int], typer.Option("--warmup-runs", help="Minimum warm-up calls.")] = None,
+    runtime: Annotated[Optional[str], typer.Option(help="Force a runtime (torch, onnxruntime, openvino, ...).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="Runtime precision hint, e.g. OpenVINO bf16 (default: true fp32).")] = None,
+    hint: Annotated[str, typer.Option(help="OpenVINO performance hint: latency, throughput or none.")] = "latency",
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile PyTorch models (compile time counts in the cold start).")] = False,
+    inputs: Annotated[str, typer.Option(help="Inputs: auto (the model's dataset, else photos), data or photos.")] = "auto",
+    eval_data: Annotated[Optional[str], typer.Option("--eval-data", help="Also measure top-1 accuracy on this dataset's test split (for the Pareto plot).")] = None,
+    db: DbOpt = None,
+    no_store: Annotated[bool, typer.Option("--no-store", help="Do not write results to the database.")] = False,
+    local: Annotated[bool, typer.Option("--local", help="Run here even if the profile names a host.")] = False,
+    ssh_config: Annotated[Optional[Path], typer.Option("--ssh-config", help="SSH config file to use instead of ~/.ssh/config.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="SSH port (default: the profile's, else the SSH config's).")] = None,
+    remote_edgetl: Annotated[Optional[str], typer.Option("--remote-edgetl", help="Command that runs edgetl on the board, e.g. '~/venv/bin/edgetl'.")] = None,
+    connect_timeout: Annotated[Optional[int], typer.Option("--connect-timeout", help="SSH connect timeout, seconds.")] = None,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Measure single-stream latency (p90 headline, p50/p99, cold start, memory) of each artifact."""
+
+    def body():
+        from benchmarks.harness import BenchConfig, InputSource
+        from benchmarks.profiles import Method, load_profile
+        from edgetl.errors import ConfigError, UnknownNameError
+
+        try:
+            source = InputSource(inputs)
+        except ValueError:
+            raise UnknownNameError("input source", inputs, [s.value for s in InputSource]) from None
+        if hint not in ("latency", "throughput", "none"):
+            raise UnknownNameError("performance hint", hint, ["latency", "throughput", "none"])
+        if not artifacts:
+            raise ConfigError("give at least one artifact to benchmark")
+        prof = load_profile(device)
+        b = prof.bench
+        config = BenchConfig(
+            batch=batch, threads=threads if threads is not None else prof.threads,
+            warmup_runs=warmup_runs if warmup_runs is not None else b.warmup_runs,
+            warmup_s=warmup if warmup is not None else b.warmup_s,
+            min_time_s=min_time if min_time is not None else b.min_time_s,
+            min_count=min_count if min_count is not None else b.min_count,
+            max_time_s=max(max_time if max_time is not None else b.max_time_s,
+                           min_time if min_time is not None else b.min_time_s),
+            runtime=runtime, precision=precision, hint=hint, compile=compile_, inputs=source)
+        store = None
+        if not no_store:
+            from benchmarks.store import ResultsStore
+
+            store = ResultsStore(db)
+        run_id = time.strftime("%Y%m%d-%H%M%S")
+        hosts = list(host or [])
+        if not hosts and not local and prof.connection.method is Method.SSH and prof.connection.host:
+            hosts = [prof.connection.host]
+        if hosts:
+            results, errors = _remote(hosts, prof, config, store, run_id)
+        else:
+            results, errors = _local(prof, config, store, run_id), {}
+        db_path = str(store.path) if store else None
+        result = {"device": prof.name, "run_id": run_id, "db": db_path,
+                  "results": [r.to_dict() for r in results], "errors": errors}
+
+        def render(console):
+            remote = any(r.host != "local" for r in results)
+            thr = sorted({str(r.threads or "all") for r in results})
+            table(console, f"{prof.name}: latency per call in ms (p90 headline), batch {batch}, threads "
+                  f"{'/'.join(thr)}; cold = load + first call", ["host"] * remote + RESULT_COLUMNS,
+                  [result_row(r, with_host=remote) for r in results])
+            if db_path:
+                console.print(f"stored in {db_path} (run {run_id}); `edgetl report` draws the plots")
+
+        if errors:
+            from rich.console import Console
+
+            from edgetl.errors import RemoteError
+
+            if results and not json_:
+                render(Console(stderr=True))
+            raise RemoteError("; ".join(f"{h}: {m}" for h, m in errors.items()))
+        return result, render
+
+    def _local(prof, config, store, run_id):
+        from benchmarks.harness import measure
+        from edgetl.errors import EdgetlError
+        from edgetl.models import load_model
+
+        results = []
+        for path in artifacts:
+            try:
+                art = load_model(str(path))
+                reload = (lambda p=str(path): load_model(p)) if art.path is None else None
+                res = measure(art, config, profile=prof, source_path=path, reload=reload)
+                if eval_data:
+                    _add_accuracy(res, art, eval_data, config.threads)
+            except EdgetlError as e:
+                raise _keep_going_note(e, len(results), str(store.path) if store else None) from None
+            if store is not None:
+                store.add(res, run_id=run_id)
+            results.append(res)
+        return results
+
+    def _remote(hosts, prof, config, store, run_id):
+        from benchmarks.remote import SshTarget, bench_farm
+
+        targets = [SshTarget.from_profile(h, prof, ssh_config=str(ssh_config) if ssh_config else None, port=port,
+                                          remote_edgetl=remote_edgetl, connect_timeout_s=connect_timeout)
+                   for h in hosts]
+        from edgetl.progress import task
+
+        with task(f"bench on {len(hosts)} board(s)", total=len(hosts) * len(artifacts)) as bar:
+            farm = bench_farm(artifacts, targets, profile=prof, config=config, store=store, run_id=run_id,
+                              eval_data=eval_data,
+                              on_result=lambda r: bar.advance(1, last=f"{r.host}:{r.artifact}",
+                                                              p90_ms=r.latency_ms.p90))
+        return farm.results, farm.errors
+
+    execute(body, json_=json_, debug=debug)
+
+
+def _add_accuracy(res, art, data: str, threads: int | None) -> None:
+    """Top-1 on the test split, measured after the latency run so it cannot disturb it."""
+    from edgetl.data import load_data
+    from edgetl.evaluate import evaluate
+
+    r = evaluate(art, load_data(data, seed=0), split="test", threads=threads)
+    res.accuracy = float(r["accuracy"])
+    res.accuracy_source = f"measured:{data}/test ({r['samples']} images)"
