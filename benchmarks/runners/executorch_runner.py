@@ -24,8 +24,9 @@ class ExecuTorchRunner(Runner):
             self.method = program.load_method("forward")
         except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError / ValueError
             raise InputFileError(f"{artifact.path}: ExecuTorch cannot load it ({str(e).splitlines()[0][:300]})") from None
-        # A static program takes exactly the traced batch; a dynamic one any batch up to its planned maximum.
-        self._max_batch = int(artifact.extra.get("max_batch", 1))
+        # The input buffer is planned ahead of time: a static program takes exactly that batch, a dynamic one
+        # (edgetl metadata says which) any batch up to it; larger batches run in chunks.
+        self._max_batch = planned_batch(program)
         if not artifact.extra.get("dynamic_batch", False):
             self.fixed_batch = self._max_batch
 
@@ -42,3 +43,8 @@ class ExecuTorchRunner(Runner):
 
         return {"runtime": "executorch", "version": executorch.version.__version__, "threads": self.options.threads,
                 "backend": "xnnpack", "precision": self.artifact.extra.get("precision", "fp32")}
+
+
+def planned_batch(program) -> int:
+    """The batch size the program's first input is memory-planned for (its upper bound if dynamic)."""
+    return int(program.metadata("forward").input_tensor_meta(0).sizes()[0])

@@ -1,0 +1,116 @@
+"""``edgetl export``: one model to one or more deployment formats, each checked against the source.
+
+Example::
+
+    edgetl export teacher.pt --format onnx,openvino,ort,executorch,tensorrt -o deploy/ --dynamic-batch
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export_cmd)
+
+
+def export_cmd(
+    model: Annotated[str, typer.Argument(help="Model to export: edgetl checkpoint (.pt), state dict with --arch, "
+                                         ".pt2, or an ONNX file (for ort / tensorrt / openvino).")],
+    format_: Annotated[str, typer.Option("--format", "-f", help="Comma-separated formats: onnx, openvino, ort, "
+                                         "executorch, tensorrt.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (must not exist unless "
+                                         "--overwrite).")],
+    opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default 18; 17 for TensorRT 8.5 "
+                                                 "on JetPack 5).")] = None,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch", help="Keep the batch dimension dynamic "
+                                                "(default: fixed batch 1).")] = False,
+    max_batch: Annotated[Optional[int], typer.Option("--max-batch", help="Largest batch of a dynamic batch "
+                                                     "(TensorRT profile, ExecuTorch memory plan).")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="fp32, fp16 or int8 (openvino: fp32/fp16 "
+                                                     "weights; tensorrt: all three, int8 from a Q/DQ model).")]
+    = None,
+    dla_core: Annotated[Optional[int], typer.Option("--dla-core", help="TensorRT on Jetson: build for this DLA "
+                                                    "core, with GPU fallback.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Dataset for the parity inputs (default: the "
+                                                "one recorded in the model's history, else seeded synthetic "
+                                                "images).")] = None,
+    no_parity: Annotated[bool, typer.Option("--no-parity", help="Skip the output comparison with the source "
+                                            "model.")] = False,
+    arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture of a plain state-dict file.")] = None,
+    unsafe_pickle: Annotated[bool, typer.Option("--unsafe-pickle", help="Allow loading a fully pickled nn.Module "
+                                                "(runs code from the file: only for files you trust).")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the dataset's train/val/test split.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory (only "
+                                            "once the new one is complete).")] = False,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Export a model to deployment formats; every format that runs here is parity-checked against the source."""
+
+    def body():
+        from edgetl.errors import ConfigError
+        from exporters.base import ExportOptions, export, format_spec
+
+        # Cheap checks first: a typo in a name or an existing output must not wait for the model to load.
+        for name in (n for n in format_.split(",") if n.strip()):
+            format_spec(name)
+        if output.exists() and not overwrite:
+            raise ConfigError(f"output directory {output} exists; pass --overwrite to replace it")
+        values = {"opset": opset, "dynamic_batch": dynamic_batch, "max_batch": max_batch, "precision": precision,
+                  "dla_core": dla_core, "parity": not no_parity}
+        options = ExportOptions.from_mapping({k: v for k, v in values.items() if v is not None})
+
+        import torch
+
+        from edgetl.models import load_model
+
+        torch.set_flush_denormal(True)
+        art = load_model(model, arch=arch, unsafe_pickle=unsafe_pickle)
+        splits = None
+        if data is not None and not no_parity:
+            from edgetl.data import load_data
+
+            splits = load_data(data, seed=seed)
+        exported = export(art, format_, output, options=options, data=splits, overwrite=overwrite,
+                          name=Path(model).stem if Path(model).exists() else None)
+        rows = []
+        for a in exported:
+            rec = a.history[-1]
+            rows.append({"format": rec.options.get("format"), "artifact_format": a.format.value,
+                         "path": str(a.path), "precision": rec.options.get("precision"),
+                         "seconds": rec.seconds, "parity": rec.metrics.get("parity")})
+        first = next((r["parity"] for r in rows if r["parity"]), None)
+        result = {"output": str(output), "model": model, "exports": rows,
+                  "parity_inputs": first.get("inputs") if first else None}
+
+        def render(console):
+            table(console, f"export of {model}", ["format", "file", "precision", "max abs err", "max rel err",
+                                                  "top-1 agree", "checked with"],
+                  [[r["format"], Path(r["path"]).name, r["precision"] or "-", *_parity_cells(r["parity"])]
+                   for r in rows])
+            if result["parity_inputs"]:
+                console.print(f"parity inputs: {result['parity_inputs']}")
+            for r in rows:
+                note = (r["parity"] or {}).get("note")
+                if note:
+                    console.print(f"{r['format']}: {note}")
+            console.print(f"wrote {output}")
+
+        return result, render
+
+    execute(body, json_=json_, debug=debug)
+
+
+def _parity_cells(p: dict | None) -> list[str]:
+    if not p:
+        return ["-", "-", "-", "not checked (--no-parity)"]
+    if not p.get("checked"):
+        return ["-", "-", "-", p.get("reason", "not checked")]
+    return [f"{p['max_abs_error']:.3g}", f"{p['max_rel_error']:.3g}", f"{100 * p['top1_agreement']:.1f} %",
+            p.get("runtime", "?") + (f" ({p['checked_file']})" if p.get("checked_file") else "")]
