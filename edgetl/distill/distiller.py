@@ -547,7 +547,7 @@ def _run(student_src, tlist: list[Teacher], data: DataSplits, cfg: DistillConfig
 
     ddp = None
     phase_now: Any = "unset"
-    train_loss = 0.0
+    train_loss, rank_samples = 0.0, 0
     progress = task("distill", steps * (cfg.total_epochs - done_epochs)) if world.main else contextlib.nullcontext()
     with progress as bar:
         for epoch in range(done_epochs + 1, cfg.total_epochs + 1):
@@ -593,9 +593,11 @@ def _run(student_src, tlist: list[Teacher], data: DataSplits, cfg: DistillConfig
                                   if world.device.type == "cuda" else torch.tensor([run_loss, float(seen)],
                                                                                     dtype=torch.float64)).cpu()
             train_loss = float(stats[0]) / max(float(stats[1]), 1.0)
+            rank_samples = seen
             val = _evaluate(student, data.val, spec, world)
             history.append({"epoch": epoch, "phase": "main" if phase is None else f"unfreeze {phase:g}",
-                            "train_loss": train_loss, "val_accuracy": val["accuracy"], "val_loss": val["loss"],
+                            "train_loss": train_loss, "train_samples": int(stats[1]),
+                            "val_accuracy": val["accuracy"], "val_loss": val["loss"],
                             "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - start, 2)})
             if val["accuracy"] > best_acc:
                 best_acc, best_epoch, best_state, stale = val["accuracy"], epoch, _cpu_state(student), 0
@@ -633,6 +635,7 @@ def _run(student_src, tlist: list[Teacher], data: DataSplits, cfg: DistillConfig
         "params": sum(p.numel() for p in student.parameters()),
         "flops": count_flops(student, spec.batch_shape(1)),
         "world_size": world.size,
+        "rank_samples_last_epoch": rank_samples,  # this rank's shard: about 1/world_size of the epoch
         "history": history,
     }
     record = StageRecord(stage="distill", options={**cfg.options(), "data": data.name, "split_seed": data.seed,

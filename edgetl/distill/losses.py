@@ -119,7 +119,7 @@ def _module(model: nn.Module, name: str, role: str) -> nn.Module:
     names = dict(model.named_modules())
     if name not in names or name == "":
         raise UnknownNameError(f"{role} layer", name, [n for n in names if n],
-                               hint="List them with: python -c \"print([n for n, _ in model.named_modules()])\"")
+                               hint="Layer names are those of model.named_modules().")
     return names[name]
 
 
