@@ -319,7 +319,7 @@ def _bench_with_trtexec(board: _Board, run_dir: str, path: Path, profile: Device
                           iterations=config.min_count)
     env_cmd = profile.power_mode_cmd or "true"
     cmd = (f"{run} > {shlex.quote(log_file)} 2>&1; rc=$?; cat {shlex.quote(log_file)}; echo {_MARK}; "
-           f"cat {shlex.quote(times)} 2>/dev/null; echo {_MARK}; ({env_cmd}) 2>&1 | head -c 400; "
+           f"cat {shlex.quote(times)} 2>/dev/null; echo {_MARK}; ({env_cmd}) 2>/dev/null | head -c 400; "
            "echo; uname -a; exit $rc")
     r = board.sh(cmd, during=f"running trtexec on {what}")
     parts = r.stdout.split(_MARK)

@@ -67,15 +67,19 @@ def parse_log(text: str) -> dict[str, Any]:
         if m:
             fields = {}
             for f in _FIELD.finditer(m.group(2)):
-                name = f"p{f.group(2).rstrip('0').rstrip('.')}" if f.group(2) else f.group(1)
+                name = f"p{float(f.group(2)):g}" if f.group(2) else f.group(1)
                 fields[name] = float(f.group(3))
             if fields:
                 out[m.group(1).lower().replace(" ", "_")] = fields
             continue
         if (m := _THROUGHPUT.search(line)) is not None:
             out["throughput_qps"] = float(m.group(1))
-        elif (m := _TRT_VERSION.search(line)) is not None and "tensorrt_version" not in out:
-            out["tensorrt_version"] = m.group(1) or m.group(2)
+        elif (m := _TRT_VERSION.search(line)) is not None and (m.group(1) or "tensorrt_version" not in out):
+            if m.group(1):
+                out["tensorrt_version"] = m.group(1)
+            else:  # "[TensorRT v100300]" encodes major * 10000 + minor * 100 + patch
+                n = int(m.group(2))
+                out["tensorrt_version"] = f"{n // 10000}.{n // 100 % 100}.{n % 100}"
         elif (m := _DEVICE.search(line)) is not None:
             out["gpu"] = m.group(1).strip()
     return out

@@ -74,7 +74,8 @@ class OpenVinoRunner(Runner):
     def describe(self):
         def prop(name):
             try:
-                return str(self.compiled.get_property(name))
+                v = self.compiled.get_property(name)
+                return v.to_string() if hasattr(v, "to_string") else str(v)  # ov.Type -> "f32"
             except Exception:  # noqa: BLE001 - not every plugin exposes every property
                 return None
 
