@@ -28,11 +28,11 @@ __all__ = ["FinetuneConfig", "finetune", "default_resolution"]
 @dataclass(frozen=True)
 class FinetuneConfig:
     resolution: int | None = None  # square input side; None: from the data (see default_resolution)
-    head_epochs: int = 30
+    head_epochs: int = 5  # few: a head fitted hard to frozen features fights the later phases
     epochs: int = 2  # per unfreezing phase
-    unfreeze: tuple[float, ...] = (0.35, 0.7)  # cumulative fraction of trunk parameters trained per phase
+    unfreeze: tuple[float, ...] = (0.5, 1.0)  # cumulative fraction of trunk parameters trained per phase
     lr: float = 1e-3
-    batch_size: int = 64
+    batch_size: int = 32
     pretrained: bool = True
     adapt_bn: bool = True
     stable_forward: bool = False  # train in eval mode (see edgetl.train.fit)
@@ -197,7 +197,7 @@ def finetune(model: str | Artifact, data: DataSplits, config: FinetuneConfig | N
         if cfg.epochs == 0:
             break
         n_trainable = _set_trainable(net, head_name, frac)
-        r = fit(net, data, spec, epochs=cfg.epochs, lr=cfg.lr / k, batch_size=cfg.batch_size, seed=cfg.seed + k,
+        r = fit(net, data, spec, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed + k,
                 description=f"unfreeze {int(frac * 100)}% of trunk", stable_forward=cfg.stable_forward)
         phases.append({"phase": f"unfreeze {frac:g}", "trainable_trunk_params": n_trainable,
                        "val_accuracy": r.best_val_accuracy, "history": r.history})

@@ -7,6 +7,8 @@ export and benchmark in seconds.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import subprocess
 import sys
@@ -32,21 +34,46 @@ def digits():
     return load_data("digits", seed=0)
 
 
+LITE0_DIGITS_CONFIG = dict(resolution=32, head_epochs=5, epochs=3, unfreeze=(0.5, 1.0), lr=1e-3, batch_size=32)
+
+
+def _cache_key() -> str:
+    """Changes whenever the code or config that produces the shared teacher changes."""
+    root = Path(__file__).resolve().parent.parent / "edgetl"
+    h = hashlib.sha256(repr(sorted(LITE0_DIGITS_CONFIG.items())).encode())
+    for name in ("finetune.py", "train.py", "data.py", "models.py", "artifact.py"):
+        h.update((root / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
-def lite0_digits(digits):
-    """EfficientNet-Lite0 (ImageNet weights) fine-tuned on digits at 32x32: head + one unfrozen epoch."""
+def lite0_digits_path(digits, tmp_path_factory) -> Path:
+    """EfficientNet-Lite0 (ImageNet weights) fine-tuned on digits at 32x32, saved as an edgetl checkpoint.
+
+    Trained once per code version and shared by all xdist workers (and later runs) through a locked cache file.
+    """
     from edgetl.finetune import FinetuneConfig, finetune
-
-    return finetune("efficientnet_lite0", digits,
-                    FinetuneConfig(resolution=32, head_epochs=15, epochs=1, unfreeze=(1.0,), lr=3e-4,
-                                   batch_size=32, stable_forward=True))
-
-
-@pytest.fixture(scope="session")
-def lite0_digits_path(lite0_digits, tmp_path_factory) -> Path:
     from edgetl.models import save_model
 
-    return save_model(lite0_digits, tmp_path_factory.mktemp("teacher") / "lite0_digits.pt")
+    cache_dir = tmp_path_factory.getbasetemp().parent / "edgetl-fixtures"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / f"lite0_digits-{_cache_key()}.pt"
+    with open(cache_dir / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not target.exists():
+                save_model(finetune("efficientnet_lite0", digits, FinetuneConfig(**LITE0_DIGITS_CONFIG)), target)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return target
+
+
+@pytest.fixture(scope="session")
+def lite0_digits(lite0_digits_path):
+    """The shared fine-tuned teacher as an artifact (load a fresh copy with ``load_model`` before mutating)."""
+    from edgetl.models import load_model
+
+    return load_model(lite0_digits_path)
 
 
 def run_cli(*args: str, cwd: str | Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

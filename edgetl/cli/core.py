@@ -35,7 +35,7 @@ def finetune_cmd(
     data: DataOpt = "mnist5k",
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the fine-tuned model (.pt).")] = Path("teacher.pt"),
     epochs: Annotated[int, typer.Option(help="Epochs per unfreezing phase.")] = 2,
-    head_epochs: Annotated[int, typer.Option(help="Epochs of head-only training on cached features.")] = 10,
+    head_epochs: Annotated[int, typer.Option(help="Epochs of head-only training on cached features.")] = 5,
     resolution: Annotated[Optional[int], typer.Option(help="Square input side (default: from the data).")] = None,
     lr: Annotated[float, typer.Option(help="Learning rate of the unfreezing phases.")] = 1e-3,
     seed: SeedOpt = 0,
