@@ -301,8 +301,12 @@ def _evaluate(model: nn.Module, data: ImageSet, spec: InputSpec, world: _World, 
 def _outputs(model: nn.Module, spec: InputSpec, device: torch.device) -> int:
     was = model.training
     model.eval()
-    with torch.no_grad():
-        out = model(torch.zeros(spec.batch_shape(2), device=device))
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(spec.batch_shape(2), device=device))
+    except RuntimeError as e:
+        raise ModelError(f"the student cannot take the teacher's input {'x'.join(map(str, spec.shape))} "
+                         f"({str(e).splitlines()[0][:200]}); pick a student for this input") from None
     model.train(was)
     return int(out.shape[-1])
 
@@ -351,20 +355,26 @@ def _fingerprint(cfg: DistillConfig, student: nn.Module, teachers: list[Teacher]
 
 # --------------------------------------------------------------------------- teachers
 class _TeacherBank:
-    """The teachers' mixed soft targets; the un-augmented view's logits are cached per training image
-    (teachers are frozen, so they never change)."""
+    """The teachers' mixed soft targets. The un-augmented view's logits are cached per training image
+    (teachers are frozen, so they never change) unless the cache would be large (big datasets)."""
+
+    CACHE_BYTES = 256 * 2**20
 
     def __init__(self, teachers: list[Teacher], n_train: int, k: int, device: torch.device) -> None:
         self.teachers = teachers
         self.weights: list[float] = [1.0 / len(teachers)] * len(teachers)
-        self.cache = torch.zeros(len(teachers), n_train, k, device=device)
+        size = len(teachers) * n_train * k * 4
+        self.cache = torch.zeros(len(teachers), n_train, k, device=device) if size <= self.CACHE_BYTES else None
         self.filled = torch.zeros(n_train, dtype=torch.bool)
 
     def logits(self, inputs: _Inputs) -> list[torch.Tensor]:
         with torch.no_grad():
             return [t.mapped(t.model(inputs(t.artifact.input_spec)).float()) for t in self.teachers]
 
-    def cached_logits(self, idx: torch.Tensor, inputs: _Inputs) -> torch.Tensor:
+    def original_logits(self, idx: torch.Tensor, inputs: _Inputs) -> torch.Tensor:
+        """``[teachers, n, classes]`` logits of the un-augmented images ``idx`` (given as ``inputs``)."""
+        if self.cache is None:
+            return torch.stack(self.logits(inputs))
         missing = ~self.filled[idx]
         if bool(missing.any()):
             sub = _Inputs(inputs.raw[missing], inputs.device)
@@ -377,25 +387,24 @@ class _TeacherBank:
     def targets(self, logits: Sequence[torch.Tensor], temperature: float) -> torch.Tensor:
         return sum(w * F.softmax(lg / temperature, dim=-1) for w, lg in zip(self.weights, logits, strict=True))
 
-    def fill_all(self, data: ImageSet, world: _World, batch_size: int = 256) -> None:
-        """Cache every training image's teacher logits (each rank its shard, then shared)."""
+    def agreement(self, data: ImageSet, world: _World, batch_size: int = 256) -> list[float]:
+        """Each teacher's accuracy on the labelled training split (each rank its shard; filling the cache)."""
         idx = _shard(torch.arange(len(data)), world.rank, world.size)
-        mine = torch.zeros(len(data), dtype=torch.bool)
-        mine[idx] = True
-        with task("teacher outputs", len(idx)) if world.main else contextlib.nullcontext() as bar:
+        correct = torch.zeros(len(self.teachers), dtype=torch.float64)
+        with task("teacher agreement", len(idx)) if world.main else contextlib.nullcontext() as bar:
             for i in range(0, len(idx), batch_size):
                 j = idx[i : i + batch_size]
-                self.cached_logits(j, _Inputs(_raw(data.images[j]), world.device))
+                out = self.original_logits(j, _Inputs(_raw(data.images[j]), world.device))
+                y = data.labels[j].to(out.device)
+                correct += (out.argmax(-1) == y).sum(-1).double().cpu()
                 if bar is not None:
                     bar.advance(len(j))
         if world.size > 1:
-            self.cache[:, ~mine.to(self.cache.device)] = 0
-            world.all_sum(self.cache)
-        self.filled[:] = True
-
-    def agreement(self, labels: torch.Tensor) -> list[float]:
-        y = labels.to(self.cache.device)
-        return [float((self.cache[i].argmax(-1) == y).float().mean()) for i in range(len(self.teachers))]
+            correct = world.all_sum(correct.to(world.device)).cpu()
+        if self.cache is not None and world.size > 1:  # the other ranks' rows were computed there
+            self.filled[:] = False
+            self.filled[idx] = True
+        return [float(c) / len(data) for c in correct]
 
 
 # --------------------------------------------------------------------------- state
@@ -468,8 +477,7 @@ def _run(student_src, tlist: list[Teacher], data: DataSplits, cfg: DistillConfig
     bank = _TeacherBank(tlist, len(data.train), k, world.device)
     agreement: list[float] | None = None
     if len(tlist) > 1 and any(t.weight is None for t in tlist):
-        bank.fill_all(data.train, world)
-        agreement = bank.agreement(data.train.labels)
+        agreement = bank.agreement(data.train, world)
         bank.weights = agreement_weights(agreement, k)
     elif len(tlist) > 1:
         total = sum(float(t.weight) for t in tlist)  # type: ignore[arg-type]
@@ -681,7 +689,7 @@ def _step_loss(ddp, student, bank: _TeacherBank, hints, cfg: DistillConfig, spec
         parts = []
         for name, v in views:
             if name == "original":
-                parts.append(bank.cached_logits(idx, _Inputs(v, world.device)))
+                parts.append(bank.original_logits(idx, _Inputs(v, world.device)))
             else:
                 parts.append(torch.stack(bank.logits(_Inputs(v, world.device))))
         t_logits = list(torch.cat(parts, dim=1))
