@@ -1,0 +1,333 @@
+"""Layer-wise relevance (LRP) of every convolution/linear output channel, computed with zennit.
+
+The score of a channel is the absolute relevance at that layer's output, summed over spatial positions and over
+a reference set (N samples per class), with the relevance seeded as one-hot at the true-class logit
+(Yeom et al., "Pruning by Explaining", Pattern Recognition 2021). zennit's rules run as backward hooks whose
+"gradient" *is* the relevance, so the relevance at a layer's output is the gradient of that output tensor under
+the composite; edgetl reads it with a tensor hook and never writes an LRP rule itself.
+
+Canonizers make the explained graph follow LRP's assumptions: batch-norm merged into the preceding layer, and
+residual additions turned into a ``Sum`` module that the ``Norm`` rule distributes proportionally. zennit ships
+the residual canonizer for torchvision ResNets only; on other architectures edgetl merges batch-norms
+(``SequentialMergeBatchNorm``) and says, in the result's ``notes``, that residual additions were not canonized.
+``conservation`` reports how much of the seeded relevance reaches the input, so the scores can be judged.
+
+Example::
+
+    ref = reference_set(splits.train, spec, per_class=10, seed=0)
+    result = relevance_scores(model, ref.x, ref.y)
+    result.scores["features.3.conv.0"]   # one score per output channel
+"""
+
+from __future__ import annotations
+
+import copy
+import enum
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgetl.artifact import InputSpec
+from edgetl.data import ImageSet, prepare
+from edgetl.errors import DataError, UnknownNameError
+
+__all__ = ["Composite", "ReferenceSet", "RelevanceResult", "choose_canonizers", "conv_bn_pairs", "reference_set", "relevance_scores"]
+
+log = logging.getLogger(__name__)
+
+
+class Composite(str, enum.Enum):
+    """zennit composites offered for scoring (rules per layer type)."""
+
+    EPSILON_PLUS_FLAT = "epsilon-plus-flat"  # z+ on convs, epsilon on linears, flat on the first layer
+    EPSILON_ALPHA2_BETA1 = "epsilon-alpha2-beta1"  # alpha2-beta1 on convs, epsilon on linears
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: str | Composite) -> Composite:
+        if isinstance(value, Composite):
+            return value
+        try:
+            return cls(value.lower().replace("_", "-"))
+        except ValueError:
+            raise UnknownNameError("composite", value, [c.value for c in cls]) from None
+
+    def build(self, canonizers: list) -> Any:
+        from zennit.composites import EpsilonAlpha2Beta1, EpsilonPlusFlat
+
+        kind = EpsilonPlusFlat if self is Composite.EPSILON_PLUS_FLAT else EpsilonAlpha2Beta1
+        return kind(canonizers=canonizers)
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """The samples scores are computed on: prepared float inputs and their labels."""
+
+    x: Any  # float tensor N x C x H x W, prepared for the model's input spec
+    y: Any  # int64 tensor N
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def batches(self, batch_size: int) -> Iterable[tuple[Any, Any]]:
+        for i in range(0, len(self), batch_size):
+            yield self.x[i : i + batch_size], self.y[i : i + batch_size]
+
+
+def reference_set(split: ImageSet, spec: InputSpec, *, per_class: int, seed: int = 0,
+                  num_classes: int | None = None) -> ReferenceSet:
+    """``per_class`` samples of every class drawn (seeded) from ``split``, prepared for ``spec``."""
+    import torch
+
+    if per_class < 1:
+        raise DataError(f"samples per class must be >= 1, got {per_class}")
+    gen = torch.Generator().manual_seed(seed)
+    labels = split.labels
+    classes = range(num_classes) if num_classes is not None else sorted(set(labels.tolist()))
+    picked = []
+    for c in classes:
+        idx = torch.nonzero(labels == c).flatten()
+        if len(idx) < per_class:
+            raise DataError(f"class {c} has only {len(idx)} samples in the split, fewer than the {per_class} "
+                            "reference samples per class asked for; lower --samples-per-class")
+        picked.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    order = torch.cat(picked)
+    return ReferenceSet(x=prepare(split.images[order], spec), y=labels[order].clone())
+
+
+@dataclass
+class RelevanceResult:
+    """Per-channel relevance by layer name, with what it cost and how well relevance was conserved."""
+
+    scores: dict[str, Any]
+    composite: str
+    canonizers: list[str]
+    notes: list[str] = field(default_factory=list)
+    conservation: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    baseline_seconds: float | None = None  # one plain forward+backward over the same samples
+
+    @property
+    def cost_ratio(self) -> float | None:
+        if not self.baseline_seconds:
+            return None
+        return self.seconds / self.baseline_seconds
+
+    def summary(self) -> dict[str, Any]:
+        return {"composite": self.composite, "canonizers": self.canonizers, "notes": self.notes,
+                "conservation": self.conservation, "seconds": round(self.seconds, 4),
+                "baseline_seconds": None if self.baseline_seconds is None else round(self.baseline_seconds, 4),
+                "cost_ratio": None if self.cost_ratio is None else round(self.cost_ratio, 3)}
+
+
+def _is_torchvision_resnet(model) -> bool:
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    return any(isinstance(m, (BasicBlock, Bottleneck)) for m in model.modules())
+
+
+def conv_bn_pairs(model, example) -> list[tuple[tuple[str], str]]:
+    """(conv/linear name,), batch-norm name) for every batch-norm whose input is exactly a conv/linear output.
+
+    Found by running ``example`` through the model rather than by module order: architectures such as
+    EfficientNet-Lite wrap their convolutions in padding modules, which defeats zennit's sequential search.
+    """
+    import torch
+    import torch.nn as nn
+
+    produced: dict[int, tuple[str, Any]] = {}
+    pairs: list[tuple[tuple[str], str]] = []
+    handles = []
+
+    def on_layer(name):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor):
+                produced[id(output)] = (name, output)  # keep the tensor alive so its id stays unique
+        return hook
+
+    def on_bn(name):
+        def hook(module, inputs):
+            src = produced.get(id(inputs[0]))
+            if src is not None and src[1] is inputs[0]:
+                pairs.append(((src[0],), name))
+        return hook
+
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+            handles.append(m.register_forward_hook(on_layer(name)))
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            handles.append(m.register_forward_pre_hook(on_bn(name)))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    seen: set[str] = set()
+    return [p for p in pairs if not (p[1] in seen or seen.add(p[1]))]
+
+
+def choose_canonizers(model, example) -> tuple[list, list[str], list[str]]:
+    """The zennit canonizers that apply to ``model``: (instances, their names, honest notes on gaps)."""
+    from zennit.canonizers import NamedMergeBatchNorm
+    from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
+
+    pairs = conv_bn_pairs(model, example)
+    canonizers: list = [NamedMergeBatchNorm(pairs)] if pairs else []
+    names = [f"NamedMergeBatchNorm ({len(pairs)} batch-norms merged into the layer feeding them)"] if pairs else []
+    notes: list[str] = []
+    bn_total = sum(isinstance(m, __import__("torch").nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if bn_total > len(pairs):
+        notes.append(f"{bn_total - len(pairs)} of {bn_total} batch-norm layers do not directly follow a conv/linear "
+                     "layer and were not merged (Pass rule)")
+    if _is_torchvision_resnet(model):
+        canonizers += [ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()]
+        names.append("ResNet block canonizers (residual addition as a Sum module, Norm rule)")
+    else:
+        notes.append(f"no residual-sum canonizer for {type(model).__name__} (zennit has them for torchvision ResNets "
+                     "only): if its forward() adds branches, each addition passes relevance to both branches "
+                     "unnormalised, so relevance is not conserved across residual blocks")
+    return canonizers, names, notes
+
+
+def _scored_layers(model, names: Iterable[str] | None) -> dict[str, Any]:
+    import torch.nn as nn
+
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+    if names is None:
+        return layers
+    return {n: layers[n] for n in names if n in layers}
+
+
+def _channel_abs_sum(t) -> Any:
+    """|t| summed over the batch and every axis after the channel axis: one value per channel."""
+    return t.detach().abs().sum(dim=[d for d in range(t.ndim) if d != 1])
+
+
+class _OutputGradTap:
+    """Forward hooks that attach a tensor hook to each layer's output and reduce its gradient per channel."""
+
+    def __init__(self, layers: dict[str, Any], reduce: Callable[[Any, Any], Any]) -> None:
+        self.totals: dict[str, Any] = {}
+        self._handles = []
+        for name, module in layers.items():
+            self._handles.append(module.register_forward_hook(self._make_hook(name, reduce)))
+
+    def _make_hook(self, name: str, reduce):
+        def hook(module, inputs, output):
+            if not getattr(output, "requires_grad", False):
+                return
+            act = output.detach()  # not `output` itself: a hook holding its own tensor is a reference cycle
+
+            def on_grad(grad):
+                value = reduce(act, grad)
+                self.totals[name] = value if name not in self.totals else self.totals[name] + value
+
+            output.register_hook(on_grad)
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def _seed(logits, y):
+    import torch
+
+    return torch.zeros_like(logits).scatter_(1, y.view(-1, 1), 1.0)
+
+
+def plain_gradient_seconds(model, reference: ReferenceSet, *, batch_size: int = 64) -> float:
+    """Seconds of one ordinary forward+backward (parameter gradients included) over the reference set."""
+    import torch
+
+    work = copy.deepcopy(model).eval()
+    start = time.perf_counter()
+    for x, y in reference.batches(batch_size):
+        logits = work(x)
+        logits.gather(1, y.view(-1, 1)).sum().backward()
+    seconds = time.perf_counter() - start
+    del work
+    torch.set_grad_enabled(True)
+    return seconds
+
+
+def relevance_scores(model, reference: ReferenceSet, *, composite: Composite | str = Composite.EPSILON_PLUS_FLAT,
+                     layers: Iterable[str] | None = None, batch_size: int = 64,
+                     measure_cost: bool = True) -> RelevanceResult:
+    """LRP relevance per output channel of every conv/linear layer (or of ``layers``), summed over ``reference``.
+
+    ``model`` is not modified: scoring runs on a copy, so canonizers never touch the caller's weights.
+    With ``measure_cost`` the result also holds the time of one plain forward+backward over the same samples.
+    """
+    import torch
+
+    composite = Composite.parse(composite)
+    work = copy.deepcopy(model).eval()
+    for p in work.parameters():
+        p.requires_grad_(False)  # LRP needs relevance, not parameter gradients
+    canonizers, canon_names, notes = choose_canonizers(work, reference.x[:1])
+    targets = _scored_layers(work, layers)
+    input_relevance, seeded, layer_sums = 0.0, 0.0, {}
+    start = time.perf_counter()
+    comp = composite.build(canonizers)
+    with comp.context(work) as hooked:
+        tap = _OutputGradTap(targets, lambda out, grad: _channel_abs_sum(grad))
+        signed = _OutputGradTap(targets, lambda out, grad: grad.detach().sum())
+        try:
+            for x, y in reference.batches(batch_size):
+                x = x.clone().requires_grad_(True)
+                logits = hooked(x)
+                torch.autograd.backward(logits, grad_tensors=_seed(logits, y))
+                input_relevance += float(x.grad.sum())
+                seeded += len(y)
+        finally:
+            tap.remove()
+            signed.remove()
+        layer_sums = {n: float(v) / max(seeded, 1) for n, v in signed.totals.items()}
+    seconds = time.perf_counter() - start
+    conservation = {"input_over_seed": input_relevance / max(seeded, 1)}
+    if layer_sums:
+        vals = sorted(layer_sums.values())
+        conservation.update({"layer_min": vals[0], "layer_median": vals[len(vals) // 2], "layer_max": vals[-1]})
+    for note in notes:
+        log.info("LRP: %s", note)
+    baseline = plain_gradient_seconds(model, reference, batch_size=batch_size) if measure_cost else None
+    scores = {n: v.float() for n, v in tap.totals.items()}
+    return RelevanceResult(scores=scores, composite=composite.value, canonizers=canon_names, notes=notes,
+                           conservation=conservation, seconds=seconds, baseline_seconds=baseline)
+
+
+def activation_gradient_scores(model, reference: ReferenceSet, *, layers: Iterable[str] | None = None,
+                               batch_size: int = 64) -> tuple[dict[str, Any], float]:
+    """First-order Taylor scores (Molchanov et al. 2017): |sum over space of activation x dLoss/dactivation|
+    per sample and channel, summed over ``reference``. Loss: cross-entropy with the true labels. Returns the
+    scores by layer name and the seconds spent."""
+    import torch.nn.functional as F
+
+    work = copy.deepcopy(model).eval()
+    for p in work.parameters():
+        p.requires_grad_(False)
+
+    def reduce(out, grad):
+        prod = (out.detach() * grad.detach())
+        if prod.ndim > 2:
+            prod = prod.flatten(2).sum(2)
+        return prod.abs().sum(0)
+
+    tap = _OutputGradTap(_scored_layers(work, layers), reduce)
+    start = time.perf_counter()
+    try:
+        for x, y in reference.batches(batch_size):
+            x = x.clone().requires_grad_(True)  # so every layer output carries a gradient
+            loss = F.cross_entropy(work(x), y, reduction="sum")
+            loss.backward()
+    finally:
+        tap.remove()
+    return {n: v.float() for n, v in tap.totals.items()}, time.perf_counter() - start
