@@ -29,5 +29,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check edgetl exporters benchmarks tests
 
+# edgetl harness p50 vs OpenVINO benchmark_app on the same IR (latency: run on an idle machine).
+bench-fidelity: $(STAMP)
+	flock /tmp/edgetl-bench.lock $(BIN)/python -m benchmarks.suites.fidelity --threads 2 --time 10 --repeats 3
+
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
