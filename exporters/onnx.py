@@ -23,7 +23,9 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -130,13 +132,27 @@ def _example(artifact: Artifact, dynamic_batch: bool):
     return torch.randn(artifact.input_spec.batch_shape(2 if dynamic_batch else 1), generator=g)
 
 
+@contextlib.contextmanager
 def _quiet():
-    """torch.onnx prints progress to stdout, which must stay clean for ``--json``."""
-    out, err = io.StringIO(), io.StringIO()
-    stack = contextlib.ExitStack()
-    stack.enter_context(contextlib.redirect_stdout(out))
-    stack.enter_context(contextlib.redirect_stderr(err))
-    return stack, out, err
+    """Keep stdout clean for ``--json``: torch.onnx prints progress from Python, and the TorchScript exporter
+    logs its graph from C++ straight to file descriptor 1 (its "log enabled" check tests a function object,
+    which is always true). Both are captured and sent to the debug log instead."""
+    out = io.StringIO()
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+                yield out
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            captured = sink.read().decode(errors="replace")
+    if out.getvalue() or captured:
+        log.debug("exporter output: %s%s", out.getvalue()[-2000:], captured[-2000:])
 
 
 def _dynamo(model, artifact: Artifact, path: Path, *, opset: int, dynamic_batch: bool) -> None:
@@ -146,12 +162,10 @@ def _dynamo(model, artifact: Artifact, path: Path, *, opset: int, dynamic_batch:
     kw: dict[str, Any] = {}
     if dynamic_batch:
         kw["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1)},)
-    stack, out, _ = _quiet()
-    with stack:
+    with _quiet():
         torch.onnx.export(model, (_example(artifact, dynamic_batch),), str(path), dynamo=True, external_data=False,
                           opset_version=opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           verbose=False, **kw)
-    log.debug("dynamo exporter output: %s", out.getvalue())
     got = _default_opset(onnx.load(str(path), load_external_data=False))
     if got != opset:
         # The dynamo exporter keeps its own opset when the version converter fails; that is not what was asked.
@@ -164,8 +178,7 @@ def _torchscript(model, artifact: Artifact, path: Path, *, opset: int, dynamic_b
     import torch
 
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-    stack, _, _ = _quiet()
-    with stack, warnings.catch_warnings():
+    with _quiet(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its deprecation notice is logged once by the caller instead
         torch.onnx.export(model, (_example(artifact, False),), str(path), dynamo=False, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
@@ -181,8 +194,7 @@ def _simplify(proto):
     import onnxslim
 
     try:
-        stack, _, _ = _quiet()
-        with stack:
+        with _quiet():
             slim = onnxslim.slim(proto)
     except Exception as e:  # noqa: BLE001 - simplification is an optimisation; the unsimplified graph is valid
         log.warning("onnxslim could not simplify the graph (%s); keeping it as exported", _first_line(e))
@@ -312,12 +324,19 @@ def modules_calling(model, artifact: Artifact, op: str) -> list[str]:
                 found.append(stack[-1])
             return func(*args, **(kwargs or {}))
 
+    def enter(name):
+        def hook(module, args):
+            stack.append(name)  # returns None: a hook's return value would replace the module's input
+
+        return hook
+
+    def leave(module, args, output):
+        stack.pop()
+
     hooks = []
     for name, mod in model.named_modules():
-        if not name:
-            continue
-        hooks.append(mod.register_forward_pre_hook(lambda m, a, _n=name: stack.append(_n)))
-        hooks.append(mod.register_forward_hook(lambda m, a, o: stack.pop()))
+        if name:
+            hooks += [mod.register_forward_pre_hook(enter(name)), mod.register_forward_hook(leave)]
     try:
         with torch.no_grad(), _Spy():
             model(_example(artifact, False))
