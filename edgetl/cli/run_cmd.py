@@ -1,0 +1,69 @@
+"""``edgetl run``: chain the stages with a recipe, resumably, and write one report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_cmd)
+
+
+def run_cmd(
+    recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="Built-in recipe name or recipe YAML file.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model (overrides the recipe's).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Dataset (overrides the recipe's).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory (resumable).")] = None,
+    from_stage: Annotated[Optional[str], typer.Option("--from", help="Rerun from this stage on.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved plan and stop.")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="List the built-in recipes.")] = False,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run a recipe: prune -> distill -> quantize -> export -> bench, then write report.{md,html,json}."""
+
+    def body():
+        import torch
+
+        from edgetl.errors import ConfigError
+        from edgetl.pipeline import plan, run_recipe
+        from edgetl.recipe import list_recipes, load_recipe
+
+        torch.set_flush_denormal(True)
+        if list_:
+            names = list_recipes()
+            return {"recipes": sorted(names)}, lambda c: table(c, "recipes", ["name"], [[n] for n in sorted(names)])
+        if recipe is None:
+            raise ConfigError("give a recipe: --recipe NAME|FILE (see --list)")
+        r = load_recipe(recipe, model=model, data=data)
+        if dry_run:
+            steps = plan(r, output)
+            result = {"recipe": r.to_dict(), "plan": steps}
+
+            def render(c):
+                table(c, f"plan: {r.name}", ["#", "stage", "options", "key", "done"],
+                      [[s["index"], s["stage"], s["options"], s["key"], "yes" if s["done"] else "-"] for s in steps])
+
+            return result, render
+        if output is None:
+            raise ConfigError("give a run directory with -o RUN_DIR")
+        res = run_recipe(r, output, from_stage=from_stage)
+        rep = res.report
+
+        def render(c):
+            table(c, f"run {r.name}", ["role", "artifact", "format", "runtime", "acc %", "p90 ms"],
+                  [[a["role"], a["artifact"], a["format"], a["runtime"],
+                    f"{100 * a['accuracy']:.2f}" if a["accuracy"] is not None else "-", a["p90_ms"]]
+                   for a in rep["artifacts"]])
+            if rep.get("recommendation"):
+                c.print(rep["recommendation"]["line"])
+            c.print(f"report: {output / 'report.html'}")
+
+        return {"run_dir": str(output), "report": rep}, render
+
+    execute(body, json_=json_, debug=debug)

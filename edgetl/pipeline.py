@@ -1,0 +1,410 @@
+"""``edgetl run``: execute a recipe stage by stage, resumably, and write one report.
+
+Each stage's output lives under ``RUN_DIR/stages/NN-KIND-KEY`` where KEY hashes the stage's input (the
+previous stage's key, itself rooted in the model file's bytes and the data), its options and the seed. A
+stage directory appears whole (atomic rename) or not at all, so re-running skips finished stages and a killed
+run continues where it stopped; distillation keeps its resume checkpoint in ``RUN_DIR/work/KEY`` so a run
+killed mid-training continues from the last finished epoch.
+
+Example::
+
+    result = run_recipe(load_recipe("cpu-openvino-int8", model="teacher.pt"), "runs/a")
+    result.report["recommendation"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetl.artifact import Artifact, Format, StageRecord
+from edgetl.data import DataSplits, check_classes, load_data
+from edgetl.errors import BudgetError, ConfigError
+from edgetl.fileio import atomic_dir, write_json
+from edgetl.models import load_model, save_model
+from edgetl.recipe import STAGE_RANK, Recipe, Stage, build_config, stage_formats
+
+__all__ = ["RunResult", "StageOutcome", "plan", "run_recipe"]
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+STAGE_FILE = "stage.json"
+CODE_VERSION = "1"  # bump when a stage's semantics change so old caches are not reused
+
+
+@dataclass
+class StageOutcome:
+    kind: str
+    key: str
+    directory: Path
+    cached: bool
+    seconds: float
+    artifacts: list[Artifact] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    recipe: Recipe
+    stages: list[StageOutcome]
+    report: dict[str, Any]
+    budget_met: bool | None = None
+
+
+# --------------------------------------------------------------------------- keys and plan
+def _hash(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"\x00")
+    return h.hexdigest()[:12]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _root_key(recipe: Recipe) -> str:
+    model = recipe.model
+    if model is None:
+        raise ConfigError("no model: give one with --model, or set 'model:' in the recipe")
+    if recipe.data is None:
+        raise ConfigError("no data: give it with --data, or set 'data:' in the recipe")
+    mpath = Path(model)
+    model_id = _file_digest(mpath) if mpath.exists() else f"zoo:{model}"
+    dpath = Path(recipe.data)
+    data_id = _file_digest(dpath) if dpath.is_file() else str(recipe.data)
+    return _hash("root", CODE_VERSION, model_id, data_id, recipe.seed)
+
+
+def plan(recipe: Recipe, run_dir: str | Path | None = None, *, ratio: float | None = None) -> list[dict[str, Any]]:
+    """The resolved stages with their cache keys and whether each is already done in ``run_dir``."""
+    key = _root_key(recipe)
+    out = []
+    for i, stage in enumerate(recipe.stages, 1):
+        stage = _with_ratio(stage, ratio)
+        key = _hash(key, stage.canonical())
+        d = Path(run_dir) / "stages" / f"{i:02d}-{stage.kind}-{key}" if run_dir else None
+        out.append({"index": i, "stage": stage.kind, "options": stage.options, "key": key,
+                    "directory": str(d) if d else None, "done": bool(d and (d / STAGE_FILE).exists())})
+    return out
+
+
+def _with_ratio(stage: Stage, ratio: float | None) -> Stage:
+    if ratio is None or stage.kind != "prune":
+        return stage
+    opts = {k: v for k, v in stage.options.items() if k not in ("target_flops", "target_params")}
+    return Stage("prune", {**opts, "ratio": ratio})
+
+
+# --------------------------------------------------------------------------- run directory ownership
+def _claim(run_dir: Path, recipe: Recipe) -> None:
+    """A run directory belongs to one recipe; refuse another's before touching anything."""
+    meta = run_dir / RUN_FILE
+    if meta.exists():
+        try:
+            owner = json.loads(meta.read_text())
+        except (OSError, json.JSONDecodeError):
+            raise ConfigError(f"{meta} is unreadable; choose a new run directory (-o)") from None
+        if owner.get("fingerprint") != recipe.fingerprint():
+            raise ConfigError(
+                f"run directory {run_dir} holds a run of recipe {owner.get('recipe', {}).get('name')!r} "
+                f"({owner.get('fingerprint')}), not of {recipe.name!r} ({recipe.fingerprint()}); "
+                "choose another -o (nothing was changed)"
+            )
+        if owner.get("model") != recipe.model or owner.get("data") != recipe.data:
+            raise ConfigError(
+                f"run directory {run_dir} was made for model {owner.get('model')!r} on {owner.get('data')!r}, not "
+                f"{recipe.model!r} on {recipe.data!r}; choose another -o (nothing was changed)"
+            )
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"{run_dir} exists, is not empty and is no edgetl run directory; choose another -o")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(meta, {"fingerprint": recipe.fingerprint(), "recipe": recipe.to_dict(), "model": recipe.model,
+                      "data": recipe.data, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+# --------------------------------------------------------------------------- the run
+@dataclass
+class _Context:
+    recipe: Recipe
+    run_dir: Path
+    data: DataSplits
+    source: Artifact  # the user's model, the reference for accuracy and agreement
+    current: Artifact  # the PyTorch model flowing through prune/distill
+    quantized: Artifact | None = None
+    exports: list[Artifact] = field(default_factory=list)
+    rerun: set[str] = field(default_factory=set)
+    reference_pred: Any = None  # the source model's test-split predictions, computed once
+
+
+def run_recipe(recipe: Recipe, run_dir: str | Path, *, from_stage: str | None = None) -> RunResult:
+    """Run (or resume) ``recipe`` into ``run_dir`` and write ``report.{json,md,html}`` there."""
+    run_dir = Path(run_dir)
+    if from_stage is not None and recipe.stage(from_stage) is None:
+        raise ConfigError(f"--from {from_stage}: the recipe has no such stage; its stages are "
+                          f"{', '.join(s.kind for s in recipe.stages)}")
+    plan(recipe)  # model and data given
+    _claim(run_dir, recipe)
+    data = load_data(recipe.data, seed=recipe.seed)
+    source = load_model(recipe.model)
+    if source.format is not Format.TORCH:
+        raise ConfigError(f"edgetl run starts from a PyTorch model; {recipe.model} is {source.format.value}")
+    check_classes(source.labels, data)
+    kinds = [s.kind for s in recipe.stages]
+    rerun = set(kinds[kinds.index(from_stage):]) if from_stage else set()
+    ctx = _Context(recipe=recipe, run_dir=run_dir, data=data, source=source, current=source, rerun=rerun)
+
+    budget_met: bool | None = None
+    chosen_ratio: float | None = None
+    search: list[dict[str, Any]] = []
+    if recipe.budgets.active:
+        chosen_ratio, budget_met, search = _search_budget(ctx)
+    outcomes = _run_chain(ctx, ratio=chosen_ratio)
+
+    from edgetl.run_report import build_report, write_reports
+
+    report = build_report(ctx, outcomes, search=search, chosen_ratio=chosen_ratio, budget_met=budget_met)
+    write_reports(report, run_dir)
+    result = RunResult(run_dir=run_dir, recipe=recipe, stages=outcomes, report=report, budget_met=budget_met)
+    if budget_met is False:
+        raise BudgetError(report["budget"]["message"] + f" (report: {run_dir / 'report.md'})")
+    return result
+
+
+def _run_chain(ctx: _Context, *, ratio: float | None, until: str | None = None) -> list[StageOutcome]:
+    key = _root_key(ctx.recipe)
+    ctx.current, ctx.quantized, ctx.exports = ctx.source, None, []
+    outcomes: list[StageOutcome] = []
+    for i, stage in enumerate(ctx.recipe.stages, 1):
+        if until is not None and STAGE_RANK[stage.kind] > STAGE_RANK[until]:
+            break
+        stage = _with_ratio(stage, ratio)
+        key = _hash(key, stage.canonical())
+        outcomes.append(_run_stage(ctx, i, stage, key))
+    return outcomes
+
+
+def _run_stage(ctx: _Context, index: int, stage: Stage, key: str) -> StageOutcome:
+    d = ctx.run_dir / "stages" / f"{index:02d}-{stage.kind}-{key}"
+    done = (d / STAGE_FILE).exists()
+    if done and stage.kind not in ctx.rerun:
+        outcome = _load_outcome(ctx, stage, key, d)
+        log.info("stage %s: cached (%s)", stage.kind, d.name)
+    else:
+        start = time.perf_counter()
+        with atomic_dir(d, overwrite=True) as tmp:
+            artifacts, summary = _EXECUTORS[stage.kind](ctx, stage, tmp, key)
+            write_json(tmp / STAGE_FILE, {"stage": stage.kind, "options": stage.options, "key": key,
+                                          "seconds": time.perf_counter() - start, "summary": summary,
+                                          "artifacts": [_rel(a, tmp) for a in artifacts]})
+        outcome = _load_outcome(ctx, stage, key, d)
+        outcome.cached = False
+        ctx.rerun.discard(stage.kind)
+    _advance(ctx, outcome)
+    return outcome
+
+
+def _rel(a: Artifact, root: Path) -> dict[str, Any]:
+    return {"path": str(Path(a.path).relative_to(root)) if a.path else None, "format": a.format.value}
+
+
+def _load_outcome(ctx: _Context, stage: Stage, key: str, d: Path) -> StageOutcome:
+    meta = json.loads((d / STAGE_FILE).read_text())
+    arts = [load_model(d / a["path"]) for a in meta["artifacts"] if a["path"]]
+    return StageOutcome(kind=stage.kind, key=key, directory=d, cached=True, seconds=float(meta["seconds"]),
+                        artifacts=arts, summary=meta.get("summary", {}))
+
+
+def _advance(ctx: _Context, outcome: StageOutcome) -> None:
+    if outcome.kind in ("prune", "distill") and outcome.artifacts:
+        ctx.current = outcome.artifacts[0]
+    elif outcome.kind == "quantize" and outcome.artifacts:
+        ctx.quantized = outcome.artifacts[0]
+    elif outcome.kind == "export":
+        ctx.exports = list(outcome.artifacts)
+
+
+# --------------------------------------------------------------------------- stage executors
+def _accuracy(artifact: Artifact, data: DataSplits, split: str = "val") -> float:
+    from edgetl.evaluate import evaluate
+
+    return float(evaluate(artifact, data, split=split)["accuracy"])
+
+
+def _exec_prune(ctx: _Context, stage: Stage, out: Path, key: str):
+    from edgetl.prune import prune
+
+    cfg = build_config(stage)
+    recover = stage.options.get("recover")
+    hook = None
+    if recover == "distill":
+        from edgetl.distill import DistillConfig, recovery_from
+
+        hook = recovery_from(ctx.source, DistillConfig(epochs=max(1, cfg.recover_epochs), seed=ctx.recipe.seed))
+    elif recover not in (None, "finetune"):
+        raise ConfigError(f"prune.recover must be 'distill' or 'finetune', got {recover!r}")
+    kwargs = {"recover": hook} if hook is not None else {}
+    art = prune(ctx.current, cfg, data=ctx.data, **kwargs)
+    path = save_model(art, out / "model.pt")
+    return [dataclasses.replace(art, path=path)], dict(art.history[-1].metrics)
+
+
+def _exec_distill(ctx: _Context, stage: Stage, out: Path, key: str):
+    from edgetl.distill import distill
+
+    cfg = build_config(stage)
+    work = ctx.run_dir / "work" / key
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.replace(cfg, checkpoint=work / "checkpoint.pt", resume=True, seed=ctx.recipe.seed)
+    student = stage.options.get("student") or ctx.current
+    art = distill(student, ctx.source, ctx.data, cfg)
+    path = save_model(art, out / "model.pt")
+    shutil.rmtree(work, ignore_errors=True)
+    return [dataclasses.replace(art, path=path)], _json_safe(art.history[-1].metrics)
+
+
+def _exec_quantize(ctx: _Context, stage: Stage, out: Path, key: str):
+    from edgetl.quantize import quantize
+
+    cfg = build_config(stage)
+    art = quantize(ctx.current, cfg, data=ctx.data, output=out / "quantized")
+    return [art], _json_safe(art.history[-1].metrics)
+
+
+def _exec_export(ctx: _Context, stage: Stage, out: Path, key: str):
+    """Export the PyTorch model; formats that take the quantized artifact (e.g. TensorRT from a QDQ ONNX) get it."""
+    from exporters.base import export, format_spec
+
+    opts = {k: v for k, v in stage.options.items() if k != "formats"}
+    names = stage_formats(stage)
+    q = ctx.quantized
+    from_q = [n for n in names if q is not None and q.format in format_spec(n).accepts]
+    from_fp = [n for n in names if n not in from_q]
+    arts: list[Artifact] = []
+    if from_fp:
+        arts += export(ctx.current, from_fp, out / "exports", options=opts, data=ctx.data)
+    if from_q:
+        arts += export(q, from_q, out / "exports-from-quantized", options=opts, data=ctx.data)
+    return arts, {"exports": [{"format": a.format.value, "path": a.path.name,
+                               "source": "fp32" if i < len(from_fp) else "quantized",
+                               "parity": a.history[-1].metrics.get("parity")} for i, a in enumerate(arts)]}
+
+
+def _exec_bench(ctx: _Context, stage: Stage, out: Path, key: str):
+    """Measure every artifact of the run (and the baselines) on each device, with its test accuracy."""
+    from benchmarks.harness import measure
+    from benchmarks.profiles import load_profile
+    from edgetl.progress import track
+
+    cfg = build_config(stage)
+    devices = list(stage.options.get("devices", ["x86-cpu"]))
+    candidates = _bench_candidates(ctx, out)
+    quality = {role: _quality(art, ctx) for role, art in track(candidates, "accuracy of each artifact")}
+    results = []
+    for dev in devices:
+        profile = load_profile(dev)
+        for role, art in track(candidates, f"latency on {dev}"):
+            r = measure(art, cfg, profile=profile)
+            r.accuracy, r.accuracy_source = quality[role]["accuracy"], f"{ctx.data.name} test split"
+            results.append({"role": role, "device": dev, "agreement": quality[role]["agreement"],
+                            "cost": quality[role]["cost"], "result": r.to_dict()})
+    write_json(out / "results.json", results)
+    return [], {"results": results}
+
+
+def _quality(art: Artifact, ctx: _Context) -> dict[str, Any]:
+    """Test accuracy, top-1 agreement with the source model, and params/FLOPs where the model is PyTorch."""
+    from edgetl.evaluate import predict
+
+    images, labels = ctx.data.test.images, ctx.data.test.labels.numpy()
+    if ctx.reference_pred is None:
+        ctx.reference_pred = predict(ctx.source, images).argmax(1)
+    pred = predict(art, images).argmax(1)
+    cost = None
+    if art.format is Format.TORCH and art.model is not None:
+        from edgetl.prune.flops import model_cost
+
+        c = model_cost(art.model, art.input_spec.batch_shape(1))
+        cost = {"params": c.params, "flops": c.flops}
+    return {"accuracy": float((pred == labels).mean()), "agreement": float((pred == ctx.reference_pred).mean()),
+            "cost": cost, "samples": int(len(labels))}
+
+
+def _bench_candidates(ctx: _Context, out: Path) -> list[tuple[str, Artifact]]:
+    cands: list[tuple[str, Artifact]] = [("teacher", ctx.source)]
+    if ctx.current is not ctx.source:
+        cands.append(("compressed", ctx.current))
+    if ctx.quantized is not None:
+        cands.append(("quantized", ctx.quantized))
+    cands += [(f"export:{a.format.value}", a) for a in ctx.exports]
+    if "teacher-int8" in ctx.recipe.baselines:
+        cands.append(("baseline:teacher-int8", _teacher_int8(ctx, out)))
+    return cands
+
+
+def _teacher_int8(ctx: _Context, out: Path) -> Artifact:
+    """Plain NNCF int8 of the unpruned model: the baseline a user would get without edgetl's other stages."""
+    from edgetl.quantize import QuantizeConfig, quantize
+
+    cfg = QuantizeConfig(backend="openvino", precision="int8")
+    return quantize(ctx.source, cfg, data=ctx.data, output=out / "baseline-teacher-int8")
+
+
+_EXECUTORS = {"prune": _exec_prune, "distill": _exec_distill, "quantize": _exec_quantize, "export": _exec_export,
+              "bench": _exec_bench}
+
+
+# --------------------------------------------------------------------------- budgets
+def _search_budget(ctx: _Context) -> tuple[float | None, bool, list[dict[str, Any]]]:
+    """Try pruning ratios from the most aggressive down; the first whose compressed model meets the budgets wins.
+
+    Each candidate runs prune (with its recovery), distill and quantize as the recipe says, and is cached like
+    any stage, so a rerun of the search costs nothing.
+    """
+    from benchmarks.harness import BenchConfig, measure
+    from benchmarks.profiles import load_profile
+
+    b = ctx.recipe.budgets
+    ref = _accuracy(ctx.source, ctx.data)
+    tried: list[dict[str, Any]] = []
+    last_compress = "quantize" if ctx.recipe.stage("quantize") is not None else "distill"
+    for ratio in b.ratios:
+        _run_chain(ctx, ratio=ratio, until=last_compress)
+        final = ctx.quantized or ctx.current
+        acc = _accuracy(final, ctx.data)
+        row: dict[str, Any] = {"ratio": ratio, "val_accuracy": acc, "drop_points": 100 * (ref - acc)}
+        ok = b.max_accuracy_drop is None or row["drop_points"] <= b.max_accuracy_drop
+        if b.target_latency_ms is not None:
+            r = measure(final, BenchConfig(threads=2, min_time_s=1.0, min_count=50), profile=load_profile(b.device))
+            row["p90_ms"] = r.latency_ms.p90
+            ok = ok and r.latency_ms.p90 <= b.target_latency_ms
+        row["meets_budget"] = ok
+        tried.append(row)
+        if ok:
+            return ratio, True, tried
+    best = max(tried, key=lambda t: t["val_accuracy"])
+    return best["ratio"], False, tried
+
+
+def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d, default=str))
+
+
+_ = StageRecord  # re-exported type used in reports
