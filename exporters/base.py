@@ -233,6 +233,9 @@ def plan_export(artifact: Artifact, formats: str | Iterable[str], options: Expor
                     f"{', '.join(p.value for p in spec.precisions)}"
                     + (" (int8 comes from `edgetl quantize`)" if options.precision is Precision.INT8 else "")
                 )
+    if options.precision is Precision.INT8 and artifact.format is Format.TORCH:
+        raise ConfigError("export does not quantize: int8 comes from `edgetl quantize`, whose output (a Q/DQ ONNX "
+                          "or an int8 model) is then exported; or pick fp32/fp16")
     for spec in specs:
         check_dependencies(spec)
         if spec.via is not None and artifact.format is Format.TORCH:

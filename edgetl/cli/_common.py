@@ -95,7 +95,10 @@ def execute(body: Callable[[], tuple[dict[str, Any], Render | None]], *, json_: 
 def _fail(message: str, kind: str, code: int, *, json_: bool, debug: bool):
     if debug:
         traceback.print_exc()
-    _console().print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    from rich.markup import escape
+
+    # Escaped: messages quote things like pip install 'edgetl[mobile]', which rich would eat as markup.
+    _console().print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
     if json_:
         sys.stdout.write(json.dumps({"ok": False, "error": message, "error_type": kind}) + "\n")
     raise typer.Exit(code)
