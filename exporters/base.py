@@ -46,6 +46,7 @@ __all__ = [
     "Precision",
     "export",
     "format_spec",
+    "check_request",
     "plan_export",
     "write_metadata",
 ]
@@ -196,7 +197,25 @@ _CLI_FLAG = {"opset": "--opset", "dynamic_batch": "--dynamic-batch", "max_batch"
 
 
 def plan_export(artifact: Artifact, formats: str | Iterable[str], options: ExportOptions) -> list[FormatSpec]:
-    """Validate a whole export before any slow step: names, sources, options, precisions and extras.
+    """Validate a whole export before any slow step: :func:`check_request`, then what the source allows."""
+    specs = check_request(formats, options)
+    for spec in specs:
+        if artifact.format not in spec.sources():
+            raise ConfigError(
+                f"format {spec.name!r} cannot be made from a {artifact.format.value} artifact; it takes "
+                f"{', '.join(f.value for f in spec.sources())}. Export from the PyTorch model instead"
+            )
+    if options.precision is Precision.INT8 and artifact.format is Format.TORCH:
+        raise ConfigError("export does not quantize: int8 comes from `edgetl quantize`, whose output (a Q/DQ ONNX "
+                          "or an int8 model) is then exported; or pick fp32/fp16")
+    for spec in specs:
+        if spec.via is not None and artifact.format is Format.TORCH:
+            check_dependencies(FORMATS[spec.via.value])
+    return specs
+
+
+def check_request(formats: str | Iterable[str], options: ExportOptions) -> list[FormatSpec]:
+    """Format names, options, precisions and installed extras: everything that needs no model loaded.
 
     An option is refused only when it applies to none of the requested formats (``--opset`` with
     ``--format onnx,openvino`` shapes the ONNX and is fine); a precision is refused when a requested format that
@@ -211,12 +230,6 @@ def plan_export(artifact: Artifact, formats: str | Iterable[str], options: Expor
         spec = format_spec(n)
         if spec not in specs:
             specs.append(spec)
-    for spec in specs:
-        if artifact.format not in spec.sources():
-            raise ConfigError(
-                f"format {spec.name!r} cannot be made from a {artifact.format.value} artifact; it takes "
-                f"{', '.join(f.value for f in spec.sources())}. Export from the PyTorch model instead"
-            )
     applicable = set().union(*(s.options for s in specs))
     for opt in sorted(options.given()):
         if opt not in applicable:
@@ -233,13 +246,8 @@ def plan_export(artifact: Artifact, formats: str | Iterable[str], options: Expor
                     f"{', '.join(p.value for p in spec.precisions)}"
                     + (" (int8 comes from `edgetl quantize`)" if options.precision is Precision.INT8 else "")
                 )
-    if options.precision is Precision.INT8 and artifact.format is Format.TORCH:
-        raise ConfigError("export does not quantize: int8 comes from `edgetl quantize`, whose output (a Q/DQ ONNX "
-                          "or an int8 model) is then exported; or pick fp32/fp16")
     for spec in specs:
         check_dependencies(spec)
-        if spec.via is not None and artifact.format is Format.TORCH:
-            check_dependencies(FORMATS[spec.via.value])
     return specs
 
 

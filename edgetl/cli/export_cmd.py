@@ -55,16 +55,16 @@ def export_cmd(
 
     def body():
         from edgetl.errors import ConfigError
-        from exporters.base import ExportOptions, export, format_spec
+        from exporters.base import ExportOptions, check_request, export
 
-        # Cheap checks first: a typo in a name or an existing output must not wait for the model to load.
-        for name in (n for n in format_.split(",") if n.strip()):
-            format_spec(name)
-        if output.exists() and not overwrite:
-            raise ConfigError(f"output directory {output} exists; pass --overwrite to replace it")
+        # Cheap checks first: a wrong name or option, a missing extra or an existing output must not wait for
+        # the model to load.
         values = {"opset": opset, "dynamic_batch": dynamic_batch, "max_batch": max_batch, "precision": precision,
                   "dla_core": dla_core, "parity": not no_parity}
         options = ExportOptions.from_mapping({k: v for k, v in values.items() if v is not None})
+        check_request(format_, options)
+        if output.exists() and not overwrite:
+            raise ConfigError(f"output directory {output} exists; pass --overwrite to replace it")
 
         import torch
 
