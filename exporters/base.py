@@ -27,7 +27,7 @@ import importlib.util
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -419,6 +419,6 @@ def _stem(artifact: Artifact) -> str:
     return artifact.arch or "model"
 
 
-def registered() -> dict[str, Callable[..., Any]]:
+def registered() -> dict[str, str]:
     """Name -> description of every format (no backend is imported)."""
     return {name: spec.description for name, spec in FORMATS.items()}
