@@ -342,7 +342,6 @@ def export(
                 for spec in sorted(specs, key=lambda s: s.format is not Format.ONNX)}
         results = [done[spec.name] for spec in specs]
         shutil.rmtree(stage / _SCRATCH, ignore_errors=True)
-        _readable(stage)
         write_json(stage / MANIFEST, {
             "source": {"name": artifact.name, "format": artifact.format.value, "arch": artifact.arch},
             "options": opts.to_dict(),
@@ -350,6 +349,7 @@ def export(
             "exports": [{"format": spec.name, "path": str(a.path.relative_to(stage)),
                          "parity": a.history[-1].metrics.get("parity")} for spec, a in zip(specs, results, strict=True)],
         })
+        _readable(stage)
     return [_relocate(a, stage, out_dir) for a in results]
 
 

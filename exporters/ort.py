@@ -53,9 +53,15 @@ def export_ort(artifact: Artifact, path: str | Path) -> Artifact:
         log_out = io.StringIO()
         try:
             # The tool prints progress on stdout; --json needs stdout clean.
-            with contextlib.redirect_stdout(log_out):
-                convert_onnx_models_to_ort(src, output_dir=out_dir, optimization_styles=[OptimizationStyle.Fixed],
-                                           target_platform="arm")
+            tool_log = logging.getLogger("ort_format_model.utils")  # logs each file it writes at INFO, own level
+            level = tool_log.level
+            tool_log.setLevel(logging.WARNING)
+            try:
+                with contextlib.redirect_stdout(log_out):
+                    convert_onnx_models_to_ort(src, output_dir=out_dir,
+                                               optimization_styles=[OptimizationStyle.Fixed], target_platform="arm")
+            finally:
+                tool_log.setLevel(level)
         except Exception as e:  # noqa: BLE001 - the tool raises plain exceptions
             raise ExportError(f"ORT-format conversion failed: {str(e).strip().splitlines()[0][:300]}") from None
         log.debug("convert_onnx_models_to_ort: %s", log_out.getvalue())
