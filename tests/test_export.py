@@ -458,3 +458,20 @@ def test_importing_exporters_imports_no_backend():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_onnx_falls_back_to_torchscript_with_the_reason_recorded(lite0_digits, digits, tmp_path, caplog):
+    """dynamo keeps its own opset 18 when it cannot convert down (Pad has no 18->17 adapter): use TorchScript."""
+    import onnx
+
+    from exporters.onnx import export_onnx
+    from exporters.parity import check_parity, parity_inputs
+
+    art = export_onnx(lite0_digits, tmp_path / "m17.onnx", opset=17)
+    assert art.extra["onnx_exporter"] == "torchscript" and "opset 18" in art.extra["onnx_exporter_fallback"]
+    assert "falling back to the TorchScript exporter" in caplog.text
+    proto = onnx.load(str(art.path))
+    assert next(o.version for o in proto.opset_import if o.domain == "") == 17
+    assert "GlobalAveragePool" in {n.op_type for n in proto.graph.node}
+    m = check_parity(lite0_digits, art, parity_inputs(lite0_digits, data=digits))
+    assert m["max_rel_error"] < 1e-4
