@@ -126,6 +126,7 @@ def pareto_plot(results: Sequence[BenchResult]) -> bytes | None:
         return None
     fig = Figure(figsize=(8, 5))
     ax = fig.subplots()
+    crowd: dict[int, int] = {}
     colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
     for k, d in enumerate(_device_keys(known)):
         rs = [r for r in known if f"{r.device} @ {r.host}" == d]
@@ -135,9 +136,13 @@ def pareto_plot(results: Sequence[BenchResult]) -> bytes | None:
         front = pareto_front(pts)
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], drawstyle="steps-post", color=c, alpha=0.6,
                 lw=1.5, marker="o", ms=11, mfc="none", label=f"{d}: Pareto front")
-        for j, (r, (x, y)) in enumerate(zip(rs, pts, strict=True)):
+        for r, (x, y) in zip(rs, pts, strict=True):
+            # Points that nearly coincide (same model in two runtimes) get their labels stacked, not overprinted.
+            cell = round(y)  # same accuracy row: alternate labels above and below
+            k = crowd.get(cell, 0)
+            crowd[cell] = k + 1
             ax.annotate(f"{r.artifact} [{r.runtime}/{r.precision}]", (x, y), textcoords="offset points",
-                        xytext=(6, 8 if j % 2 == 0 else -12), fontsize=7)
+                        xytext=(6, 6 if k % 2 == 0 else -12), fontsize=7)
     xs = [r.latency_ms.p90 for r in known]
     if max(xs) / max(min(xs), 1e-9) > 20:
         ax.set_xscale("log")
