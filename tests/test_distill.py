@@ -183,6 +183,9 @@ def test_resume_continues_an_interrupted_run(lite0_digits, small, tmp_path):
         assert a.get("train_loss", 0.0) == pytest.approx(b.get("train_loss", 0.0), rel=1e-5)
     with pytest.raises(ConfigError, match="other settings"):
         distill("edgetl_tinycnn", lite0_digits, small, dataclasses.replace(cfg, resume=True, temperature=2.0))
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])  # e.g. a disk that filled up under someone else's tool
+    with pytest.raises(InputFileError, match="unreadable distillation checkpoint"):
+        distill("edgetl_tinycnn", lite0_digits, small, dataclasses.replace(cfg, resume=True))
 
 
 def test_recovery_hook_distils_into_the_given_model(lite0_digits, small, tmp_path):
