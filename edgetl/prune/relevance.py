@@ -60,7 +60,10 @@ class Composite(str, enum.Enum):
         from zennit.composites import EpsilonAlpha2Beta1, EpsilonPlusFlat
 
         kind = EpsilonPlusFlat if self is Composite.EPSILON_PLUS_FLAT else EpsilonAlpha2Beta1
-        return kind(canonizers=canonizers)
+        # Biases are left out of the rules (as in the paper's code): after batch-norm merging every layer has a
+        # bias, and a rule that counts positive biases absorbs relevance layer after layer (measured on
+        # EfficientNet-Lite0: 0.1 % of the seeded relevance reached the input with biases, most without).
+        return kind(canonizers=canonizers, zero_params=["bias"])
 
 
 @dataclass(frozen=True)
@@ -245,17 +248,14 @@ def _seed(logits, y):
 
 def plain_gradient_seconds(model, reference: ReferenceSet, *, batch_size: int = 64) -> float:
     """Seconds of one ordinary forward+backward (parameter gradients included) over the reference set."""
-    import torch
-
     work = copy.deepcopy(model).eval()
+    work(reference.x[:1]).sum().backward()  # untimed warm-up, as for the LRP pass
+    work.zero_grad(set_to_none=True)
     start = time.perf_counter()
     for x, y in reference.batches(batch_size):
         logits = work(x)
         logits.gather(1, y.view(-1, 1)).sum().backward()
-    seconds = time.perf_counter() - start
-    del work
-    torch.set_grad_enabled(True)
-    return seconds
+    return time.perf_counter() - start
 
 
 def relevance_scores(model, reference: ReferenceSet, *, composite: Composite | str = Composite.EPSILON_PLUS_FLAT,
@@ -278,6 +278,12 @@ def relevance_scores(model, reference: ReferenceSet, *, composite: Composite | s
     start = time.perf_counter()
     comp = composite.build(canonizers)
     with comp.context(work) as hooked:
+        # one untimed single-sample pass first: a cold first call would be charged to LRP otherwise
+        warm = time.perf_counter()
+        x0 = reference.x[:1].clone().requires_grad_(True)
+        out0 = hooked(x0)
+        torch.autograd.backward(out0, grad_tensors=_seed(out0, reference.y[:1]))
+        start += time.perf_counter() - warm
         tap = _OutputGradTap(targets, lambda out, grad: _channel_abs_sum(grad))
         signed = _OutputGradTap(targets, lambda out, grad: grad.detach().sum())
         try:
