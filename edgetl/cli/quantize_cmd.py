@@ -1,0 +1,119 @@
+"""``edgetl quantize``: int8 (or fp16) for one backend, accuracy-checked against the fp32 model.
+
+Example::
+
+    edgetl quantize teacher.pt --data mnist5k --backend openvino --max-drop 1.0 -o teacher.int8.xml --json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("quantize")(quantize_cmd)
+
+
+def quantize_cmd(
+    model: Annotated[str, typer.Argument(help="fp32 model: edgetl checkpoint (.pt), or its ONNX / OpenVINO IR.")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Dataset: calibration from its train split, the "
+                                      "accuracy check on its val split.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file (.onnx for onnxruntime/tensorrt, "
+                                         ".xml for openvino; a directory for a TensorRT build bundle).")],
+    backend: Annotated[str, typer.Option("--backend", "-b", help="onnxruntime, openvino or tensorrt.")]
+    = "onnxruntime",
+    precision: Annotated[str, typer.Option("--precision", help="int8 or fp16.")] = "int8",
+    calib_samples: Annotated[int, typer.Option("--calib-samples", help="Calibration images, stratified across "
+                                               "classes (at least 100 recommended).")] = 300,
+    max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Largest accuracy loss in points; "
+                                                      "sensitive layers are kept in float until it holds.")] = None,
+    allow_drop: Annotated[bool, typer.Option("--allow-drop", help="Write the best model even when --max-drop "
+                                             "cannot be met (exit 0).")] = False,
+    mode: Annotated[str, typer.Option("--mode", help="onnxruntime: static (CNNs) or dynamic (Linear-heavy).")]
+    = "static",
+    calibration: Annotated[str, typer.Option("--calibration", help="Activation ranges: percentile, minmax or "
+                                             "entropy (onnxruntime / tensorrt).")] = "percentile",
+    keep_float: Annotated[Optional[str], typer.Option("--keep-float", help="Comma-separated layers (or node "
+                                                      "names) to keep in floating point.")] = None,
+    max_float_layers: Annotated[int, typer.Option("--max-float-layers", help="At most this many layers kept "
+                                                  "in float by the --max-drop fallback.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the data split and calibration choice.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    json_: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Quantize a model for one backend and check its accuracy against the fp32 model."""
+
+    def body():
+        from edgetl.errors import ConfigError
+        from edgetl.quantize import QuantizeConfig, quantize
+
+        # Cheap checks first: names, values and the output, before any model or data loads.
+        cfg = QuantizeConfig(backend=backend, precision=precision, calib_samples=calib_samples, max_drop=max_drop,
+                             allow_drop=allow_drop, mode=mode, calibration=calibration, seed=seed,
+                             keep_float=tuple(k.strip() for k in (keep_float or "").split(",") if k.strip()),
+                             max_float_layers=max_float_layers)
+        if output.exists() and not overwrite:
+            raise ConfigError(f"{output} exists; pass --overwrite to replace it")
+        _check_suffix(cfg, output)
+
+        import torch
+
+        from edgetl.data import load_data
+        from edgetl.models import load_model
+
+        torch.set_flush_denormal(True)
+        art = load_model(model)
+        splits = load_data(data, seed=seed)
+        q = quantize(art, cfg, data=splits, out=output)
+        m = q.history[-1].metrics
+        result = {
+            "output": str(q.path), "model": model, "backend": cfg.backend.value, "precision": cfg.precision.value,
+            "data": splits.name, "split": m["split"],
+            "accuracy_before": m["fp32_accuracy"], "accuracy_after": m["accuracy"], "drop_points": m["drop_points"],
+            "agreement": m["agreement"], "size_bytes": m.get("size_bytes"), "fp32_size_bytes": m.get("fp32_size_bytes"),
+            "kept_float": m["kept_float"], "unquantizable": m["unquantizable"], "max_drop": m["max_drop"],
+            "budget_met": m["budget_met"], "calibration": {k: v for k, v in m["calibration"].items() if k != "indices"},
+            "warnings": m["warnings"], "attempts": m["attempts"], "backend_info": m["backend_info"],
+            "seconds": q.history[-1].seconds,
+        }
+        if "note" in m:
+            result["note"] = m["note"]
+
+        def render(console):
+            table(console, f"quantize {model} -> {cfg.backend.value} {cfg.precision.value}",
+                  ["fp32 acc", "quantized acc", "drop (points)", "agreement", "size", "kept in float"],
+                  [[f"{100 * m['fp32_accuracy']:.2f} %", f"{100 * m['accuracy']:.2f} %", f"{m['drop_points']:.2f}",
+                    f"{100 * m['agreement']:.1f} %", _mb(result["size_bytes"]),
+                    ", ".join(k["layer"] for k in m["kept_float"]) or "-"]])
+            for u in m["unquantizable"]:
+                console.print(f"kept in float ({cfg.backend.value} cannot quantize it): {u['op']} {u['node']}")
+            for w in m["warnings"]:
+                console.print(f"[yellow]warning:[/] {w}")
+            if m["budget_met"] is False:
+                console.print(f"[yellow]budget of {m['max_drop']:g} points not met (--allow-drop)[/]")
+            console.print(f"wrote {q.path}")
+
+        return result, render
+
+    execute(body, json_=json_, debug=debug)
+
+
+def _check_suffix(cfg, output: Path) -> None:
+    from edgetl.errors import ConfigError
+    from edgetl.quantize import Backend, QuantPrecision
+
+    want = {Backend.ONNXRUNTIME: ".onnx", Backend.OPENVINO: ".xml"}.get(cfg.backend)
+    if want and output.suffix != want:
+        raise ConfigError(f"-o for backend {cfg.backend.value} must end in {want}, got {output.name}")
+    if cfg.backend is Backend.TENSORRT and cfg.precision is QuantPrecision.FP16 and output.suffix:
+        raise ConfigError("TensorRT fp16 is a builder flag: give -o a directory for the trtexec build bundle")
+
+
+def _mb(n) -> str:
+    return f"{n / 1e6:.2f} MB" if n else "-"

@@ -1,0 +1,185 @@
+"""The typed configuration of one quantization run.
+
+Example::
+
+    QuantizeConfig(backend="openvino", max_drop=1.0)              # int8, 300 calibration images, <= 1 point lost
+    QuantizeConfig.from_mapping({"backend": "onnxruntime", "mode": "dynamic"})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edgetl.errors import ConfigError, UnknownNameError
+
+__all__ = ["Backend", "CalibrationMethod", "OrtMode", "OrtTypes", "Preset", "QuantPrecision", "QuantizeConfig"]
+
+MIN_RECOMMENDED_CALIBRATION = 100
+
+
+class _Choice(str, enum.Enum):
+    """A closed choice parsed case-insensitively; a wrong name suggests the nearest valid one."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: Any):
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            raise UnknownNameError(cls._kind(), str(value), [m.value for m in cls]) from None
+
+    @classmethod
+    def _kind(cls) -> str:
+        return cls.__name__.lower()
+
+
+class Backend(_Choice):
+    """The runtime the quantized model is made for; each quantizes differently."""
+
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
+    TENSORRT = "tensorrt"
+    PYTORCH = "pytorch"  # PT2E int8 for ExecuTorch / XNNPACK
+
+    @classmethod
+    def _kind(cls) -> str:
+        return "quantization backend"
+
+
+class QuantPrecision(_Choice):
+    INT8 = "int8"
+    FP16 = "fp16"
+
+    @classmethod
+    def _kind(cls) -> str:
+        return "quantization precision"
+
+
+class OrtMode(_Choice):
+    """ONNX Runtime: ``static`` (calibrated activations, for CNNs) or ``dynamic`` (weights only, activations
+    quantized per call: for Linear/MatMul-heavy models whose activation ranges vary per input)."""
+
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+
+    @classmethod
+    def _kind(cls) -> str:
+        return "ONNX Runtime quantization mode"
+
+
+class OrtTypes(_Choice):
+    """ONNX Runtime activation x weight types: ``auto`` picks by CPU (see :func:`choose_ort_types`)."""
+
+    AUTO = "auto"
+    U8S8 = "u8s8"
+    S8S8 = "s8s8"
+
+    @classmethod
+    def _kind(cls) -> str:
+        return "ONNX Runtime int8 types"
+
+
+class Preset(_Choice):
+    """NNCF preset: ``performance`` (symmetric activations), ``mixed`` (asymmetric activations, for models with
+    negative-valued activations such as SiLU/GELU), ``auto`` picks from the model's activation functions."""
+
+    AUTO = "auto"
+    PERFORMANCE = "performance"
+    MIXED = "mixed"
+
+    @classmethod
+    def _kind(cls) -> str:
+        return "NNCF preset"
+
+
+class CalibrationMethod(_Choice):
+    """How activation ranges are taken from the calibration outputs (ONNX Runtime and TensorRT paths)."""
+
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    ENTROPY = "entropy"
+
+    @classmethod
+    def _kind(cls) -> str:
+        return "calibration method"
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """One quantization run.
+
+    ``max_drop`` is in accuracy points (1.0 = one percentage point of top-1 on the validation split): when int8
+    loses more, the most sensitive layers are kept in floating point, one at a time, up to ``max_float_layers``.
+    ``allow_drop`` writes the best model reached even when the budget is not met (otherwise :class:`BudgetError`).
+    ``keep_float`` names layers (ONNX node / OpenVINO op names) the user wants kept in floating point.
+    """
+
+    backend: Backend = Backend.ONNXRUNTIME
+    precision: QuantPrecision = QuantPrecision.INT8
+    calib_samples: int = 300
+    max_drop: float | None = None
+    allow_drop: bool = False
+    seed: int = 0
+    mode: OrtMode = OrtMode.STATIC
+    ort_types: OrtTypes = OrtTypes.AUTO
+    per_channel: bool = True
+    calibration: CalibrationMethod = CalibrationMethod.PERCENTILE
+    preset: Preset = Preset.AUTO
+    target_device: str = "cpu"
+    keep_float: tuple[str, ...] = ()
+    max_float_layers: int = 8
+    sensitivity_samples: int = 64
+    eval_split: str = "val"
+    eval_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, cls in (("backend", Backend), ("precision", QuantPrecision), ("mode", OrtMode),
+                          ("ort_types", OrtTypes), ("preset", Preset), ("calibration", CalibrationMethod)):
+            object.__setattr__(self, name, cls.parse(getattr(self, name)))
+        object.__setattr__(self, "keep_float", tuple(str(k) for k in self.keep_float))
+        from edgetl.quantize.openvino import TARGET_DEVICES
+
+        object.__setattr__(self, "target_device", str(self.target_device).lower())
+        if self.target_device not in TARGET_DEVICES:
+            raise UnknownNameError("NNCF target device", self.target_device, TARGET_DEVICES)
+        if int(self.calib_samples) < 1:
+            raise ConfigError(f"--calib-samples must be at least 1 (300 recommended, 100 at least), got "
+                              f"{self.calib_samples}")
+        if self.max_drop is not None and not 0 <= float(self.max_drop) <= 100:
+            raise ConfigError(f"--max-drop is in accuracy points between 0 and 100, got {self.max_drop}")
+        if int(self.max_float_layers) < 0:
+            raise ConfigError(f"max_float_layers must not be negative, got {self.max_float_layers}")
+        if int(self.sensitivity_samples) < 1:
+            raise ConfigError(f"sensitivity_samples must be at least 1, got {self.sensitivity_samples}")
+        if self.eval_samples is not None and int(self.eval_samples) < 1:
+            raise ConfigError(f"eval_samples must be at least 1, got {self.eval_samples}")
+        from edgetl.data import SPLITS
+
+        if self.eval_split not in SPLITS:
+            raise UnknownNameError("split", self.eval_split, SPLITS)
+        if self.precision is QuantPrecision.FP16 and self.backend is Backend.PYTORCH:
+            raise ConfigError("the pytorch backend makes int8 (PT2E); fp16 is a property of the runtime there")
+        if self.mode is OrtMode.DYNAMIC and self.backend is not Backend.ONNXRUNTIME:
+            raise ConfigError(f"dynamic int8 is an ONNX Runtime mode; backend {self.backend.value} quantizes "
+                              "statically with calibration")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> QuantizeConfig:
+        """Build from a dict (recipe, JSON); a wrong key suggests the nearest option name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                raise UnknownNameError("quantize option", key, known)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (v.value if isinstance(v, enum.Enum) else list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items()}

@@ -1,0 +1,235 @@
+"""An explicitly quantized (Q/DQ) ONNX laid out the way TensorRT fuses it.
+
+TensorRT builds int8 kernels from Q/DQ pairs it can fuse into the neighbouring layer; where a pair sits decides
+whether a layer runs int8 or falls back to fp32 around an extra reformat. Following the Q/DQ placement
+recommendations of TensorRT's developer guide:
+
+* every input of a weighted op (Conv, ConvTranspose, Gemm, MatMul) is quantized: the activation through a
+  QuantizeLinear -> DequantizeLinear pair, the weight stored as int8 with a per-channel DequantizeLinear on the
+  output-channel axis (axis 0 for Conv and for Gemm with ``transB=1``; the last axis for MatMul);
+* outputs of weighted ops are not quantized (TensorRT fuses bias, BN and activations first and quantizes the
+  fused output itself when the next layer's input Q/DQ asks for it);
+* both inputs of a residual Add are quantized, so the Add fuses into the preceding convolution as an int8
+  element-wise epilogue;
+* everything symmetric (zero point 0, int8): TensorRT supports no other int8 scheme. Biases stay float.
+
+Activation scales come from the calibration images: the largest magnitude seen (``minmax``), a high percentile
+of the magnitudes (``percentile``, 99.99), or the threshold minimising KL divergence (``entropy``, TensorRT's
+own calibrator). The result is meant for ``edgetl export --format tensorrt`` (``trtexec --stronglyTyped``, or
+``--int8`` on TensorRT 8.x), and runs as is in ONNX Runtime for the accuracy check.
+
+Example::
+
+    info = make_qdq(Path("model.onnx"), Path("model.qdq.onnx"), calib_batch, exclude=["node_Conv_12"])
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl.errors import ExportError, MissingDependencyError
+
+__all__ = ["QUANTIZED_OPS", "make_qdq", "weight_axis"]
+
+log = logging.getLogger(__name__)
+
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+PERCENTILE = 99.99
+
+
+def _require() -> None:
+    import importlib.util
+
+    for m in ("onnx", "onnxruntime"):
+        if importlib.util.find_spec(m) is None:
+            raise MissingDependencyError(m, "tensorrt", "TensorRT Q/DQ quantization")
+
+
+def weight_axis(node, weight: np.ndarray) -> int:
+    """The output-channel axis of a weighted node's weight."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1  # weight is (C_in, C_out / groups, k...)
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else weight.ndim - 1
+    return weight.ndim - 1  # MatMul: (K, N)
+
+
+def _amax(values: np.ndarray, method: str) -> float:
+    a = np.abs(values.astype(np.float32)).ravel()
+    if a.size == 0:
+        return 0.0
+    if method == "percentile":
+        return float(np.percentile(a, PERCENTILE))
+    if method == "entropy":
+        return _entropy_amax(a)
+    return float(a.max())
+
+
+def _entropy_amax(a: np.ndarray, bins: int = 2048, levels: int = 128) -> float:
+    """TensorRT's entropy calibration: the clipping threshold whose 128-level histogram has the least KL
+    divergence from the full one."""
+    top = float(a.max())
+    if top <= 0:
+        return 0.0
+    hist, edges = np.histogram(a, bins=bins, range=(0.0, top))
+    hist = hist.astype(np.float64)
+    best, best_i = np.inf, bins
+    for i in range(levels, bins + 1, 16):
+        ref = hist[:i].copy()
+        ref[i - 1] += hist[i:].sum()
+        chunks = np.array_split(hist[:i], levels)
+        q = np.concatenate([np.where(c > 0, c.sum() / max((c > 0).sum(), 1), 0.0) for c in chunks])
+        p = ref / ref.sum()
+        qs = q.sum()
+        if qs == 0:
+            continue
+        q = q / qs
+        mask = p > 0
+        kl = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
+        if kl < best:
+            best, best_i = kl, i
+    return float(edges[best_i]) if best_i < len(edges) else top
+
+
+def _activation_ranges(path: Path, tensors: list[str], batch: np.ndarray, method: str) -> dict[str, float]:
+    from edgetl.quantize.onnxruntime import _run_with_taps
+
+    values = _run_with_taps(path, tensors, batch)
+    return {t: _amax(v, method) for t, v in values.items()}
+
+
+def make_qdq(
+    fp32: Path,
+    out: Path,
+    calib_batch: np.ndarray,
+    *,
+    exclude: Sequence[str] = (),
+    calibration: str = "minmax",
+) -> dict[str, Any]:
+    """Write the TensorRT-ready Q/DQ ONNX of ``fp32`` to ``out``; ``exclude`` names nodes kept in float.
+
+    Returns what was placed: counts of quantized layers and residual Adds, and the weighted nodes left float.
+    """
+    _require()
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgetl.quantize.onnxruntime import name_nodes
+
+    proto = onnx.load(str(fp32))
+    name_nodes(proto)
+    graph = proto.graph
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        raise ExportError(f"per-channel Q/DQ needs ONNX opset 13 or later; {fp32.name} has opset {opset}: "
+                          "re-export with --opset 13 or later (17 for TensorRT 8.5)")
+    inits = {i.name: i for i in graph.initializer}
+    excluded = set(exclude)
+    weighted, adds, kept_float = [], [], []
+    for n in graph.node:
+        if n.op_type in QUANTIZED_OPS and len(n.input) > 1 and n.input[1] in inits:
+            (kept_float if n.name in excluded else weighted).append(n)
+        elif n.op_type == "Add" and n.name not in excluded and len(n.input) == 2 and \
+                not any(i in inits for i in n.input):
+            adds.append(n)
+    # Which tensors get an activation Q/DQ, and for which consumer inputs.
+    act_uses: dict[str, list[tuple[Any, int]]] = {}
+    for n in weighted:
+        act_uses.setdefault(n.input[0], []).append((n, 0))
+    for n in adds:
+        for k in (0, 1):
+            act_uses.setdefault(n.input[k], []).append((n, k))
+    tensors = sorted(act_uses)
+    ranges = _activation_ranges(fp32, tensors, calib_batch, calibration) if tensors else {}
+    new_nodes, new_inits = [], []
+    zero8 = numpy_helper.from_array(np.zeros((), dtype=np.int8), "qdq_zero_point_int8")
+    new_inits.append(zero8)
+    for t in tensors:
+        amax = ranges.get(t, 0.0)
+        scale = max(amax, 1e-8) / 127.0
+        s_name, q_out, dq_out = f"{t}_qdq_scale", f"{t}_quantized", f"{t}_dequantized"
+        new_inits.append(numpy_helper.from_array(np.array(scale, dtype=np.float32), s_name))
+        new_nodes.append(helper.make_node("QuantizeLinear", [t, s_name, zero8.name], [q_out], name=f"{t}_QuantizeLinear"))
+        new_nodes.append(helper.make_node("DequantizeLinear", [q_out, s_name, zero8.name], [dq_out],
+                                          name=f"{t}_DequantizeLinear"))
+        for node, k in act_uses[t]:
+            node.input[k] = dq_out
+    replaced: set[str] = set()
+    for n in weighted:
+        w_name = n.input[1]
+        w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+        axis = weight_axis(n, w)
+        reduce = tuple(d for d in range(w.ndim) if d != axis)
+        amax = np.abs(w).max(axis=reduce) if reduce else np.abs(w)
+        scale = np.maximum(amax, 1e-12) / 127.0
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        q_name, s_name, z_name = f"{w_name}_int8", f"{w_name}_scale", f"{w_name}_zero_point"
+        dq_out = f"{w_name}_dequantized_{n.name}"
+        new_inits += [numpy_helper.from_array(q, q_name),
+                      numpy_helper.from_array(scale.astype(np.float32), s_name),
+                      numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), z_name)]
+        new_nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_out], axis=axis,
+                                          name=f"{w_name}_DequantizeLinear_{n.name}"))
+        n.input[1] = dq_out
+        replaced.add(w_name)
+    still_used = {i for n in graph.node for i in n.input}
+    keep = [i for i in graph.initializer if i.name not in replaced or i.name in still_used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep + new_inits)
+    # Topological order: each Q/DQ goes right before the first node that consumes it.
+    produced = {o for n in new_nodes for o in n.output}
+    ordered, pending = [], {o: [] for o in produced}
+    by_out = {n.output[0]: n for n in new_nodes}
+    placed: set[str] = set()
+
+    def place(name: str) -> None:
+        if name in placed or name not in by_out:
+            return
+        node = by_out[name]
+        for i in node.input:
+            place(i)
+        ordered.append(node)
+        placed.add(name)
+
+    for n in list(graph.node):
+        for i in n.input:
+            place(i)
+        ordered.append(n)
+    del pending
+    del graph.node[:]
+    graph.node.extend(ordered)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"the Q/DQ graph fails onnx.checker: {str(e).splitlines()[0][:300]}") from None
+    onnx.save(proto, str(out))
+    unsupported = _unsupported(proto, inits)
+    del TensorProto
+    return {"format": "QDQ", "symmetric": True, "activation": "int8", "weight": "int8 per-channel",
+            "calibration": calibration, "quantized_layers": len(weighted), "residual_adds": len(adds),
+            "activation_quantizers": len(tensors), "unsupported": unsupported}
+
+
+def _unsupported(proto, fp32_inits) -> list[dict[str, str]]:
+    """Weighted nodes of op types this placement does not quantize (kept float; named in the report)."""
+    from edgetl.quantize.onnxruntime import _DATA_OPS, _is_weight
+
+    out = []
+    for n in proto.graph.node:
+        if n.op_type in QUANTIZED_OPS or n.op_type in _DATA_OPS or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        w = next((i for i in n.input if i in fp32_inits and _is_weight(fp32_inits[i])), None)
+        if w is not None:
+            out.append({"node": n.name, "op": n.op_type,
+                        "layer": w[: -len(".weight")] if w.endswith(".weight") else w})
+    return out
