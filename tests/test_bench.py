@@ -384,3 +384,17 @@ def test_cli_bench_bad_input_is_one_line(tmp_path, exports):
     assert r.returncode == 0 and {"x86-cpu", "jetson-agx-orin"} <= {p["name"] for p in json.loads(r.stdout)["profiles"]}
     r = run_cli("report", "--db", str(tmp_path / "nothing.db"))
     assert r.returncode == 2 and "not found" in r.stderr
+
+
+@pytest.mark.slow
+def test_executorch_runner_through_the_exporters_api(lite0_digits, tmp_path):
+    """ExecuTorch (XNNPACK) program made by the exporters package, measured by the harness like the others."""
+    from benchmarks.harness import BenchConfig, measure
+    from benchmarks.profiles import load_profile
+    from exporters import ExportOptions, export
+
+    (pte,) = export(lite0_digits, "executorch", tmp_path / "et", options=ExportOptions(parity=False))
+    r = measure(pte, BenchConfig(**QUICK), profile=load_profile("x86-cpu"))
+    _sane(r.latency_ms)
+    assert r.format == "executorch" and r.runtime == "executorch" and r.runner["outputs_finite"] is True
+    assert r.inputs.startswith("data:digits/test") and r.model_size_bytes > 1_000_000
