@@ -44,3 +44,9 @@ clean:
 # Pruning criteria without fine-tuning, scarce reference data (accuracy only; ~20 min on 2 shared cores).
 bench-criteria: $(STAMP)
 	flock /tmp/edgetl-bench.lock $(BIN)/python -m benchmarks.suites.criteria
+
+# int8 vs fp32 per backend (ONNX Runtime, OpenVINO) vs plain quantizer defaults: latency + accuracy (idle machine).
+# Add STUDENT=path/to/student.pt to include the pruned + distilled student.
+bench-quantize: $(STAMP)
+	flock /tmp/edgetl-bench.lock $(BIN)/python -m benchmarks.suites.quantize --teacher $(DEMO_DIR)/teacher.pt \
+		$(if $(STUDENT),--student $(STUDENT)) --threads 2 --time 5 --repeats 3
