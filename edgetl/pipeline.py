@@ -31,7 +31,7 @@ from edgetl.fileio import atomic_dir, write_json
 from edgetl.models import load_model, save_model
 from edgetl.recipe import STAGE_RANK, Recipe, Stage, build_config, stage_formats
 
-__all__ = ["RunResult", "StageOutcome", "plan", "run_recipe"]
+__all__ = ["RunResult", "StageOutcome", "plan", "quantize_into", "run_recipe"]
 
 log = logging.getLogger(__name__)
 
@@ -280,11 +280,17 @@ def _exec_distill(ctx: _Context, stage: Stage, out: Path, key: str):
     return [dataclasses.replace(art, path=path)], _json_safe(art.history[-1].metrics)
 
 
-def _exec_quantize(ctx: _Context, stage: Stage, out: Path, key: str):
-    from edgetl.quantize import quantize
+def quantize_into(artifact: Artifact, config, data: DataSplits, directory: Path) -> Artifact:
+    """Quantize into ``directory/model.PRECISION.SUFFIX`` (the file name the backend's format wants)."""
+    from edgetl.quantize import default_suffix, quantize
 
-    cfg = build_config(stage)
-    art = quantize(ctx.current, cfg, data=ctx.data, output=out / "quantized")
+    directory.mkdir(parents=True, exist_ok=True)
+    return quantize(artifact, config, data=data,
+                    out=directory / f"model.{config.precision.value}{default_suffix(config)}")
+
+
+def _exec_quantize(ctx: _Context, stage: Stage, out: Path, key: str):
+    art = quantize_into(ctx.current, build_config(stage), ctx.data, out / "quantized")
     return [art], _json_safe(art.history[-1].metrics)
 
 
@@ -361,10 +367,10 @@ def _bench_candidates(ctx: _Context, out: Path) -> list[tuple[str, Artifact]]:
 
 def _teacher_int8(ctx: _Context, out: Path) -> Artifact:
     """Plain NNCF int8 of the unpruned model: the baseline a user would get without edgetl's other stages."""
-    from edgetl.quantize import QuantizeConfig, quantize
+    from edgetl.quantize import QuantizeConfig
 
     cfg = QuantizeConfig(backend="openvino", precision="int8")
-    return quantize(ctx.source, cfg, data=ctx.data, output=out / "baseline-teacher-int8")
+    return quantize_into(ctx.source, cfg, ctx.data, out / "baseline-teacher-int8")
 
 
 _EXECUTORS = {"prune": _exec_prune, "distill": _exec_distill, "quantize": _exec_quantize, "export": _exec_export,
