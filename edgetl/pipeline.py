@@ -347,7 +347,7 @@ def _quality(art: Artifact, ctx: _Context) -> dict[str, Any]:
     if art.format is Format.TORCH and art.model is not None:
         from edgetl.prune.flops import model_cost
 
-        c = model_cost(art.model, art.input_spec.batch_shape(1))
+        c = model_cost(art.model, art.input_spec.shape)
         cost = {"params": c.params, "flops": c.flops}
     return {"accuracy": float((pred == labels).mean()), "agreement": float((pred == ctx.reference_pred).mean()),
             "cost": cost, "samples": int(len(labels))}

@@ -151,3 +151,38 @@ def test_killed_run_resumes_without_redoing_finished_stages(tmp_path, lite0_digi
     # a third run is all cache
     r = run_cli("run", "--recipe", str(recipe), "--model", str(lite0_digits_path), "-o", str(run_dir), "--json")
     assert all(s["cached"] for s in json.loads(r.stdout)["report"]["stages"])
+
+
+def test_full_chain_report_has_every_artifact_and_a_recommendation(tmp_path, lite0_digits_path):
+    recipe = _write(tmp_path, {
+        "name": "chain", "data": "digits", "baselines": ["teacher-int8"],
+        "stages": [
+            {"distill": {"student": "edgetl_tinycnn", "epochs": 3}},
+            {"quantize": {"backend": "openvino", "precision": "int8", "calib_samples": 100}},
+            {"export": {"formats": ["onnx"]}},
+            {"bench": {"devices": ["x86-cpu"], "threads": 1, "min_time_s": 0.05, "min_count": 5, "warmup_runs": 1,
+                       "warmup_s": 0.0}},
+        ]})
+    run_dir = tmp_path / "run"
+    r = run_cli("run", "--recipe", str(recipe), "--model", str(lite0_digits_path), "-o", str(run_dir), "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((run_dir / "report.json").read_text())
+    roles = {a["role"] for a in rep["artifacts"]}
+    assert roles == {"teacher", "compressed", "quantized", "export:onnx", "baseline:teacher-int8"}
+    teacher = next(a for a in rep["artifacts"] if a["role"] == "teacher")
+    student = next(a for a in rep["artifacts"] if a["role"] == "compressed")
+    assert teacher["accuracy"] > 0.8 and teacher["agreement"] == 1.0
+    assert student["params"] < teacher["params"] / 50  # the tiny CNN
+    for a in rep["artifacts"]:
+        assert 0 < a["p50_ms"] <= a["p90_ms"] <= a["p99_ms"] and a["samples"] >= 5
+        assert 0.0 <= a["accuracy"] <= 1.0 and 0.0 <= a["agreement"] <= 1.0
+    rec = rep["recommendation"]
+    assert rec["line"].startswith("ship ") or rec["line"].startswith("no artifact")
+    if "role" in rec:  # the recommended artifact is within the default 1-point budget and the fastest such
+        within = [a for a in rep["artifacts"] if not a["role"].startswith("baseline")
+                  and 100 * (teacher["accuracy"] - a["accuracy"]) <= 1.0 + 1e-9]
+        assert rec["p90_ms"] == min(a["p90_ms"] for a in within)
+    md = (run_dir / "report.md").read_text()
+    assert "Recommendation" in md or "no artifact" in md
+    assert "| teacher |" in md
+    assert "data:image/png;base64," in (run_dir / "report.html").read_text()
