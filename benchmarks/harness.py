@@ -145,6 +145,7 @@ class BenchResult:
     config: dict[str, Any] = field(default_factory=dict)
     env: dict[str, Any] = field(default_factory=dict)
     artifact_meta: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     schema: int = SCHEMA_VERSION
 
@@ -384,6 +385,25 @@ def environment(profile=None) -> dict[str, Any]:
     return {k: v for k, v in env.items() if v is not None}
 
 
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds busy on the whole machine, CPU seconds of this process), to tell what else ran meanwhile."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user..steal; guest is already in user
+    t = os.times()
+    return busy, t.user + t.system
+
+
+def _background_load(before, after, wall_s: float) -> float | None:
+    """Cores' worth of CPU other processes used during the timed loop."""
+    if before is None or after is None or wall_s <= 0:
+        return None
+    return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / wall_s)
+
+
 # --------------------------------------------------------------------------- memory and size
 def _rss_mb() -> float | None:
     try:
@@ -544,8 +564,6 @@ def measure(artifact: Artifact, config: BenchConfig | None = None, *, profile=No
         if out.shape[0] != config.batch:
             raise ModelError(f"{artifact.name} returned {out.shape[0]} rows for a batch of {config.batch}")
         finite = bool(np.isfinite(out).all())
-        if not finite:
-            log.warning("%s produced non-finite outputs on real inputs", artifact.name)
 
         runtime_side = hasattr(runner, "last_latency_ms")
         n_in = len(inputs)
@@ -561,6 +579,7 @@ def measure(artifact: Artifact, config: BenchConfig | None = None, *, profile=No
         samples: list[int] = []
         rt_samples: list[float] = []
         with task(f"bench {artifact.name} [{runtime}]", total=config.min_count) as bar:
+            busy0 = _cpu_seconds()
             loop_start = time.perf_counter_ns()
             min_ns, max_ns = int(config.min_time_s * 1e9), int(config.max_time_s * 1e9)
             next_report, reported = loop_start + 200_000_000, 0
@@ -584,15 +603,23 @@ def measure(artifact: Artifact, config: BenchConfig | None = None, *, profile=No
                     break
             bar.advance(config.min_count - reported)
             loop_ns = time.perf_counter_ns() - loop_start
+            busy1 = _cpu_seconds()
         peak = _peak_mb()
         info = runner.describe()
     finally:
         runner.close()
 
-    if len(samples) < config.min_count:
-        log.warning("%s: only %d calls in max_time_s=%s (asked for %d)", artifact.name, len(samples),
-                    config.max_time_s, config.min_count)
     stats = LatencyStats.from_ns(samples)
+    warnings: list[str] = []
+    background = _background_load(busy0, busy1, loop_ns / 1e9)
+    if background is not None and background > 0.25:
+        warnings.append(f"other processes used {background:.1f} cores while this was timed: the latency is "
+                        "inflated (thread pools that wait on busy cores, e.g. PyTorch eager with several threads, "
+                        "suffer most); measure on an idle machine")
+    if len(samples) < config.min_count:
+        warnings.append(f"only {len(samples)} calls within max_time_s={config.max_time_s} (asked for {config.min_count})")
+    if not finite:
+        warnings.append("the model produced non-finite outputs on real inputs")
     # What ran: int8 weights stay "int8"; otherwise the runtime-side precision where the runtime picks one
     # (OpenVINO's inference precision hint: f32, bf16 or f16), else the stored precision.
     stored = _stored_precision(artifact)
@@ -611,7 +638,7 @@ def measure(artifact: Artifact, config: BenchConfig | None = None, *, profile=No
         model_size_bytes=model_size(artifact, Path(source_path) if source_path else None),
         accuracy=acc, accuracy_source=acc_src, inputs=origin,
         runner={**info, "outputs_finite": finite, "warmup_calls": i},
-        config=config.to_dict(), env=environment(profile), device=getattr(profile, "name", None) or "local",
+        config=config.to_dict(), env={**environment(profile), "background_load_cores": background}, warnings=warnings, device=getattr(profile, "name", None) or "local",
         artifact_meta={"arch": artifact.arch, "stages": [r.stage for r in artifact.history],
                        "input_shape": list(artifact.input_spec.shape)},
     )

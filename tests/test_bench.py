@@ -51,6 +51,15 @@ def test_percentiles_on_known_samples():
     assert LatencyStats.from_dict(s.to_dict()) == s
 
 
+def test_background_load_is_what_others_used():
+    from benchmarks.harness import _background_load
+
+    # Machine busy 3.0 CPU-s, this process 1.0 CPU-s, over 2 s of wall time: others used 1 core.
+    assert _background_load((10.0, 5.0), (13.0, 6.0), 2.0) == pytest.approx(1.0)
+    assert _background_load((10.0, 5.0), (11.0, 6.0), 2.0) == 0.0
+    assert _background_load(None, (1.0, 1.0), 1.0) is None
+
+
 def test_statistics_reject_bad_samples():
     from benchmarks.stats import LatencyStats, percentile
     from edgetl.errors import ConfigError
@@ -82,6 +91,7 @@ def test_each_runner_measures_the_trained_model(fmt, exports, lite0_digits):
     assert r.accuracy == pytest.approx(lite0_digits.last_metric("test_accuracy"))
     assert r.env["versions"]["numpy"] and r.env["logical_cores"] >= 1 and r.env["cpu"]
     assert r.throughput > 0
+    assert r.env["background_load_cores"] >= 0 and isinstance(r.warnings, list)
     if fmt == "openvino":
         # True f32 unless asked, and the precision that ran is recorded; the runtime's own latency too.
         assert r.precision == "fp32" and r.runner["precision"].lower() == "f32"

@@ -116,6 +116,9 @@ def bench_cmd(
             table(console, f"{prof.name}: latency per call in ms (p90 headline), batch {batch}, threads "
                   f"{'/'.join(thr)}; cold = load + first call", ["host"] * remote + RESULT_COLUMNS,
                   [result_row(r, with_host=remote) for r in results])
+            for r in results:
+                for w in r.warnings:
+                    console.print(f"[yellow]warning:[/] {r.host}:{r.artifact}: {w}", highlight=False)
             if db_path:
                 console.print(f"stored in {db_path} (run {run_id}); `edgetl report` draws the plots")
 
