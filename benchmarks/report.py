@@ -126,29 +126,25 @@ def pareto_plot(results: Sequence[BenchResult]) -> bytes | None:
         return None
     fig = Figure(figsize=(8, 5))
     ax = fig.subplots()
-    crowd: dict[int, int] = {}
     colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
-    for k, d in enumerate(_device_keys(known)):
+    for dev, d in enumerate(_device_keys(known)):
         rs = [r for r in known if f"{r.device} @ {r.host}" == d]
         pts = [(r.latency_ms.p90, 100 * r.accuracy) for r in rs]
-        c = colors[k % len(colors)]
+        c = colors[dev % len(colors)]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=c, s=40, label=d, zorder=3)
         front = pareto_front(pts)
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], drawstyle="steps-post", color=c, alpha=0.6,
                 lw=1.5, marker="o", ms=11, mfc="none", label=f"{d}: Pareto front")
-        for r, (x, y) in zip(rs, pts, strict=True):
-            # Points that nearly coincide (same model in two runtimes) get their labels stacked, not overprinted.
-            cell = round(y)  # same accuracy row: alternate labels above and below
-            k = crowd.get(cell, 0)
-            crowd[cell] = k + 1
-            ax.annotate(f"{r.artifact} [{r.runtime}/{r.precision}]", (x, y), textcoords="offset points",
-                        xytext=(6, 6 if k % 2 == 0 else -12), fontsize=7)
+        for j, i in enumerate(front):  # only the front is labelled: the table names every point
+            ax.annotate(f"{rs[i].artifact} [{rs[i].runtime}/{rs[i].precision}]", pts[i], textcoords="offset points",
+                        xytext=(6, 6 + 11 * dev if j % 2 == 0 else -12 - 11 * dev), fontsize=7, color=c)
     xs = [r.latency_ms.p90 for r in known]
     if max(xs) / max(min(xs), 1e-9) > 20:
         ax.set_xscale("log")
     ax.set_xlabel("p90 latency per call, ms (lower is better)")
     ax.set_ylabel("top-1 accuracy, % (higher is better)")
-    ax.set_title("accuracy vs latency: the line is each device's Pareto front", fontsize=10)
+    ax.set_title("accuracy vs latency: each device's Pareto front (circled and labelled)", fontsize=10)
+    ax.margins(y=0.15)  # room for the labels above the top points
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
