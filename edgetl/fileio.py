@@ -24,6 +24,8 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():  # mkstemp makes 0600 files; outputs get the usual umask-based mode
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():
@@ -41,6 +43,7 @@ def atomic_dir(final: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 directories
         if final.exists() and overwrite:
             old = final.with_name(f".{final.name}.old")
             if old.exists():
@@ -53,6 +56,12 @@ def atomic_dir(final: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
