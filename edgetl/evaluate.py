@@ -20,10 +20,9 @@ __all__ = ["evaluate", "predict"]
 
 def predict(artifact: Artifact, images, *, batch_size: int = 64, threads: int | None = None) -> np.ndarray:
     """Logits of ``artifact`` for uint8/float images (prepared to its input spec)."""
-    from benchmarks.runners import open_runner
-    from edgetl.data import ImageSet
-
     import torch
+
+    from edgetl.data import ImageSet
 
     data = ImageSet(images, torch.zeros(len(images), dtype=torch.int64))
     outs = []

@@ -77,7 +77,7 @@ def _set_trainable(model, head_name: str, fraction: float) -> int:
     budget, acc = fraction * total, 0
     for p in model.parameters():
         p.requires_grad_(False)
-    for (_, ps), size in zip(reversed(leaves), reversed(sizes)):
+    for (_, ps), size in zip(reversed(leaves), reversed(sizes), strict=True):
         if acc >= budget:
             break
         for p in ps:

@@ -95,7 +95,8 @@ def test_finetune_refuses_to_overwrite(tmp_path):
     assert r.returncode == 2 and "--overwrite" in r.stderr and out.read_text() == "keep me"
 
 
-def test_later_stage_commands_say_not_yet_or_work():
+def test_run_without_recipe_is_a_usage_error_with_one_json_object():
     r = run_cli("run", "--json")
-    assert r.returncode in (0, 2)
-    json.loads(r.stdout)
+    assert r.returncode == 2
+    out = json.loads(r.stdout)
+    assert out["ok"] is False and "--recipe" in out["error"]

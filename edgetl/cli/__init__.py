@@ -16,32 +16,15 @@ app = typer.Typer(
 
 core.register(app)
 
-_LATER = {
-    "prune": "structured LRP pruning",
-    "distill": "knowledge distillation",
-    "quantize": "int8/fp16 post-training quantization",
-    "export": "ONNX / OpenVINO / TensorRT / mobile export",
-    "bench": "latency benchmarks",
-    "devices": "device profiles",
-    "report": "benchmark reports",
-    "run": "recipes that chain the stages",
-}
+# Each stage's command lives in its own module; importing them loads no backend (they import lazily).
+_STAGE_MODULES = ("prune", "distill", "quantize", "export", "bench", "devices", "report", "run")
 
 
 def _register_stages() -> None:
     import importlib
 
-    for name, what in _LATER.items():
-        try:
-            module = importlib.import_module(f"edgetl.cli.{name}_cmd")
-        except ModuleNotFoundError as e:
-            if e.name != f"edgetl.cli.{name}_cmd":
-                raise
-            from edgetl.cli._common import not_yet
-
-            app.command(name, help=f"{what.capitalize()} (not yet available).")(not_yet(name, what))
-        else:
-            module.register(app)
+    for name in _STAGE_MODULES:
+        importlib.import_module(f"edgetl.cli.{name}_cmd").register(app)
 
 
 _register_stages()

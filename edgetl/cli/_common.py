@@ -33,8 +33,14 @@ class RichReporter:
     """edgetl.progress reporter drawing rich bars (rate, ETA and live fields) on stderr."""
 
     def __init__(self) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -108,21 +114,6 @@ def _default(obj: Any) -> Any:
     from edgetl.fileio import _json_default
 
     return _json_default(obj)
-
-
-def not_yet(name: str, issue: str) -> Callable[..., None]:
-    """A subcommand that a later issue fills: says so and exits 2."""
-
-    def command(json_: JsonOpt = False, debug: DebugOpt = False) -> None:
-        from edgetl.errors import ConfigError
-
-        def body():
-            raise ConfigError(f"`edgetl {name}` is not yet available ({issue})")
-
-        execute(body, json_=json_, debug=debug)
-
-    command.__doc__ = f"(not yet available: {issue})"
-    return command
 
 
 def table(console, title: str, columns: list[str], rows: list[list[Any]]) -> None:
