@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[2] / "results"  # benchmarks/results
 CACHE = Path(os.environ.get("EDGETL_CACHE", Path.home() / ".cache" / "edgetl")) / "criteria"
 CRITERIA_ORDER = ("lrp", "taylor", "l1", "l2", "random")
 
