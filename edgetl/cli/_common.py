@@ -26,7 +26,9 @@ Render = Callable[[Any], None]
 def _console(stderr: bool = True):
     from rich.console import Console
 
-    return Console(stderr=stderr, soft_wrap=True)
+    stream = sys.stderr if stderr else sys.stdout
+    # In logs and pipes rich assumes 80 columns and cuts paths and figures; tables are data there, keep them whole.
+    return Console(stderr=stderr, soft_wrap=True, width=None if stream.isatty() else 200)
 
 
 class RichReporter:
@@ -73,13 +75,60 @@ class _RichTask:
         self._p.update(self._id, advance=n, rate=f"{speed:.1f}/s" if speed else "", info=info)
 
 
+class LineReporter:
+    """Progress for logs and CI (stderr is not a terminal): a plain line every ~10 s and at the end."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        self.interval = interval_s
+
+    def open(self, description: str, total: float | None):
+        return _LineTask(description, total, self.interval)
+
+    def close(self, task) -> None:
+        task.finish()
+
+
+class _LineTask:
+    def __init__(self, description: str, total: float | None, interval: float) -> None:
+        import time
+
+        self.desc, self.total, self.interval = description, total, interval
+        self.done, self.fields = 0.0, ""
+        self.start = self.last = time.monotonic()
+
+    def _line(self, final: bool) -> str:
+        import time
+
+        el = time.monotonic() - self.start
+        rate = self.done / el if el > 0 else 0.0
+        of = f"/{self.total:g}" if self.total else ""
+        eta = ""
+        if not final and self.total and rate > 0:
+            eta = f", ETA {max(self.total - self.done, 0) / rate:.0f} s"
+        return f"{self.desc}: {self.done:g}{of} ({rate:.1f}/s, {el:.0f} s{eta}) {self.fields}".rstrip()
+
+    def advance(self, n: float = 1, **fields: Any) -> None:
+        import time
+
+        self.done += n
+        if fields:
+            self.fields = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            print(self._line(False), file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        print(self._line(True) + " done", file=sys.stderr, flush=True)
+
+
 def execute(body: Callable[[], tuple[dict[str, Any], Render | None]], *, json_: bool, debug: bool) -> None:
     """Run a command body with edgetl's conventions; exits the process."""
     from edgetl import progress
 
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    previous = progress.set_reporter(RichReporter())
+    previous = progress.set_reporter(RichReporter() if sys.stderr.isatty() else LineReporter())
     try:
         result, render = body()
     except EdgetlError as e:
