@@ -287,6 +287,9 @@ def load_model(
         raise InputFileError(f"model file not found: {source}; give a path, or a zoo name (see `edgetl models`)")
     if path.is_dir():
         xmls = sorted(path.glob("*.xml"))
+        engines = sorted(path.glob(f"*.engine{SIDECAR_SUFFIX}"))
+        if (path / "build.sh").exists() and len(engines) == 1:
+            return _from_tensorrt_bundle(path, engines[0])
         if len(xmls) == 1:
             path = xmls[0]
         else:
@@ -494,6 +497,20 @@ def _from_exported_file(path: Path, fmt: Format, *, input_spec, labels) -> Artif
     history = [StageRecord.from_dict(d) for d in side.get("history", [])]
     return Artifact(format=fmt, path=path, arch=side.get("arch"), input_spec=spec, labels=tuple(labs),
                     history=history, extra=side.get("extra", {}))
+
+
+def _from_tensorrt_bundle(path: Path, sidecar: Path) -> Artifact:
+    """A TensorRT build bundle (ONNX + build.sh, built into an engine on the device): described by its
+    engine's metadata sidecar; it runs nowhere until ``build.sh`` has made the engine on the target."""
+    from edgetl.artifact import StageRecord
+
+    try:
+        side = json.loads(sidecar.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputFileError(f"{sidecar}: unreadable bundle metadata ({e}); re-export the bundle") from None
+    return Artifact(format=Format.TENSORRT_BUNDLE, path=path, arch=side.get("arch"),
+                    input_spec=InputSpec.from_dict(side["input_spec"]), labels=tuple(side["labels"]),
+                    history=[StageRecord.from_dict(d) for d in side.get("history", [])], extra=side.get("extra", {}))
 
 
 def _onnx_spec(path: Path) -> InputSpec | None:

@@ -152,3 +152,12 @@ def test_missing_file():
 def test_conform_refuses_unknown_layer():
     with pytest.raises(ModelError, match="lacks"):
         conform_to_state_dict(build_arch("resnet18"), {}, structure={"no.such.layer": {"out_channels": 3}})
+
+
+def test_tensorrt_bundle_directory_loads_as_a_bundle(lite0_digits, tmp_path):
+    from exporters.base import export
+
+    [bundle] = export(lite0_digits, "tensorrt", tmp_path / "out")
+    back = load_model(bundle.path)
+    assert back.format is Format.TENSORRT_BUNDLE and back.path == bundle.path
+    assert back.input_spec == lite0_digits.input_spec and back.labels == lite0_digits.labels
