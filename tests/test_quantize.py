@@ -99,9 +99,11 @@ def test_onnxruntime_static_u8s8_qdq(lite0_onnx, digits, tmp_path):
     assert m["calibration"]["count"] == 100 and q.history[-1].stage == "quantize"
     assert (out.parent / (out.name + ".edgetl.json")).exists()
     assert m["size_bytes"] < 0.5 * m["fp32_size_bytes"]
+    assert m["backend_info"]["calibration"] == "mean-minmax"
     # This 32x32 digits model has per-tensor activation ranges that differ 30x between channels: int8 loses
-    # accuracy (measured ~30 points with ORT's full QDQ), but the quantized model must still be a classifier.
-    assert m["fp32_accuracy"] > 0.85 and m["accuracy"] > 0.4 and m["agreement"] > 0.4
+    # accuracy. Measured: global minmax 60.6 %, ORT's default percentile (symmetric, 99.999) ~61 %, mean-minmax
+    # 72.1 % (agreement 0.77), fp32 91.1 %. The bound guards against falling back to the extreme-range estimators.
+    assert m["fp32_accuracy"] > 0.85 and m["accuracy"] > 0.68 and m["agreement"] > 0.72
 
 
 def test_openvino_nncf_int8_is_accurate(lite0_digits_path, digits, tmp_path):

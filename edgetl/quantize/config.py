@@ -101,8 +101,14 @@ class Preset(_Choice):
 
 
 class CalibrationMethod(_Choice):
-    """How activation ranges are taken from the calibration outputs (ONNX Runtime and TensorRT paths)."""
+    """How activation ranges are taken from the calibration outputs (ONNX Runtime and TensorRT paths).
 
+    ``mean-minmax`` averages each image's own min/max (NNCF's default estimator for activations): one outlier
+    image cannot widen the range of a whole tensor. Measured on EfficientNet-Lite0 (mnist5k, 64x64, U8S8 QDQ,
+    val 96.27 % fp32): mean-minmax 94.40 %, percentile 99.99 93.07 %, global minmax ~84 %.
+    """
+
+    MEAN_MINMAX = "mean-minmax"
     MINMAX = "minmax"
     PERCENTILE = "percentile"
     ENTROPY = "entropy"
@@ -131,7 +137,7 @@ class QuantizeConfig:
     mode: OrtMode = OrtMode.STATIC
     ort_types: OrtTypes = OrtTypes.AUTO
     per_channel: bool = True
-    calibration: CalibrationMethod = CalibrationMethod.PERCENTILE
+    calibration: CalibrationMethod = CalibrationMethod.MEAN_MINMAX
     preset: Preset = Preset.AUTO
     target_device: str = "cpu"
     keep_float: tuple[str, ...] = ()

@@ -14,7 +14,7 @@ recommendations of TensorRT's developer guide:
 * everything symmetric (zero point 0, int8): TensorRT supports no other int8 scheme. Biases stay float.
 
 Activation scales come from the calibration images: the largest magnitude seen (``minmax``), a high percentile
-of the magnitudes (``percentile``, 99.99), or the threshold minimising KL divergence (``entropy``, TensorRT's
+of the magnitudes (``percentile``, 99.99), the mean of each image's largest magnitude (``mean-minmax``), or the threshold minimising KL divergence (``entropy``, TensorRT's
 own calibrator). The result is meant for ``edgetl export --format tensorrt`` (``trtexec --stronglyTyped``, or
 ``--int8`` on TensorRT 8.x), and runs as is in ONNX Runtime for the accuracy check.
 
@@ -63,9 +63,12 @@ def weight_axis(node, weight: np.ndarray) -> int:
 
 
 def _amax(values: np.ndarray, method: str) -> float:
-    a = np.abs(values.astype(np.float32)).ravel()
-    if a.size == 0:
+    """The clipping magnitude of one activation tensor (``values``: calibration images on axis 0)."""
+    if values.size == 0:
         return 0.0
+    if method == "mean-minmax":  # each image's own largest magnitude, averaged: outlier images do not set it
+        return float(np.abs(values.astype(np.float32)).reshape(len(values), -1).max(axis=1).mean())
+    a = np.abs(values.astype(np.float32)).ravel()
     if method == "percentile":
         return float(np.percentile(a, PERCENTILE))
     if method == "entropy":
@@ -112,7 +115,7 @@ def make_qdq(
     calib_batch: np.ndarray,
     *,
     exclude: Sequence[str] = (),
-    calibration: str = "minmax",
+    calibration: str = "mean-minmax",
 ) -> dict[str, Any]:
     """Write the TensorRT-ready Q/DQ ONNX of ``fp32`` to ``out``; ``exclude`` names nodes kept in float.
 
