@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 TOLERANCE = 0.05
-_MEDIAN = re.compile(r"Median:\s*([\d.]+)\s*ms")
+_MEDIAN = re.compile(r"Median:\s*([\d.]+)\s*(ms|us)")  # benchmark_app switches to us below 1 ms
 
 
 def _benchmark_app() -> str:
@@ -68,7 +68,8 @@ def _run_benchmark_app(exe: str, ir: Path, shape: list[int], *, threads: int | N
     if r.returncode != 0 or m is None:
         tail = (r.stdout + r.stderr).strip().splitlines()[-5:]
         sys.exit(f"benchmark_app failed (exit {r.returncode}): {' | '.join(tail)}")
-    return float(m.group(1)), shlex.join(cmd)
+    value = float(m.group(1))
+    return (value / 1000.0 if m.group(2) == "us" else value), shlex.join(cmd)
 
 
 def _run_edgetl(ir: Path, *, threads: int | None, hint: str, seconds: float) -> tuple[float, float, int]:
