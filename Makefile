@@ -28,7 +28,9 @@ demo: $(DEMO_DIR)/teacher.pt
 	$(BIN)/edgetl eval $(DEMO_DIR)/teacher.pt --data mnist5k --split test
 	$(BIN)/edgetl run --recipe demo --model $(DEMO_DIR)/teacher.pt -o $(DEMO_DIR)/run
 
+# The remote-bench tests start a real sshd on 127.0.0.1: install Debian's openssh-server when it is missing.
 test: $(STAMP)
+	@command -v sshd >/dev/null || test -x /usr/sbin/sshd || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null)
 	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 lint: $(STAMP)

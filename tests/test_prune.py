@@ -174,7 +174,8 @@ def test_pruned_model_reloads_safely(pruned_lite0, tmp_path):
 
 
 def test_pruned_model_exports_to_onnx_with_matching_outputs(pruned_lite0, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
     model = pruned_lite0.model.eval()
     x = torch.randn(4, *pruned_lite0.input_spec.shape)
     path = tmp_path / "pruned.onnx"

@@ -14,8 +14,6 @@ import pytest
 
 from tests.conftest import run_cli
 
-pytest.importorskip("onnxruntime")
-
 
 @pytest.fixture(scope="module")
 def lite0_onnx(lite0_digits_path, tmp_path_factory):
@@ -107,7 +105,6 @@ def test_onnxruntime_static_u8s8_qdq(lite0_onnx, digits, tmp_path):
 
 
 def test_openvino_nncf_int8_is_accurate(lite0_digits_path, digits, tmp_path):
-    pytest.importorskip("nncf")
     from edgetl.models import load_model
     from edgetl.quantize import QuantizeConfig, quantize
 
