@@ -40,6 +40,13 @@ lint: $(STAMP)
 bench-fidelity: $(STAMP)
 	flock /tmp/edgetl-bench.lock $(BIN)/python -m benchmarks.suites.fidelity --threads 2 --time 10 --repeats 3
 
+# Pipeline targets: the recommended artifact vs the teacher (eager fp32 and NNCF int8), interleaved (latency: idle machine).
+bench-pipeline: $(DEMO_DIR)/teacher.pt
+	flock /tmp/edgetl-bench.lock $(BIN)/python -m benchmarks.suites.pipeline --teacher $(DEMO_DIR)/teacher.pt --run-dir $(DEMO_DIR)/pipeline-run
+
+# Every suite, one after another (each takes the benchmark lock, so none overlaps another).
+bench: bench-fidelity bench-quantize bench-pipeline bench-criteria
+
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
 
