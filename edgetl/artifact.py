@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgetl.errors import ConfigError, UnknownNameError
+from edgetl.choice import Choice
+from edgetl.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -31,7 +31,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class Format(str, enum.Enum):
+class Format(Choice):
     """Where an artifact's model lives and which runtime runs it."""
 
     TORCH = "torch"  # an nn.Module in memory, saved as edgetl's own safe checkpoint
@@ -45,17 +45,9 @@ class Format(str, enum.Enum):
     TENSORRT = "tensorrt"  # a serialized engine
     TENSORRT_BUNDLE = "tensorrt-bundle"  # ONNX + build.sh for trtexec on the device
 
-    def __str__(self) -> str:
-        return self.value
-
     @classmethod
-    def parse(cls, value: str | Format) -> Format:
-        if isinstance(value, Format):
-            return value
-        try:
-            return cls(value.lower())
-        except ValueError:
-            raise UnknownNameError("format", value, [f.value for f in cls]) from None
+    def _kind(cls) -> str:
+        return "format"
 
 
 @dataclass(frozen=True)

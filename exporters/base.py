@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edgetl.artifact import Artifact, Format, StageRecord
+from edgetl.choice import Choice
 from edgetl.errors import ConfigError, MissingDependencyError, UnknownNameError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,24 +58,13 @@ MANIFEST = "export.json"
 _SCRATCH = ".intermediate"
 
 
-class Precision(str, enum.Enum):
+class Precision(Choice):
     """The arithmetic the exported model is meant to run in on its target."""
 
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"
 
-    def __str__(self) -> str:
-        return self.value
-
-    @classmethod
-    def parse(cls, value: str | Precision) -> Precision:
-        if isinstance(value, Precision):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            raise UnknownNameError("precision", str(value), [p.value for p in cls]) from None
 
 
 @dataclass(frozen=True)

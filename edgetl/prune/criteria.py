@@ -17,13 +17,13 @@ Example::
 
 from __future__ import annotations
 
-import enum
 from typing import Any, ClassVar
 
 import torch
 import torch_pruning as tp
 from torch_pruning.pruner import function as tpf
 
+from edgetl.choice import Choice
 from edgetl.errors import UnknownNameError
 from edgetl.prune.relevance import Composite, ReferenceSet, activation_gradient_scores, relevance_scores
 
@@ -42,7 +42,7 @@ __all__ = [
 _OUT_CHANNEL_FNS = (tpf.prune_conv_out_channels, tpf.prune_depthwise_conv_out_channels, tpf.prune_linear_out_channels)
 
 
-class Normalization(str, enum.Enum):
+class Normalization(Choice):
     """Per-group score normalisation before global ranking (torch-pruning's normalisers)."""
 
     NONE = "none"
@@ -50,17 +50,6 @@ class Normalization(str, enum.Enum):
     SUM = "sum"
     MAX = "max"
 
-    def __str__(self) -> str:
-        return self.value
-
-    @classmethod
-    def parse(cls, value: str | Normalization) -> Normalization:
-        if isinstance(value, Normalization):
-            return value
-        try:
-            return cls(value.lower())
-        except ValueError:
-            raise UnknownNameError("normalization", value, [n.value for n in cls]) from None
 
     @property
     def tp_name(self) -> str | None:

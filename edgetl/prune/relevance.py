@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import copy
-import enum
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -30,31 +29,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgetl.artifact import InputSpec
+from edgetl.choice import Choice
 from edgetl.data import ImageSet, prepare
-from edgetl.errors import DataError, UnknownNameError
+from edgetl.errors import DataError
 
 __all__ = ["Composite", "ReferenceSet", "RelevanceResult", "choose_canonizers", "conv_bn_pairs", "reference_set", "relevance_scores"]
 
 log = logging.getLogger(__name__)
 
 
-class Composite(str, enum.Enum):
+class Composite(Choice):
     """zennit composites offered for scoring (rules per layer type)."""
 
     EPSILON_PLUS_FLAT = "epsilon-plus-flat"  # z+ on convs, epsilon on linears, flat on the first layer
     EPSILON_ALPHA2_BETA1 = "epsilon-alpha2-beta1"  # alpha2-beta1 on convs, epsilon on linears
 
-    def __str__(self) -> str:
-        return self.value
-
     @classmethod
-    def parse(cls, value: str | Composite) -> Composite:
-        if isinstance(value, Composite):
-            return value
-        try:
-            return cls(value.lower().replace("_", "-"))
-        except ValueError:
-            raise UnknownNameError("composite", value, [c.value for c in cls]) from None
+    def _normalize(cls, text: str) -> str:
+        return text.strip().lower().replace("_", "-")
 
     def build(self, canonizers: list) -> Any:
         from zennit.composites import EpsilonAlpha2Beta1, EpsilonPlusFlat

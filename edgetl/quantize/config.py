@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edgetl.choice import Choice
 from edgetl.errors import ConfigError, UnknownNameError
 
 __all__ = ["Backend", "CalibrationMethod", "OrtMode", "OrtTypes", "Preset", "QuantPrecision", "QuantizeConfig"]
@@ -21,27 +22,7 @@ __all__ = ["Backend", "CalibrationMethod", "OrtMode", "OrtTypes", "Preset", "Qua
 MIN_RECOMMENDED_CALIBRATION = 100
 
 
-class _Choice(str, enum.Enum):
-    """A closed choice parsed case-insensitively; a wrong name suggests the nearest valid one."""
-
-    def __str__(self) -> str:
-        return self.value
-
-    @classmethod
-    def parse(cls, value: Any):
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            raise UnknownNameError(cls._kind(), str(value), [m.value for m in cls]) from None
-
-    @classmethod
-    def _kind(cls) -> str:
-        return cls.__name__.lower()
-
-
-class Backend(_Choice):
+class Backend(Choice):
     """The runtime the quantized model is made for; each quantizes differently."""
 
     ONNXRUNTIME = "onnxruntime"
@@ -54,7 +35,7 @@ class Backend(_Choice):
         return "quantization backend"
 
 
-class QuantPrecision(_Choice):
+class QuantPrecision(Choice):
     INT8 = "int8"
     FP16 = "fp16"
 
@@ -63,7 +44,7 @@ class QuantPrecision(_Choice):
         return "quantization precision"
 
 
-class OrtMode(_Choice):
+class OrtMode(Choice):
     """ONNX Runtime: ``static`` (calibrated activations, for CNNs) or ``dynamic`` (weights only, activations
     quantized per call: for Linear/MatMul-heavy models whose activation ranges vary per input)."""
 
@@ -75,7 +56,7 @@ class OrtMode(_Choice):
         return "ONNX Runtime quantization mode"
 
 
-class OrtTypes(_Choice):
+class OrtTypes(Choice):
     """ONNX Runtime activation x weight types: ``auto`` picks by CPU (see :func:`choose_ort_types`)."""
 
     AUTO = "auto"
@@ -87,7 +68,7 @@ class OrtTypes(_Choice):
         return "ONNX Runtime int8 types"
 
 
-class Preset(_Choice):
+class Preset(Choice):
     """NNCF preset: ``performance`` (symmetric activations), ``mixed`` (asymmetric activations, for models with
     negative-valued activations such as SiLU/GELU), ``auto`` picks from the model's activation functions."""
 
@@ -100,7 +81,7 @@ class Preset(_Choice):
         return "NNCF preset"
 
 
-class CalibrationMethod(_Choice):
+class CalibrationMethod(Choice):
     """How activation ranges are taken from the calibration outputs (ONNX Runtime and TensorRT paths).
 
     ``mean-minmax`` averages each image's own min/max (NNCF's default estimator for activations): one outlier
