@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgetl.artifact import Artifact, Format, StageRecord
+from edgetl.artifact import Artifact, Format
 from edgetl.data import DataSplits, check_classes, load_data
 from edgetl.errors import BudgetError, ConfigError
 from edgetl.fileio import atomic_dir, write_json
@@ -416,4 +416,3 @@ def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(d, default=str))
 
 
-_ = StageRecord  # re-exported type used in reports
