@@ -6,11 +6,13 @@ otherwise ``render(console)`` prints tables. Human text, progress and errors alw
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import typer
@@ -122,6 +124,31 @@ class _LineTask:
         print(self._line(True) + " done", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout, by Python or by native code, to stderr until the block ends.
+
+    With ``--json`` stdout must carry exactly one JSON object, but libraries print there on their own
+    (ONNX Runtime's percentile calibrator prints its progress with ``print``; native runtimes write to fd 1).
+    """
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+        saved = os.dup(fd)
+    except (AttributeError, OSError, ValueError):  # stdout is not a real file (an in-process test runner)
+        fd = saved = None
+    if saved is not None:
+        os.dup2(sys.stderr.fileno(), fd)
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            if saved is not None:
+                os.dup2(saved, fd)
+                os.close(saved)
+
+
 def execute(body: Callable[[], tuple[dict[str, Any], Render | None]], *, json_: bool, debug: bool) -> None:
     """Run a command body with edgetl's conventions; exits the process."""
     from edgetl import progress
@@ -130,7 +157,8 @@ def execute(body: Callable[[], tuple[dict[str, Any], Render | None]], *, json_: 
                         format="%(levelname)s %(name)s: %(message)s")
     previous = progress.set_reporter(RichReporter() if sys.stderr.isatty() else LineReporter())
     try:
-        result, render = body()
+        with _stdout_to_stderr() if json_ else contextlib.nullcontext():
+            result, render = body()
     except EdgetlError as e:
         _fail(str(e), type(e).__name__, e.exit_code, json_=json_, debug=debug)
     except KeyboardInterrupt:

@@ -36,9 +36,9 @@ def quantize_cmd(
                                              "cannot be met (exit 0).")] = False,
     mode: Annotated[str, typer.Option("--mode", help="onnxruntime: static (CNNs) or dynamic (Linear-heavy).")]
     = "static",
-    calibration: Annotated[str, typer.Option("--calibration", help="Activation ranges: mean-minmax (per-image "
-                                             "min/max averaged), percentile, minmax or entropy (onnxruntime / "
-                                             "tensorrt).")] = "mean-minmax",
+    calibration: Annotated[str, typer.Option("--calibration", help="Activation ranges (onnxruntime / "
+                                             "tensorrt): auto (tries percentile and mean-minmax, keeps the more "
+                                             "accurate), mean-minmax, percentile, minmax or entropy.")] = "auto",
     keep_float: Annotated[Optional[str], typer.Option("--keep-float", help="Comma-separated layers (or node "
                                                       "names) to keep in floating point.")] = None,
     max_float_layers: Annotated[int, typer.Option("--max-float-layers", help="At most this many layers kept "

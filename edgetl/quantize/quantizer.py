@@ -36,7 +36,7 @@ from edgetl.artifact import Artifact, Format, StageRecord
 from edgetl.errors import BudgetError, ConfigError
 from edgetl.progress import task
 from edgetl.quantize.calibration import CalibrationSet, select_calibration
-from edgetl.quantize.config import Backend, OrtMode, QuantizeConfig, QuantPrecision
+from edgetl.quantize.config import Backend, CalibrationMethod, OrtMode, QuantizeConfig, QuantPrecision
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgetl.data import DataSplits
@@ -62,6 +62,10 @@ def default_suffix(config: QuantizeConfig) -> str:
     return ".onnx"
 
 
+# What calibration "auto" tries, in order of preference on a tie (see CalibrationMethod for measurements).
+AUTO_CALIBRATIONS = ("percentile", "mean-minmax")
+
+
 @dataclass
 class Attempt:
     """One quantized candidate and how it scored."""
@@ -75,7 +79,8 @@ class Attempt:
 
     def summary(self, fp32_accuracy: float) -> dict[str, Any]:
         return {"kept_float": [k["layer"] for k in self.kept_float], "accuracy": self.accuracy,
-                "drop_points": _points(fp32_accuracy - self.accuracy), "agreement": self.agreement}
+                "drop_points": _points(fp32_accuracy - self.accuracy), "agreement": self.agreement,
+                **({"calibration": self.info["calibration"]} if self.info.get("calibration") else {})}
 
 
 def _points(x: float) -> float:
@@ -94,8 +99,15 @@ class _OnnxBackend:
         self.pre_info = qo.preprocess(fp32, self.pre)
         self.reference = self.pre
         self.types = qo.choose_ort_types(forced=config.ort_types.value)
-        self.cache = work / "calibration.json"
+        self.method = config.calibration.value
         self.n = 0
+
+    def calibrations(self) -> list[str | None]:
+        """The range estimators to try for the first candidate (None: this build calibrates nothing)."""
+        cfg = self.config
+        if cfg.precision is QuantPrecision.FP16 or cfg.mode is OrtMode.DYNAMIC:
+            return [None]
+        return list(AUTO_CALIBRATIONS) if cfg.calibration is CalibrationMethod.AUTO else [cfg.calibration.value]
 
     def layers(self) -> list[dict[str, str]]:
         return self.qo.compute_nodes(self.pre)
@@ -109,9 +121,10 @@ class _OnnxBackend:
         if cfg.mode is OrtMode.DYNAMIC:
             info = self.qo.quantize_dynamic_onnx(self.pre, out, per_channel=cfg.per_channel, exclude=exclude)
         else:
-            calib = None if self.cache.exists() else self.calib
+            cache = self.work / f"calibration-{self.method}.json"  # ranges kept per estimator between candidates
+            calib = None if cache.exists() else self.calib
             info = self.qo.quantize_static_onnx(self.pre, out, calib, types=self.types, per_channel=cfg.per_channel,
-                                                exclude=exclude, calibration=cfg.calibration.value, cache=self.cache)
+                                                exclude=exclude, calibration=self.method, cache=cache)
             info["type_choice"] = self.types.to_dict()
         return out, {**self.pre_info, **info}
 
@@ -131,6 +144,7 @@ class _TensorRtBackend(_OnnxBackend):
         self.qo, self.config, self.work, self.calib = qo, config, work, calib
         self.pre = self.reference = fp32  # no ORT-specific optimisation: TensorRT parses this graph
         self.pre_info = {}
+        self.method = config.calibration.value
         self.n = 0
 
     def build(self, exclude: list[str]) -> tuple[Path, dict[str, Any]]:
@@ -140,7 +154,7 @@ class _TensorRtBackend(_OnnxBackend):
             return self.pre, {"format": "fp32 ONNX; fp16 is the TensorRT builder flag --fp16"}
         self.n += 1
         out = self.work / f"candidate{self.n}.onnx"
-        return out, make_qdq(self.pre, out, self.calib, exclude=exclude, calibration=self.config.calibration.value)
+        return out, make_qdq(self.pre, out, self.calib, exclude=exclude, calibration=self.method)
 
     def unquantized(self, path: Path) -> list[dict[str, str]]:
         if path == self.pre:
@@ -160,6 +174,9 @@ class _OpenVinoBackend:
         self.reference = fp32_xml
         self.fp32_model = ov.Core().read_model(str(fp32_xml))
         self.n = 0
+
+    def calibrations(self) -> list[str | None]:
+        return [None]  # NNCF estimates ranges itself (its preset decides how)
 
     def layers(self) -> list[dict[str, str]]:
         return self.qv.compute_ops(self.fp32_model)
@@ -308,13 +325,22 @@ def _search(backend, config: QuantizeConfig, fp32_art: Artifact, data: DataSplit
         bar.advance(1, kept=len(keep), acc=round(100 * a.accuracy, 2))
         return a
 
-    first = attempt(user_keep)
+    # Calibration "auto": one candidate per range estimator, the most accurate (then most agreeing) kept; the
+    # fallback below re-quantizes with the estimator chosen here.
+    tried = []
+    for method in backend.calibrations():
+        if method is not None:
+            backend.method = method
+        tried.append(attempt(user_keep))
+    first = max(tried, key=lambda a: (a.accuracy, a.agreement))  # first of equals: AUTO_CALIBRATIONS' order
+    if first.info.get("calibration") is not None:
+        backend.method = first.info["calibration"]
     unsupported = [u for u in backend.unquantized(first.model if first.model is not None else first.path)
                    if u["node"] not in {k["node"] for k in user_keep}]
     for u in unsupported:
         log.warning("%s cannot quantize %s node %s (layer %s): it stays in floating point", config.backend.value,
                     u["op"], u["node"], u["layer"])
-    attempts, best, ranking = [first], first, []
+    attempts, best, ranking = list(tried), first, []
     budget = config.max_drop
     over = budget is not None and _points(fp32_acc - first.accuracy) > budget + 1e-9
     if over and config.precision is QuantPrecision.INT8 and config.max_float_layers > 0:
