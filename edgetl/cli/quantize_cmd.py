@@ -24,8 +24,10 @@ def quantize_cmd(
     data: Annotated[str, typer.Option("--data", "-d", help="Dataset: calibration from its train split, the "
                                       "accuracy check on its val split.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output file (.onnx for onnxruntime/tensorrt, "
-                                         ".xml for openvino; a directory for a TensorRT build bundle).")],
-    backend: Annotated[str, typer.Option("--backend", "-b", help="onnxruntime, openvino or tensorrt.")]
+                                         ".xml for openvino, .pte for pytorch; a directory for a TensorRT build "
+                                         "bundle).")],
+    backend: Annotated[str, typer.Option("--backend", "-b", help="onnxruntime, openvino, tensorrt or "
+                                  "pytorch (PT2E int8 for ExecuTorch/XNNPACK).")]
     = "onnxruntime",
     precision: Annotated[str, typer.Option("--precision", help="int8 or fp16.")] = "int8",
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="Calibration images, stratified across "
@@ -109,7 +111,7 @@ def _check_suffix(cfg, output: Path) -> None:
     from edgetl.errors import ConfigError
     from edgetl.quantize import Backend, QuantPrecision
 
-    want = {Backend.ONNXRUNTIME: ".onnx", Backend.OPENVINO: ".xml"}.get(cfg.backend)
+    want = {Backend.ONNXRUNTIME: ".onnx", Backend.OPENVINO: ".xml", Backend.PYTORCH: ".pte"}.get(cfg.backend)
     if want and output.suffix != want:
         raise ConfigError(f"-o for backend {cfg.backend.value} must end in {want}, got {output.name}")
     if cfg.backend is Backend.TENSORRT and cfg.precision is QuantPrecision.FP16 and output.suffix:

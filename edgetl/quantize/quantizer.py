@@ -2,7 +2,8 @@
 
 1. Calibration images are chosen from the training split (:mod:`edgetl.quantize.calibration`).
 2. The fp32 model is brought to the backend's format with the exporters (ONNX for ONNX Runtime and TensorRT,
-   OpenVINO IR for OpenVINO) and quantized there (:mod:`.onnxruntime`, :mod:`.openvino`, :mod:`.tensorrt`).
+   OpenVINO IR for OpenVINO, an XNNPACK ``.pte`` for PyTorch/ExecuTorch) and quantized there (:mod:`.onnxruntime`,
+   :mod:`.openvino`, :mod:`.tensorrt`; PT2E on the PyTorch model for :mod:`.pt2e`, lowered like the fp32 ``.pte``).
 3. Every quantized model is evaluated against that fp32 model on the validation split, in the same runtime:
    top-1 of both, the drop in points, and how often the two agree on the top-1 class.
 4. With ``max_drop``, a model losing more keeps its most sensitive layers in floating point: layers are ranked
@@ -57,6 +58,8 @@ def default_suffix(config: QuantizeConfig) -> str:
     """The output file suffix of a backend ('' for a TensorRT fp16 bundle directory)."""
     if config.backend is Backend.OPENVINO:
         return ".xml"
+    if config.backend is Backend.PYTORCH:
+        return ".pte"
     if config.backend is Backend.TENSORRT and config.precision is QuantPrecision.FP16:
         return ""
     return ".onnx"
@@ -74,7 +77,7 @@ class Attempt:
     accuracy: float
     agreement: float
     path: Path
-    model: Any = None  # in-memory ov.Model for OpenVINO
+    model: Any = None  # in-memory ov.Model for OpenVINO, the converted graph module for PT2E
     info: dict[str, Any] = field(default_factory=dict)
 
     def summary(self, fp32_accuracy: float) -> dict[str, Any]:
@@ -203,6 +206,44 @@ class _OpenVinoBackend:
         return self.qv.layer_errors(self.fp32_model, model, batch, self.layers())
 
 
+class _Pt2eBackend:
+    """PT2E static int8 (XNNPACKQuantizer) on the PyTorch model, lowered to an XNNPACK ``.pte``.
+
+    Checked against the fp32 ``.pte`` from the same lowering, both run by the ExecuTorch runtime.
+    """
+
+    def __init__(self, source: Artifact, fp32_pte: Path, work: Path, config: QuantizeConfig,
+                 calib: np.ndarray) -> None:
+        from edgetl.quantize import pt2e
+
+        self.pt2e, self.source, self.config, self.work, self.calib = pt2e, source, config, work, calib
+        self.reference = fp32_pte
+        self._layers: list[dict[str, str]] | None = None
+        self.n = 0
+
+    def calibrations(self) -> list[str | None]:
+        return [None]  # the XNNPACK config's HistogramObserver estimates activation ranges itself
+
+    def layers(self) -> list[dict[str, str]]:
+        if self._layers is None:
+            self._layers = self.pt2e.quantizable_layers(self.source.model, self.source)
+        return self._layers
+
+    def build(self, exclude: list[str]) -> tuple[Path, dict[str, Any], Any]:
+        self.n += 1
+        out = self.work / f"candidate{self.n}.pte"
+        converted, info = self.pt2e.quantize_module(self.source.model, self.calib, artifact=self.source,
+                                                    exclude=exclude, per_channel=self.config.per_channel)
+        lowered = self.pt2e.write_pte(converted, self.source, out)
+        return out, {**lowered, **info}, converted
+
+    def unquantized(self, converted) -> list[dict[str, str]]:
+        return self.pt2e.unquantized_layers(converted, self.layers())
+
+    def ranking(self, converted, batch: np.ndarray) -> list[dict[str, Any]]:
+        return self.pt2e.layer_errors(self.source.model, converted, batch, self.layers(), artifact=self.source)
+
+
 # --------------------------------------------------------------------------- the stage
 def quantize(artifact: Artifact, config: QuantizeConfig, *, data: DataSplits, out: str | Path | None = None) -> Artifact:
     """Quantize ``artifact`` for ``config.backend``; returns the accuracy-checked artifact written to ``out``.
@@ -214,13 +255,14 @@ def quantize(artifact: Artifact, config: QuantizeConfig, *, data: DataSplits, ou
 
     if not isinstance(config, QuantizeConfig):
         raise ConfigError(f"quantize takes a QuantizeConfig, got {type(config).__name__}")
-    if config.backend is Backend.PYTORCH:
-        raise ConfigError("backend 'pytorch' (PT2E int8 for ExecuTorch/XNNPACK) is not available in this version; "
-                          "use onnxruntime, openvino or tensorrt")
     if artifact.format not in _SOURCES[config.backend]:
+        hint = ("the PyTorch checkpoint (.pt): PT2E quantizes the PyTorch graph" if config.backend is Backend.PYTORCH
+                else "the PyTorch checkpoint (or its fp32 ONNX)")
         raise ConfigError(f"backend {config.backend.value} quantizes a "
                           f"{' or '.join(f.value for f in _SOURCES[config.backend])} model, not a "
-                          f"{artifact.format.value} one; give the PyTorch checkpoint (or its fp32 ONNX)")
+                          f"{artifact.format.value} one; give {hint}")
+    if config.backend is Backend.PYTORCH and artifact.model is None:
+        raise ConfigError("backend pytorch needs the PyTorch model in memory; load the checkpoint with load_model")
     if artifact.format is not Format.TORCH and artifact.path is not None and _is_quantized(artifact):
         raise ConfigError(f"{artifact.path.name} is already quantized; quantize its fp32 source instead")
     check_classes(artifact.labels, data)
@@ -235,7 +277,7 @@ def quantize(artifact: Artifact, config: QuantizeConfig, *, data: DataSplits, ou
             fp32_art = _fp32_for_backend(artifact, config, work)
             bar.advance(1, step="fp32 model ready")
             batch = calib.batch(artifact.input_spec)
-            backend = _make_backend(config, fp32_art, work, batch)
+            backend = _make_backend(config, artifact, fp32_art, work, batch)
             chosen, attempts, fp32_acc, ranking, unsupported = _search(backend, config, fp32_art, data, calib, bar)
         metrics = _metrics(config, calib, fp32_acc, chosen, attempts, ranking, unsupported)
         metrics["fp32_size_bytes"] = _size(fp32_art)
@@ -267,6 +309,10 @@ def _fp32_for_backend(artifact: Artifact, config: QuantizeConfig, work: Path) ->
         from exporters.openvino import export_openvino
 
         return export_openvino(artifact, work / "fp32.xml")
+    if config.backend is Backend.PYTORCH:
+        from exporters.executorch import export_executorch
+
+        return export_executorch(artifact, work / "fp32.pte")  # the fp32 reference, lowered like the int8 model
     if artifact.format is Format.ONNX:
         return artifact
     from exporters.onnx import export_onnx
@@ -274,7 +320,9 @@ def _fp32_for_backend(artifact: Artifact, config: QuantizeConfig, work: Path) ->
     return export_onnx(artifact, work / "fp32.onnx")
 
 
-def _make_backend(config: QuantizeConfig, fp32_art: Artifact, work: Path, batch: np.ndarray):
+def _make_backend(config: QuantizeConfig, source: Artifact, fp32_art: Artifact, work: Path, batch: np.ndarray):
+    if config.backend is Backend.PYTORCH:
+        return _Pt2eBackend(source, fp32_art.path, work, config, batch)
     if config.backend is Backend.OPENVINO:
         return _OpenVinoBackend(fp32_art.path, work, config, batch)
     if config.backend is Backend.TENSORRT:
@@ -290,7 +338,7 @@ def _build(backend, exclude: list[str]) -> tuple[Path, dict[str, Any], Any]:
 def _logits(artifact_like: Artifact, path: Path, images) -> np.ndarray:
     from edgetl.evaluate import predict
 
-    fmt = Format.OPENVINO if path.suffix == ".xml" else Format.ONNX
+    fmt = {".xml": Format.OPENVINO, ".pte": Format.EXECUTORCH}.get(path.suffix, Format.ONNX)
     art = replace(artifact_like, format=fmt, path=path, model=None)
     return predict(art, images, threads=2)
 
@@ -420,6 +468,15 @@ def _deliver(source: Artifact, fp32_art: Artifact, config: QuantizeConfig, chose
         write_metadata(result)
         return result
     base = fp32_art if source.format is Format.TORCH else source
+    if config.backend is Backend.PYTORCH:
+        with atomic_path(out) as tmp:
+            shutil.copyfile(chosen.path, tmp)
+        info = chosen.info
+        result = base.with_stage(record, path=out, format=Format.EXECUTORCH, extra={
+            **extra, "executorch_non_delegated_ops": info.get("non_delegated_ops", {}),
+            "executorch_delegated_ops": info.get("delegated_ops", {})})
+        write_metadata(result)
+        return result
     if config.backend is Backend.TENSORRT and out.suffix != ".onnx":
         import os
 
