@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--criteria", default=",".join(CRITERIA_ORDER))
     parser.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")
     parser.add_argument("--samples", default="1,5,10", help="reference samples per class")
-    parser.add_argument("--seeds", default="0,1", help="seeds of the reference draw (and of random scores)")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the reference draw (and of random scores)")
     parser.add_argument("--normalize", default="none", help="per-group normalisation: none, mean, sum, max")
     parser.add_argument("--round-to", type=int, default=1, help="width multiple (1: exact channel counts)")
     parser.add_argument("--resnet-epochs", type=int, default=4)

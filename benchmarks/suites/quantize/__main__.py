@@ -49,14 +49,23 @@ def _variants(name: str, source: str, data, work: Path, calib_samples: int) -> l
     out.append({"model": name, "backend": "onnxruntime", "variant": "fp32", "artifact": onnx_fp32})
     q = quantize(art, QuantizeConfig(backend="onnxruntime", calib_samples=calib_samples), data=data,
                  out=work / f"{name}.ort.int8.onnx")
+    info = q.history[-1].metrics["backend_info"]
     out.append({"model": name, "backend": "onnxruntime", "variant": "int8 edgetl", "artifact": q,
-                "types": q.history[-1].metrics["backend_info"].get("types")})
+                "types": f"{info.get('types')}, {info.get('calibration')}"})
     pre = work / f"{name}.pre.onnx"
     qo.preprocess(onnx_fp32.path, pre)
     plain = work / f"{name}.ort.int8.defaults.onnx"
     qo.quantize_static_onnx(pre, plain, calib, types=qo.choose_ort_types(), plain_defaults=True)
     out.append({"model": name, "backend": "onnxruntime", "variant": "int8 quantize_static defaults",
                 "artifact": _with_path(onnx_fp32, plain, Format.ONNX), "types": "s8s8 per-tensor"})
+
+    # TensorRT-ready Q/DQ ONNX: accuracy only, run in ONNX Runtime against the same fp32 ONNX (its latency
+    # there says nothing about TensorRT, which is not installed here).
+    q = quantize(art, QuantizeConfig(backend="tensorrt", calib_samples=calib_samples), data=data,
+                 out=work / f"{name}.trt.qdq.onnx")
+    out.append({"model": name, "backend": "tensorrt", "baseline_backend": "onnxruntime", "timed": False,
+                "variant": "int8 Q/DQ (accuracy in onnxruntime)", "artifact": q,
+                "types": f"s8s8 symmetric, {q.history[-1].metrics['backend_info'].get('calibration')}"})
 
     ov_fp32 = export_openvino(art, work / f"{name}.fp32.xml")
     write_metadata(ov_fp32)
@@ -121,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             r["accuracy"] = evaluate(r["artifact"], data, split="test", limit=limit, threads=args.threads)["accuracy"]
         for _ in range(repeats):
             for r in rows:  # interleaved: drift hits every variant alike
+                if not r.get("timed", True):
+                    continue
                 res = measure(r["artifact"], cfg)
                 r.setdefault("p50", []).append(res.latency_ms.p50)
                 r.setdefault("p90", []).append(res.latency_ms.p90)
@@ -128,11 +139,13 @@ def main(argv: list[str] | None = None) -> int:
                 r["precision_ran"] = res.precision
     results = []
     for r in rows:
-        base = next(b for b in rows if b["model"] == r["model"] and b["backend"] == r["backend"]
-                    and b["variant"] == "fp32")
-        p50, base_p50 = statistics.median(r["p50"]), statistics.median(base["p50"])
+        base = next(b for b in rows if b["model"] == r["model"] and b["variant"] == "fp32"
+                    and b["backend"] == r.get("baseline_backend", r["backend"]))
+        timed = r.get("timed", True)
+        p50, base_p50 = (statistics.median(r["p50"]) if timed else None), statistics.median(base["p50"])
         results.append({k: v for k, v in r.items() if k != "artifact"} | {
-            "p50_ms": p50, "p90_ms": statistics.median(r["p90"]), "speedup_vs_fp32": base_p50 / p50,
+            "p50_ms": p50, "p90_ms": statistics.median(r["p90"]) if timed else None,
+            "speedup_vs_fp32": base_p50 / p50 if timed else None,
             "accuracy_drop_points": 100 * (base["accuracy"] - r["accuracy"])})
     command = "python -m benchmarks.suites.quantize " + shlex.join(argv if argv is not None else sys.argv[1:])
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -147,10 +160,14 @@ def main(argv: list[str] | None = None) -> int:
              f"interleaved runs of each run's p50; accuracy on {limit or len(data.test)} test images of {args.data}.",
              "", "| model | backend | variant | types | top-1 % | drop (points) | p50 ms | p90 ms | speed-up vs fp32 "
              "| size MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    def fmt(v, spec: str, unit: str = "") -> str:
+        return "-" if v is None else f"{v:{spec}}{unit}"
+
     for r in results:
         lines.append(f"| {r['model']} | {r['backend']} | {r['variant']} | {r.get('types') or '-'} | "
-                     f"{100 * r['accuracy']:.2f} | {r['accuracy_drop_points']:.2f} | {r['p50_ms']:.3f} | "
-                     f"{r['p90_ms']:.3f} | {r['speedup_vs_fp32']:.2f}x | {(r['size_bytes'] or 0) / 1e6:.2f} |")
+                     f"{100 * r['accuracy']:.2f} | {r['accuracy_drop_points']:.2f} | {fmt(r['p50_ms'], '.3f')} | "
+                     f"{fmt(r['p90_ms'], '.3f')} | {fmt(r['speedup_vs_fp32'], '.2f', 'x')} | "
+                     f"{fmt(r.get('size_bytes') and r['size_bytes'] / 1e6, '.2f')} |")
     (out / f"quantize-{stamp}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
