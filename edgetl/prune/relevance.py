@@ -203,6 +203,14 @@ def _channel_abs_sum(t) -> Any:
     return t.detach().abs().sum(dim=[d for d in range(t.ndim) if d != 1])
 
 
+def _channel_abs_and_signed(grad) -> Any:
+    """Per-channel |grad| sums followed by one more entry: the signed sum of the whole tensor."""
+    import torch
+
+    g = grad.detach()
+    return torch.cat([_channel_abs_sum(g), g.sum().reshape(1)])
+
+
 class _OutputGradTap:
     """Forward hooks that attach a tensor hook to each layer's output and reduce its gradient per channel."""
 
@@ -276,8 +284,9 @@ def relevance_scores(model, reference: ReferenceSet, *, composite: Composite | s
         out0 = hooked(x0)
         torch.autograd.backward(out0, grad_tensors=_seed(out0, reference.y[:1]))
         start += time.perf_counter() - warm
-        tap = _OutputGradTap(targets, lambda out, grad: _channel_abs_sum(grad))
-        signed = _OutputGradTap(targets, lambda out, grad: grad.detach().sum())
+        # One tap per layer gives both the per-channel |relevance| (the score) and the signed total (conservation):
+        # each tensor hook costs a Python call per layer and batch, which is most of LRP's overhead at small inputs.
+        tap = _OutputGradTap(targets, lambda out, grad: _channel_abs_and_signed(grad))
         try:
             for x, y in reference.batches(batch_size):
                 x = x.clone().requires_grad_(True)
@@ -287,8 +296,7 @@ def relevance_scores(model, reference: ReferenceSet, *, composite: Composite | s
                 seeded += len(y)
         finally:
             tap.remove()
-            signed.remove()
-        layer_sums = {n: float(v) / max(seeded, 1) for n, v in signed.totals.items()}
+        layer_sums = {n: float(v[-1]) / max(seeded, 1) for n, v in tap.totals.items()}
     seconds = time.perf_counter() - start
     conservation = {"input_over_seed": input_relevance / max(seeded, 1)}
     if layer_sums:
@@ -297,7 +305,7 @@ def relevance_scores(model, reference: ReferenceSet, *, composite: Composite | s
     for note in notes:
         log.info("LRP: %s", note)
     baseline = plain_gradient_seconds(model, reference, batch_size=batch_size) if measure_cost else None
-    scores = {n: v.float() for n, v in tap.totals.items()}
+    scores = {n: v[:-1].float() for n, v in tap.totals.items()}
     return RelevanceResult(scores=scores, composite=composite.value, canonizers=canon_names, notes=notes,
                            conservation=conservation, seconds=seconds, baseline_seconds=baseline)
 
