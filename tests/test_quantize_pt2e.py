@@ -97,13 +97,15 @@ def test_kept_float_layer_stays_float_and_layers_are_ranked(lite0_digits, digits
     assert stem["nsr_in"] == 0.0 and abs(stem["added"]) < 1e-6
 
 
-def test_fp16_and_missing_executorch_are_clear_errors(monkeypatch):
+def test_fp16_calibration_method_and_missing_executorch_are_clear_errors(lite0_digits, digits, monkeypatch):
     from edgetl.errors import ConfigError, MissingDependencyError
-    from edgetl.quantize import QuantizeConfig, default_suffix, pt2e
+    from edgetl.quantize import QuantizeConfig, default_suffix, pt2e, quantize
 
     assert default_suffix(QuantizeConfig(backend="pytorch")) == ".pte"
     with pytest.raises(ConfigError, match="fp16"):
         QuantizeConfig(backend="pytorch", precision="fp16")
+    with pytest.raises(ConfigError, match="HistogramObserver"):  # refused, not silently ignored
+        quantize(lite0_digits, QuantizeConfig(backend="pytorch", calibration="minmax"), data=digits)
     monkeypatch.setitem(sys.modules, "executorch.backends.xnnpack.quantizer.xnnpack_quantizer", None)
     with pytest.raises(MissingDependencyError, match=r"edgetl\[mobile\]"):
         pt2e.quantize_module(None, np.zeros((1, 3, 32, 32), np.float32), artifact=None)
