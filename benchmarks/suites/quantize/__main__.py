@@ -2,10 +2,12 @@
 
 For each model (the reference teacher, and ``--student`` when given) and each backend:
 
-* ONNX Runtime: fp32 ONNX; edgetl int8 (static QDQ, types chosen for this CPU, per-channel, percentile
-  calibration); plain ``quantize_static`` defaults (S8S8, per-tensor, MinMax) after ``quant_pre_process``;
+* ONNX Runtime: fp32 ONNX; edgetl int8 (static QDQ, types chosen for this CPU, per-channel, calibration
+  "auto"); plain ``quantize_static`` defaults (S8S8, per-tensor, MinMax) after ``quant_pre_process``;
+* TensorRT: the Q/DQ ONNX for TensorRT, accuracy only (run in ONNX Runtime; TensorRT is not installed here);
 * OpenVINO: fp32 IR (true f32 execution); edgetl int8 (NNCF, preset from the activations, CPU target);
-  plain ``nncf.quantize`` with nothing but the dataset.
+  plain ``nncf.quantize`` with nothing but the dataset;
+* ExecuTorch (XNNPACK): the fp32 program; edgetl PT2E int8 (``XNNPACKQuantizer``, per-channel).
 
 All variants are calibrated on the same 300 stratified training images and evaluated on the same test split.
 Latency: batch 1, 2 threads, single stream, via ``benchmarks.harness.measure``, the variants interleaved
@@ -81,6 +83,17 @@ def _variants(name: str, source: str, data, work: Path, calib_samples: int) -> l
     ov.save_model(plain_model, str(plain_xml), compress_to_fp16=False)
     out.append({"model": name, "backend": "openvino", "variant": "int8 nncf.quantize defaults",
                 "artifact": _with_path(ov_fp32, plain_xml, Format.OPENVINO), "types": "defaults"})
+
+    # ExecuTorch / XNNPACK: the fp32 program against PT2E int8 (XNNPACKQuantizer, per-channel symmetric weights).
+    from exporters.executorch import export_executorch
+
+    et_fp32 = export_executorch(art, work / f"{name}.fp32.pte")
+    write_metadata(et_fp32)
+    out.append({"model": name, "backend": "executorch", "variant": "fp32", "artifact": et_fp32})
+    q = quantize(art, QuantizeConfig(backend="pytorch", calib_samples=calib_samples), data=data,
+                 out=work / f"{name}.pt2e.int8.pte")
+    out.append({"model": name, "backend": "executorch", "variant": "int8 edgetl (PT2E)", "artifact": q,
+                "types": "XNNPACK symmetric"})
     return out
 
 
