@@ -197,7 +197,8 @@ def _config_fields(kind: str) -> dict[str, Any]:
 
 
 _EXTRAS = {"quantize": {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("nncf", "openvino"),
-                        "tensorrt": ("onnxruntime", "onnx")}}
+                        "tensorrt": ("onnxruntime", "onnx"), "pytorch": ("executorch", "torchao")}}
+_EXTRA_OF = {"openvino": "openvino", "pytorch": "mobile"}  # the pip extra of each backend (default: onnx)
 
 
 def validate(recipe: Recipe) -> None:
@@ -219,8 +220,7 @@ def validate(recipe: Recipe) -> None:
         backend = str(q.options.get("backend", "openvino"))
         for module in _EXTRAS["quantize"].get(backend, ()):
             if importlib.util.find_spec(module) is None:
-                raise MissingDependencyError(module, "openvino" if backend == "openvino" else "onnx",
-                                             f"{backend} quantization")
+                raise MissingDependencyError(module, _EXTRA_OF.get(backend, "onnx"), f"{backend} quantization")
     e = recipe.stage("export")
     if e is not None:
         from exporters.base import check_dependencies, format_spec
