@@ -6,7 +6,7 @@ STAMP := $(VENV)/.edgetl-installed
 DEMO_DIR ?= demo-out
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench bench-criteria bench-fidelity bench-quantize bench-pipeline clean venv
+.PHONY: demo test lint bench bench-criteria bench-fidelity bench-quantize bench-pipeline bench-lrpcost clean venv
 
 venv: $(STAMP)
 
@@ -45,17 +45,21 @@ bench-pipeline: $(DEMO_DIR)/teacher.pt
 	flock /tmp/edgetl-bench.lock $(BIN)/python -m benchmarks.suites.pipeline --teacher $(DEMO_DIR)/teacher.pt --run-dir $(DEMO_DIR)/pipeline-run
 
 # Every suite, one after another (each takes the benchmark lock, so none overlaps another).
-bench: bench-fidelity bench-quantize bench-pipeline bench-criteria
+bench: bench-fidelity bench-quantize bench-pipeline bench-lrpcost bench-criteria
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
 
-# Pruning criteria without fine-tuning, scarce reference data (accuracy only; ~20 min on 2 shared cores).
-bench-criteria: $(STAMP)
-	flock /tmp/edgetl-bench.lock $(BIN)/python -m benchmarks.suites.criteria
+# Pruning criteria without fine-tuning, scarce reference data (accuracy only; ~30 min on 2 shared cores).
+bench-criteria: $(DEMO_DIR)/teacher.pt
+	flock /tmp/edgetl-bench.lock $(BIN)/python -m benchmarks.suites.criteria --teacher $(DEMO_DIR)/teacher.pt
 
-# int8 vs fp32 per backend (ONNX Runtime, OpenVINO) vs plain quantizer defaults: latency + accuracy (idle machine).
+# LRP scoring time over one plain forward+backward on the same samples (timing: idle machine).
+bench-lrpcost: $(DEMO_DIR)/teacher.pt
+	flock /tmp/edgetl-bench.lock $(BIN)/python -m benchmarks.suites.lrpcost --teacher $(DEMO_DIR)/teacher.pt
+
+# int8 vs fp32 per backend (ONNX Runtime, OpenVINO, ExecuTorch; TensorRT Q/DQ accuracy) vs plain quantizer defaults (idle machine).
 # Add STUDENT=path/to/student.pt to include the pruned + distilled student.
-bench-quantize: $(STAMP)
+bench-quantize: $(DEMO_DIR)/teacher.pt
 	flock /tmp/edgetl-bench.lock $(BIN)/python -m benchmarks.suites.quantize --teacher $(DEMO_DIR)/teacher.pt \
 		$(if $(STUDENT),--student $(STUDENT)) --threads 2 --time 5 --repeats 3
