@@ -97,8 +97,41 @@ def test_canonizers_are_reported_honestly(ref32, lite0_digits, digits):
     ref = reference_set(digits.train, lite0_digits.input_spec, per_class=1, seed=0, num_classes=10)
     res = relevance_scores(lite0_digits.model, ref, measure_cost=False, composite="epsilon-alpha2-beta1")
     assert res.composite == "epsilon-alpha2-beta1"
-    assert any("no residual-sum canonizer" in n for n in res.notes)
+    # EfficientNet-Lite0's 9 residual additions are traced (torch.fx) into zennit Sum modules; no gaps noted
     assert "NamedMergeBatchNorm (49 batch-norms" in res.canonizers[0]
+    assert any("residual sums (9 additions" in c for c in res.canonizers) and not res.notes
+    assert set(res.scores) >= {"_conv_stem", "_blocks.15._project_conv", "_fc"}  # original layer names kept
+
+
+class _Residual(nn.Module):
+    def __init__(self, data_dependent: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+        self.head = nn.Linear(8, 10)
+        self.data_dependent = data_dependent
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.body(x)  # the residual join
+        x = x + 1.0  # a scalar add: not a join, must stay as it is
+        if self.data_dependent and x.sum() > 0:  # torch.fx cannot trace a branch on tensor values
+            x = x * 2
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_residual_sums_rewrite_joins_only_and_untraceable_nets_fall_back_with_a_note():
+    from edgetl.prune.relevance import choose_canonizers, residual_sums
+
+    torch.manual_seed(0)
+    net, x = _Residual().eval(), torch.randn(2, 3, 8, 8)
+    gm, n = residual_sums(net, x)
+    assert n == 1 and isinstance(gm.get_submodule("edgetl_residual_sum_0"), torch.nn.Module)
+    assert torch.allclose(gm(x), net(x), atol=1e-6)
+    assert {"stem", "body.0", "body.2", "head"} <= {name for name, _ in gm.named_modules()}
+    model, _, names, notes = choose_canonizers(_Residual(data_dependent=True).eval(), x)
+    assert isinstance(model, _Residual) and not any("residual sums" in c for c in names)
+    assert len(notes) == 1 and "torch.fx cannot trace it" in notes[0]
 
 
 def test_criteria_plug_into_torch_pruning_metapruner(ref32):

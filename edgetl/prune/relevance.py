@@ -8,8 +8,9 @@ the composite; edgetl reads it with a tensor hook and never writes an LRP rule i
 
 Canonizers make the explained graph follow LRP's assumptions: batch-norm merged into the preceding layer, and
 residual additions turned into a ``Sum`` module that the ``Norm`` rule distributes proportionally. zennit ships
-the residual canonizer for torchvision ResNets only; on other architectures edgetl merges batch-norms
-(``SequentialMergeBatchNorm``) and says, in the result's ``notes``, that residual additions were not canonized.
+the residual canonizer for torchvision ResNets only; for other networks edgetl traces them with ``torch.fx`` and
+rewrites each same-shape tensor addition into zennit's ``Sum`` module (:func:`residual_sums`), and where a network
+cannot be traced it says so in the result's ``notes`` (its residual additions are then not canonized).
 ``conservation`` reports how much of the seeded relevance reaches the input, so the scores can be judged.
 
 Example::
@@ -33,7 +34,8 @@ from edgetl.choice import Choice
 from edgetl.data import ImageSet, prepare
 from edgetl.errors import DataError
 
-__all__ = ["Composite", "ReferenceSet", "RelevanceResult", "choose_canonizers", "conv_bn_pairs", "reference_set", "relevance_scores"]
+__all__ = ["Composite", "ReferenceSet", "RelevanceResult", "choose_canonizers", "conv_bn_pairs", "reference_set",
+           "relevance_scores", "residual_sums"]
 
 log = logging.getLogger(__name__)
 
@@ -166,27 +168,91 @@ def conv_bn_pairs(model, example) -> list[tuple[tuple[str], str]]:
     return [p for p in pairs if not (p[1] in seen or seen.add(p[1]))]
 
 
-def choose_canonizers(model, example) -> tuple[list, list[str], list[str]]:
-    """The zennit canonizers that apply to ``model``: (instances, their names, honest notes on gaps)."""
+def residual_sums(model, example) -> tuple[Any, int]:
+    """A ``torch.fx`` copy of ``model`` in which every addition of two same-shape tensors is a zennit ``Sum``
+    module, so the composite's ``Norm`` rule splits relevance between the branches in proportion to their
+    contributions: the residual canonizer zennit ships for torchvision ResNets only, for any traceable network.
+
+    Module names are kept (``fx`` keeps the submodule paths), so per-layer scores still map to the original
+    layers. Returns the copy and the number of additions rewritten; raises what ``torch.fx`` raises for a
+    network it cannot trace (the caller falls back and says so).
+    """
+    import operator
+
+    import torch
+    import torch.fx as fx
+    from torch.fx.passes.shape_prop import ShapeProp
+    from zennit.layer import Sum
+
+    class _LayerLeaves(fx.Tracer):
+        # Subclasses of conv/linear/norm layers (EfficientNet-Lite's same-padding convs, say) stay whole modules:
+        # traced into, they would become bare functions that no zennit rule (and no score) can attach to.
+        def is_leaf_module(self, m, qualname: str) -> bool:
+            layer = (torch.nn.modules.conv._ConvNd, torch.nn.Linear, torch.nn.modules.batchnorm._BatchNorm)
+            return isinstance(m, layer) or super().is_leaf_module(m, qualname)
+
+    gm = fx.GraphModule(model, _LayerLeaves().trace(model), class_name=type(model).__name__)
+    ShapeProp(gm).propagate(example)
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in (operator.add, operator.iadd, torch.add):
+            continue
+        if len(node.args) != 2 or node.kwargs or not all(isinstance(a, fx.Node) for a in node.args):
+            continue
+        metas = [a.meta.get("tensor_meta") for a in node.args]
+        if any(m is None or not hasattr(m, "shape") for m in metas) or metas[0].shape != metas[1].shape:
+            continue  # scalars, shapes, or broadcasting adds (a bias): not a residual join
+        name = f"edgetl_residual_sum_{count}"
+        gm.add_submodule(name, Sum(dim=-1))
+        with gm.graph.inserting_before(node):
+            stacked = gm.graph.call_function(torch.stack, args=(tuple(node.args),), kwargs={"dim": -1})
+            summed = gm.graph.call_module(name, args=(stacked,))
+        summed.meta = dict(node.meta)  # a following block's residual add reads its shape from here
+        node.replace_all_uses_with(summed)
+        gm.graph.erase_node(node)
+        count += 1
+    gm.graph.lint()
+    gm.recompile()
+    return gm.eval(), count
+
+
+def choose_canonizers(model, example) -> tuple[Any, list, list[str], list[str]]:
+    """Canonize ``model`` for LRP: (model to explain, zennit canonizers, their names, honest notes on gaps).
+
+    torchvision ResNets get zennit's own block canonizers; any other network's residual additions are rewritten
+    into ``Sum`` modules by :func:`residual_sums` when ``torch.fx`` can trace it (the returned model is then that
+    traced copy); batch-norms directly after a conv/linear are merged into it.
+    """
     from zennit.canonizers import NamedMergeBatchNorm
     from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
 
+    names: list[str] = []
+    notes: list[str] = []
+    extra: list = []
+    if _is_torchvision_resnet(model):
+        extra = [ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()]
+        names.append("ResNet block canonizers (residual addition as a Sum module, Norm rule)")
+    else:
+        try:
+            traced, n_sums = residual_sums(model, example)
+        except Exception as e:  # noqa: BLE001 - fx raises many types; any of them means "not traceable"
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            notes.append(f"no residual-sum canonizer for {type(model).__name__}: torch.fx cannot trace it ({first}); "
+                         "if its forward() adds branches, each addition passes relevance to both branches "
+                         "unnormalised, so relevance is not conserved across residual blocks")
+        else:
+            model = traced
+            if n_sums:
+                names.append(f"residual sums ({n_sums} additions traced with torch.fx into Sum modules, Norm rule)")
     pairs = conv_bn_pairs(model, example)
     canonizers: list = [NamedMergeBatchNorm(pairs)] if pairs else []
-    names = [f"NamedMergeBatchNorm ({len(pairs)} batch-norms merged into the layer feeding them)"] if pairs else []
-    notes: list[str] = []
+    if pairs:
+        names.insert(0, f"NamedMergeBatchNorm ({len(pairs)} batch-norms merged into the layer feeding them)")
     bn_total = sum(isinstance(m, __import__("torch").nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if bn_total > len(pairs):
         notes.append(f"{bn_total - len(pairs)} of {bn_total} batch-norm layers do not directly follow a conv/linear "
                      "layer and were not merged (Pass rule)")
-    if _is_torchvision_resnet(model):
-        canonizers += [ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()]
-        names.append("ResNet block canonizers (residual addition as a Sum module, Norm rule)")
-    else:
-        notes.append(f"no residual-sum canonizer for {type(model).__name__} (zennit has them for torchvision ResNets "
-                     "only): if its forward() adds branches, each addition passes relevance to both branches "
-                     "unnormalised, so relevance is not conserved across residual blocks")
-    return canonizers, names, notes
+    return model, canonizers + extra, names, notes
 
 
 def _scored_layers(model, names: Iterable[str] | None) -> dict[str, Any]:
@@ -272,7 +338,7 @@ def relevance_scores(model, reference: ReferenceSet, *, composite: Composite | s
     work = copy.deepcopy(model).eval()
     for p in work.parameters():
         p.requires_grad_(False)  # LRP needs relevance, not parameter gradients
-    canonizers, canon_names, notes = choose_canonizers(work, reference.x[:1])
+    work, canonizers, canon_names, notes = choose_canonizers(work, reference.x[:1])
     targets = _scored_layers(work, layers)
     input_relevance, seeded, layer_sums = 0.0, 0.0, {}
     start = time.perf_counter()
