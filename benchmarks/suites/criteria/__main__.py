@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round-to", type=int, default=1, help="width multiple (1: exact channel counts)")
     parser.add_argument("--resnet-epochs", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--test-limit", type=int, default=400, help="test images per evaluation (head of the split)")
+    parser.add_argument("--test-limit", type=int, default=300, help="test images per evaluation (the head of the split, which is in random order)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 ratios, N=1,10, one seed")
     parser.add_argument("--out", default=str(RESULTS), help="results directory")
     args = parser.parse_args(argv)
