@@ -105,8 +105,9 @@ class RelevanceResult:
     canonizers: list[str]
     notes: list[str] = field(default_factory=list)
     conservation: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the relevance pass over the samples (composite and canonizers registered inside it)
     baseline_seconds: float | None = None  # one plain forward+backward over the same samples
+    setup_seconds: float = 0.0  # copying and canonizing the model (fx trace, batch-norm pairs), once per call
 
     @property
     def cost_ratio(self) -> float | None:
@@ -117,6 +118,7 @@ class RelevanceResult:
     def summary(self) -> dict[str, Any]:
         return {"composite": self.composite, "canonizers": self.canonizers, "notes": self.notes,
                 "conservation": self.conservation, "seconds": round(self.seconds, 4),
+                "setup_seconds": round(self.setup_seconds, 4),
                 "baseline_seconds": None if self.baseline_seconds is None else round(self.baseline_seconds, 4),
                 "cost_ratio": None if self.cost_ratio is None else round(self.cost_ratio, 3)}
 
@@ -335,10 +337,12 @@ def relevance_scores(model, reference: ReferenceSet, *, composite: Composite | s
     import torch
 
     composite = Composite.parse(composite)
+    setup_start = time.perf_counter()
     work = copy.deepcopy(model).eval()
     for p in work.parameters():
         p.requires_grad_(False)  # LRP needs relevance, not parameter gradients
     work, canonizers, canon_names, notes = choose_canonizers(work, reference.x[:1])
+    setup = time.perf_counter() - setup_start  # once per scoring call, whatever the number of samples
     targets = _scored_layers(work, layers)
     input_relevance, seeded, layer_sums = 0.0, 0.0, {}
     start = time.perf_counter()
@@ -373,7 +377,8 @@ def relevance_scores(model, reference: ReferenceSet, *, composite: Composite | s
     baseline = plain_gradient_seconds(model, reference, batch_size=batch_size) if measure_cost else None
     scores = {n: v[:-1].float() for n, v in tap.totals.items()}
     return RelevanceResult(scores=scores, composite=composite.value, canonizers=canon_names, notes=notes,
-                           conservation=conservation, seconds=seconds, baseline_seconds=baseline)
+                           conservation=conservation, seconds=seconds, baseline_seconds=baseline,
+                           setup_seconds=setup)
 
 
 def activation_gradient_scores(model, reference: ReferenceSet, *, layers: Iterable[str] | None = None,
