@@ -160,6 +160,11 @@ class QuantizeConfig:
             raise UnknownNameError("split", self.eval_split, SPLITS)
         if self.precision is QuantPrecision.FP16 and self.backend is Backend.PYTORCH:
             raise ConfigError("the pytorch backend makes int8 (PT2E); fp16 is a property of the runtime there")
+        own_ranges = {Backend.OPENVINO: "NNCF estimates activation ranges itself (its preset decides how)",
+                      Backend.PYTORCH: "its XNNPACK int8 config estimates activation ranges with its HistogramObserver"}
+        if self.backend in own_ranges and self.calibration is not CalibrationMethod.AUTO:
+            raise ConfigError(f"--calibration {self.calibration.value} applies to onnxruntime and tensorrt; backend "
+                              f"{self.backend.value}: {own_ranges[self.backend]}; leave --calibration at auto")
         if self.mode is OrtMode.DYNAMIC and self.backend is not Backend.ONNXRUNTIME:
             raise ConfigError(f"dynamic int8 is an ONNX Runtime mode; backend {self.backend.value} quantizes "
                               "statically with calibration")

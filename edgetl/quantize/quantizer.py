@@ -263,9 +263,6 @@ def quantize(artifact: Artifact, config: QuantizeConfig, *, data: DataSplits, ou
                           f"{artifact.format.value} one; give {hint}")
     if config.backend is Backend.PYTORCH and artifact.model is None:
         raise ConfigError("backend pytorch needs the PyTorch model in memory; load the checkpoint with load_model")
-    if config.backend is Backend.PYTORCH and config.calibration is not CalibrationMethod.AUTO:
-        raise ConfigError(f"--calibration {config.calibration.value} applies to onnxruntime and tensorrt; the pytorch "
-                          "backend's XNNPACK int8 config estimates activation ranges with its HistogramObserver")
     if artifact.format is not Format.TORCH and artifact.path is not None and _is_quantized(artifact):
         raise ConfigError(f"{artifact.path.name} is already quantized; quantize its fp32 source instead")
     check_classes(artifact.labels, data)
