@@ -133,12 +133,12 @@ def _stdout_to_stderr() -> Iterator[None]:
     """
     sys.stdout.flush()
     try:
-        fd = sys.stdout.fileno()
-        saved = os.dup(fd)
-    except (AttributeError, OSError, ValueError):  # stdout is not a real file (an in-process test runner)
+        fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # not real files (an in-process test runner)
         fd = saved = None
-    if saved is not None:
-        os.dup2(sys.stderr.fileno(), fd)
+    else:
+        saved = os.dup(fd)
+        os.dup2(err_fd, fd)
     with contextlib.redirect_stdout(sys.stderr):
         try:
             yield
