@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.artifact import Format
-from edgetl.errors import ConfigError, InputFileError, UnknownNameError
+from edgetl.errors import ConfigError, InputFileError, UnknownNameError, check_names
 
 __all__ = ["BUILTIN_DIR", "Accelerator", "BenchDefaults", "Connection", "DeviceProfile", "Method", "Precision",
            "RUNTIMES", "list_profiles", "load_profile", "parse_profile", "user_dirs"]
@@ -141,10 +141,7 @@ class DeviceProfile:
 
 # --------------------------------------------------------------------------- parsing
 def _check_keys(d: dict, cls, where: str, path: str) -> None:
-    valid = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
-    for key in d:
-        if key not in valid:
-            raise UnknownNameError(f"key{where}", str(key), valid, hint=f"(in {path})")
+    check_names(d, [f.name for f in dataclasses.fields(cls) if f.name != "source"], f"key{where}", hint=f"(in {path})")
 
 
 def _enum_tuple(values, enum_cls, what: str, path: str) -> tuple:

@@ -36,6 +36,7 @@ __all__ = [
     "RemoteError",
     "UnknownNameError",
     "UnsafeCheckpointError",
+    "check_names",
     "closest",
 ]
 
@@ -74,6 +75,14 @@ class UnknownNameError(ConfigError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+def check_names(given: Iterable[str], valid: Iterable[str], kind: str, *, hint: str = "") -> None:
+    """Raise :class:`UnknownNameError` for the first of ``given`` (a mapping's keys, say) outside ``valid``."""
+    valid = list(valid)
+    for name in given:
+        if name not in valid:
+            raise UnknownNameError(kind, str(name), valid, hint=hint)
 
 
 class InputFileError(EdgetlError):

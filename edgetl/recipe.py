@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgetl.errors import ConfigError, InputFileError, MissingDependencyError, UnknownNameError
+from edgetl.errors import ConfigError, InputFileError, MissingDependencyError, UnknownNameError, check_names
 
 __all__ = ["BUILTIN_RECIPES", "Budgets", "Recipe", "Stage", "STAGE_ORDER", "load_recipe", "list_recipes"]
 
@@ -132,9 +132,7 @@ def load_recipe(name_or_path: str | Path, *, model: str | None = None, data: str
 
 
 def _check_keys(d: dict, valid, where: str) -> None:
-    for k in d:
-        if k not in valid:
-            raise UnknownNameError(f"key in {where}", str(k), valid)
+    check_names(d, valid, f"key in {where}")
 
 
 def parse_recipe(raw: Any, *, source: str = "<memory>") -> Recipe:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from edgetl.artifact import Artifact, Format, StageRecord
 from edgetl.choice import Choice
-from edgetl.errors import ConfigError, MissingDependencyError, UnknownNameError
+from edgetl.errors import ConfigError, MissingDependencyError, UnknownNameError, check_names
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgetl.data import DataSplits
@@ -98,10 +98,7 @@ class ExportOptions:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> ExportOptions:
         """Build from a dict (recipe, JSON); a wrong key suggests the nearest option name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in known:
-                raise UnknownNameError("export option", key, known)
+        check_names(values, [f.name for f in dataclasses.fields(cls)], "export option")
         return cls(**values)
 
     def given(self) -> set[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgetl.choice import Choice
-from edgetl.errors import ConfigError, UnknownNameError
+from edgetl.errors import ConfigError, UnknownNameError, check_names
 
 __all__ = ["Backend", "CalibrationMethod", "OrtMode", "OrtTypes", "Preset", "QuantPrecision", "QuantizeConfig"]
 
@@ -172,10 +172,7 @@ class QuantizeConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> QuantizeConfig:
         """Build from a dict (recipe, JSON); a wrong key suggests the nearest option name."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in known:
-                raise UnknownNameError("quantize option", key, known)
+        check_names(values, [f.name for f in dataclasses.fields(cls)], "quantize option")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
