@@ -13,7 +13,7 @@ per-operator overhead of the runtime, not arithmetic, dominates.
 Example::
 
     from edgetl.models import build_arch
-    net = build_arch("edgetl_tinycnn", num_classes=10)     # ~10k parameters
+    net = build_arch("edgetl_tinycnn", num_classes=10)     # ~12k parameters
 """
 
 from __future__ import annotations
@@ -89,45 +89,27 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     return int(counter.get_total_flops())
 
 
-def _build_tinycnn(num_classes: int = 1000, pretrained: bool = False) -> TinyCNN:
-    return TinyCNN(num_classes)
-
-
 SMALLCNN_WIDTHS = (24, 48, 96, 128)
-
-
-def _build_smallcnn(num_classes: int = 1000, pretrained: bool = False) -> TinyCNN:
-    return TinyCNN(num_classes, widths=SMALLCNN_WIDTHS)
-
-
 MEDIUMCNN_WIDTHS = (32, 64, 128, 256)
 
+# The zoo entries: one TinyCNN each, differing only in widths.
+_STUDENTS = {
+    "edgetl_tinycnn": (TINYCNN_WIDTHS, "edgetl's own depthwise-separable student (~12k params at 10 classes); "
+                                       "train by distillation"),
+    "edgetl_smallcnn": (SMALLCNN_WIDTHS, "the same student, wider (24-48-96-128, ~22k params at 10 classes): more "
+                                         "accuracy, ~2x the FLOPs"),
+    "edgetl_mediumcnn": (MEDIUMCNN_WIDTHS, "the same student, wider still (32-64-128-256, ~50k params at 10 "
+                                           "classes): the accurate one"),
+}
 
-def _build_mediumcnn(num_classes: int = 1000, pretrained: bool = False) -> TinyCNN:
-    return TinyCNN(num_classes, widths=MEDIUMCNN_WIDTHS)
+
+def _builder(widths: tuple[int, ...]):
+    def build(num_classes: int = 1000, pretrained: bool = False) -> TinyCNN:
+        return TinyCNN(num_classes, widths=widths)
+
+    return build
 
 
-register_arch(ArchSpec(
-    name="edgetl_tinycnn",
-    build=_build_tinycnn,
-    family="edgetl",
-    pretrained_available=False,
-    default_resolution=64,
-    description="edgetl's own depthwise-separable student (~15k params at 10 classes); train by distillation",
-))
-register_arch(ArchSpec(
-    name="edgetl_smallcnn",
-    build=_build_smallcnn,
-    family="edgetl",
-    pretrained_available=False,
-    default_resolution=64,
-    description="the same student, wider (24-48-96-128, ~22k params at 10 classes): more accuracy, ~2x the FLOPs",
-))
-register_arch(ArchSpec(
-    name="edgetl_mediumcnn",
-    build=_build_mediumcnn,
-    family="edgetl",
-    pretrained_available=False,
-    default_resolution=64,
-    description="the same student, wider still (32-64-128-256, ~50k params at 10 classes): the accurate one",
-))
+for _name, (_widths, _description) in _STUDENTS.items():
+    register_arch(ArchSpec(name=_name, build=_builder(_widths), family="edgetl", pretrained_available=False,
+                           default_resolution=64, description=_description))
