@@ -171,6 +171,12 @@ def test_dynamic_batch_executorch_runs_batch_1_and_3_and_records_its_real_bound(
     art = TinyCnn.artifact()
     pte = export_executorch(art, tmp_path / "tiny.pte", dynamic_batch=True, max_batch=32)
     assert 1 < pte.extra["max_batch"] <= 32  # ExecuTorch 1.5 plans at most 15 whatever is asked
+    from executorch.runtime import Runtime
+
+    from benchmarks.runners.executorch_runner import planned_batch
+
+    # the recorded bound is the one the written program really plans for, read back from the file
+    assert pte.extra["max_batch"] == planned_batch(Runtime.get().load_program(str(pte.path)))
     x = torch.randn(40, 3, 16, 16)
     with torch.inference_mode():
         ref = art.model(x).numpy()
