@@ -25,8 +25,9 @@ from typing import Any
 from edgetl.contract import ANY, InputTensor, ModelContract, OutputTensor, normalize_dtype
 from edgetl.errors import ConfigError, InputFileError, MissingDependencyError
 
-__all__ = ["METADATA_KEY", "contract_from_json", "contract_to_json", "read_contract", "read_exported_program",
-           "read_module", "read_onnx", "read_openvino", "read_torchscript"]
+__all__ = ["METADATA_KEY", "contract_from_json", "contract_to_json", "embed_onnx", "embed_openvino",
+           "from_input_spec", "read_contract", "read_exported_program", "read_module", "read_onnx", "read_openvino",
+           "read_torchscript", "torchscript_extra_files"]
 
 METADATA_KEY = "edgetl.contract"  # ONNX metadata_props key; OpenVINO rt_info ["edgetl", "contract"]; TorchScript
 # extra file "edgetl.contract.json"
@@ -41,6 +42,40 @@ def contract_from_json(text: str) -> ModelContract:
         return ModelContract.from_dict(json.loads(text))
     except (json.JSONDecodeError, TypeError) as e:
         raise InputFileError(f"the recorded model contract is not valid JSON ({e})") from None
+
+
+def embed_onnx(model: Any, contract: ModelContract) -> Any:
+    """Record ``contract`` in an ``onnx.ModelProto``'s metadata (replacing an earlier one); returns the model."""
+    for p in [p for p in model.metadata_props if p.key == METADATA_KEY]:
+        model.metadata_props.remove(p)
+    model.metadata_props.add(key=METADATA_KEY, value=contract_to_json(contract))
+    return model
+
+
+def embed_openvino(model: Any, contract: ModelContract) -> Any:
+    """Record ``contract`` in an ``ov.Model``'s rt_info (saved into the .xml by ``ov.save_model``)."""
+    model.set_rt_info(contract_to_json(contract), ["edgetl", "contract"])
+    return model
+
+
+def torchscript_extra_files(contract: ModelContract) -> dict[str, str]:
+    """``torch.jit.save(m, path, _extra_files=...)``: the contract beside the TorchScript code."""
+    return {METADATA_KEY + ".json": contract_to_json(contract)}
+
+
+def from_input_spec(spec: Any, labels: Sequence[str], *, input_name: str = "input",
+                    output_name: str = "output") -> ModelContract:
+    """The contract of an edgetl classifier described by the older :class:`~edgetl.artifact.InputSpec`: one
+    image input ``N x C x H x W`` (values in [0, 1], then mean/std) and one logits output ``N x classes``."""
+    layout = spec.layout.upper()
+    c, h, w = spec.shape
+    shape = {"NCHW": ("N", c, h, w), "NHWC": ("N", h, w, c)}.get(layout)
+    if shape is None:
+        raise ConfigError(f"input spec layout {spec.layout!r}: valid are NCHW and NHWC")
+    image = InputTensor(name=input_name, shape=shape, dtype=spec.dtype, value_range=(0.0, 1.0), mean=spec.mean,
+                        std=spec.std, layout=layout, opt_shape=(1, *shape[1:]))
+    logits = OutputTensor(name=output_name, shape=("N", len(labels)), role="logits", layout="N,C")
+    return ModelContract(inputs=(image,), outputs=(logits,), task="classification", source="input_spec")
 
 
 def _overlay(found: ModelContract, recorded: ModelContract | None) -> ModelContract:

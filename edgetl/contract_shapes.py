@@ -20,7 +20,7 @@ from edgetl.contract_merge import require
 from edgetl.errors import ConfigError, DataError
 
 __all__ = ["check_runs", "dynamic_dim_ranges", "example_inputs", "executorch_upper_bounds", "onnx_dynamic_axes",
-           "openvino_partial_shapes", "tensorrt_profiles", "torch_dynamic_shapes", "trtexec_shape_flags"]
+           "openvino_partial_shapes", "preprocess", "check_sample", "tensorrt_profiles", "torch_dynamic_shapes", "trtexec_shape_flags"]
 
 
 def _symbol(t_name: str, axis: int, d: Any) -> str:
@@ -38,6 +38,26 @@ def check_sample(t: InputTensor, value: np.ndarray, *, origin: str = "--data") -
         if isinstance(d, int) and v != d:
             raise DataError(f"{origin}: input {t.name!r} got shape {tuple(value.shape)} but dim {axis} must be {d} "
                             f"(the model takes {format_shape(t.shape)})")
+
+
+def preprocess(t: InputTensor, unit: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (pixels / 255) -> what input ``t`` takes: scaled to its value range, then
+    ``(x - mean) / std`` along its channel axis (``C`` of its layout, else axis 1)."""
+    x = np.asarray(unit, dtype=np.float64)
+    if t.value_range is not None:
+        lo, hi = t.value_range
+        x = lo + x * (hi - lo)
+    if t.mean is None and t.std is None:
+        return x
+    layout = (t.layout or "").replace(",", "").upper()
+    c_axis = layout.index("C") if "C" in layout else min(1, x.ndim - 1)
+    view = [1] * x.ndim
+    view[c_axis] = -1
+    if t.mean is not None:
+        x = x - np.asarray(t.mean, np.float64).reshape(view)
+    if t.std is not None:
+        x = x / np.asarray(t.std, np.float64).reshape(view)
+    return x
 
 
 def example_inputs(contract: ModelContract, *, data: Mapping[str, Any] | None = None,
@@ -61,8 +81,8 @@ def example_inputs(contract: ModelContract, *, data: Mapping[str, Any] | None = 
             raise ConfigError(f"the dtype of input {t.name!r} is not known; give it with "
                               f"--input {t.name}:{format_shape(t.shape)}:float32 (or the model's dtype)")
         if t.dtype.startswith(("float", "bfloat")):
-            if t.value_range is not None:
-                value = rng.uniform(t.value_range[0], t.value_range[1], size=shape)
+            if t.value_range is not None or t.mean is not None or t.std is not None:
+                value = preprocess(t, rng.uniform(0.0, 1.0, size=shape))
             else:
                 value = rng.standard_normal(size=shape)
             out[t.name] = value.astype("float32" if t.dtype == "bfloat16" else t.dtype)

@@ -394,8 +394,9 @@ def headline(result: FidelityResult, task: Task | str, *, metric: str | None = N
         group, attr, name = _TASK_HEADLINE[task]
         items = getattr(result, group)
         if not items:
+            role = {"classification": "logits", "segmentation": "mask", "detection": "boxes"}.get(group, group)
             raise ConfigError(f"task {task.value} has no {group} output to report on; give the output its role with "
-                              f"--role NAME:{ {'classification': 'logits', 'segmentation': 'mask'}.get(group, group) }")
+                              f"--role NAME:{role}")
         item = items[0]
         return Headline(name, getattr(item, attr), getattr(item, "output", getattr(item, "boxes", "")))
     if task == Task.EMBEDDING:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgetl.contract import InputTensor, ModelContract, format_shape
-from edgetl.contract_shapes import check_sample
+from edgetl.contract_shapes import check_sample, preprocess
 from edgetl.errors import ConfigError, DataError, InputFileError, check_names
 
 __all__ = ["InputSet", "LabelMap", "batches", "load_inputs", "map_labels"]
@@ -201,18 +201,7 @@ def _preprocess(t: InputTensor, raw: np.ndarray) -> np.ndarray:
     """uint8 pixels -> the model's dtype: [0, 1], then its value range, then (x - mean) / std per channel."""
     if t.dtype == "uint8":
         return raw.astype(np.uint8)
-    x = raw.astype(np.float32) / 255.0
-    if t.value_range is not None:
-        lo, hi = t.value_range
-        x = lo + x * (hi - lo)
-    c_axis = (t.layout or "NCHW").replace(",", "").upper().index("C")
-    view = [1] * x.ndim
-    view[c_axis] = -1
-    if t.mean is not None:
-        x = x - np.asarray(t.mean, np.float32).reshape(view)
-    if t.std is not None:
-        x = x / np.asarray(t.std, np.float32).reshape(view)
-    return x.astype(t.dtype or "float32")
+    return preprocess(t, raw.astype(np.float32) / 255.0).astype(t.dtype or "float32")
 
 
 # --------------------------------------------------------------------------- module:function

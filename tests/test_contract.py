@@ -263,3 +263,75 @@ def test_profiles_and_their_missing_facts():
         merge(c, parse_flags(min_shapes=["image:1x3x400x400"]))
     with pytest.raises(ConfigError, match="fixes it at 3"):
         merge(c, parse_flags(opt_shapes=["image:1x1x64x64"]))
+
+
+# --------------------------------------------------------------------------- round trips through files
+def test_dynamo_onnx_keeps_symbol_names_and_runs_at_another_size(shape_cache, tmp_path):
+    import onnxruntime as ort
+
+    seg = shapes.trained("SegNet", shape_cache)
+    want = ModelContract(inputs=(InputTensor("image", ("N", 1, "H", "W"), "float32", min_shape=(1, 1, 8, 8),
+                                             max_shape=(4, 1, 256, 256)),))
+    path = tmp_path / "seg.onnx"
+    torch.onnx.export(seg, (torch.rand(2, 1, 28, 28),), str(path), input_names=["image"], output_names=["mask"],
+                      dynamic_shapes=torch_dynamic_shapes(want), dynamo=True, verbose=False)
+    got = read_contract(path)
+    assert got.input("image").shape == ("N", 1, "H", "W") and got.output("mask").shape == ("N", 2, "H", "W")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    c = merge(got, parse_flags(opt_shapes=["image:3x1x40x56"]))
+    out = check_runs(c, lambda feed: sess.run(None, feed))
+    assert out[0].shape == (3, 2, 40, 56)
+    with torch.no_grad():
+        ref = seg(torch.from_numpy(example_inputs(c)["image"])).numpy()
+    assert np.abs(out[0] - ref).max() < 1e-4
+
+
+def test_recorded_contract_round_trips_through_openvino_and_torchscript(shape_cache, tmp_path):
+    import openvino as ov
+
+    from edgetl.contract_read import embed_openvino, torchscript_extra_files
+
+    det = shapes.trained("FaceDetLike", shape_cache)
+    flags = parse_flags(task="detection", roles=["output0:boxes:N,A,4:xyxy", "output1:scores", "output2:other"],
+                        outputs=["0", "1"])
+    c = merge(read_module(det, torch.rand(1, 3, 32, 32)), flags)
+    ovm = ov.convert_model(det, example_input=torch.rand(1, 3, 32, 32))
+    ov.save_model(embed_openvino(ovm, c), str(tmp_path / "det.xml"), compress_to_fp16=False)
+    back = read_contract(tmp_path / "det.xml")
+    assert back.task == Task.DETECTION and back.selected == ("output0", "output1")
+    assert back.output("output0").box_format == "xyxy" and back.output("output1").role == Role.SCORES
+    assert back.input_names == c.input_names and back.fixed  # the graph's shapes, not the module's observation
+    ts = torch.jit.trace(det, torch.rand(1, 3, 32, 32))
+    torch.jit.save(ts, str(tmp_path / "det.pt"), _extra_files=torchscript_extra_files(c))
+    tsc = read_contract(tmp_path / "det.pt")
+    assert tsc.task == Task.DETECTION and tsc.output("output0").role == Role.BOXES
+    assert tsc.input("image").shape == (1, 3, 32, 32)  # shapes the module recorded fill what TorchScript lacks
+
+
+def test_legacy_input_spec_becomes_a_classification_contract():
+    from edgetl.artifact import InputSpec
+    from edgetl.contract_read import from_input_spec
+
+    c = from_input_spec(InputSpec(shape=(3, 32, 32)), [str(i) for i in range(10)])
+    assert c.task == Task.CLASSIFICATION and c.outputs[0].role == Role.LOGITS
+    x = example_inputs(c)["input"]
+    assert x.shape == (1, 3, 32, 32) and x.dtype == np.float32
+    # values in [0, 1], then the ImageNet mean/std per channel: what the model was trained on
+    for ch, (m, s) in enumerate(zip(InputSpec(shape=(3, 8, 8)).mean, InputSpec(shape=(3, 8, 8)).std, strict=True)):
+        assert -m / s - 1e-5 <= x[0, ch].min() and x[0, ch].max() <= (1 - m) / s + 1e-5
+    assert x.min() < 0
+
+
+def test_read_contract_refuses_what_it_cannot_read(tmp_path):
+    from edgetl.errors import InputFileError
+
+    with pytest.raises(InputFileError, match="not found"):
+        read_contract(tmp_path / "missing.onnx")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "sd.pt")
+    with pytest.raises(InputFileError, match="read the module"):
+        read_contract(tmp_path / "sd.pt")
+    (tmp_path / "bad.onnx").write_bytes(b"garbage")
+    with pytest.raises(InputFileError, match="not a readable ONNX"):
+        read_contract(tmp_path / "bad.onnx")
+    with pytest.raises(ConfigError, match="example inputs"):
+        read_contract(torch.nn.Linear(2, 2))

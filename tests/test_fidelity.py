@@ -203,3 +203,19 @@ def test_shift_consistency_of_a_segmenter_is_per_pixel(shape_cache):
     assert still.consistency < 0.7  # a random map that does not move with the image is inconsistent
     with pytest.raises(ConfigError, match="logits or mask"):
         shift_consistency(run, [{"image": x}], contract=merge(c, parse_flags(roles=["output:embedding"])))
+
+
+def test_batches_of_a_time_major_output_join_on_their_batch_axis(shape_cache):
+    model = shapes.trained("CtcRecognizer", shape_cache)
+    x = shapes.ctc_data(60, seed=3)[0]
+    c = merge(read_module(model, torch.from_numpy(x[:1])),
+              parse_flags(task="sequence", roles=["output:sequence:T,N,C"]))
+    ref = outputs(model, x, c.output_names)
+    cand = outputs(fake_quant(model, 4), x, c.output_names)
+    whole = compare(ref, cand, contract=c)
+    parts = [(outputs(model, x[i : i + 20], c.output_names), outputs(fake_quant(model, 4), x[i : i + 20],
+                                                                     c.output_names)) for i in range(0, 60, 20)]
+    split = compare([p[0] for p in parts], [p[1] for p in parts], contract=c)
+    assert split.samples == whole.samples == 60
+    assert split.sequence[0] == whole.sequence[0]
+    assert split.outputs[0].snr_db == pytest.approx(whole.outputs[0].snr_db)
