@@ -26,7 +26,7 @@ from edgetl.contract import ANY, InputTensor, ModelContract, OutputTensor, norma
 from edgetl.errors import ConfigError, InputFileError, MissingDependencyError
 
 __all__ = ["METADATA_KEY", "contract_from_json", "contract_to_json", "embed_onnx", "embed_openvino",
-           "from_input_spec", "read_contract", "read_exported_program", "read_module", "read_onnx", "read_openvino",
+           "from_input_spec", "read_contract", "read_exported_program", "read_module", "resolve_contract", "read_onnx", "read_openvino",
            "read_torchscript", "torchscript_extra_files"]
 
 METADATA_KEY = "edgetl.contract"  # ONNX metadata_props key; OpenVINO rt_info ["edgetl", "contract"]; TorchScript
@@ -359,3 +359,50 @@ def read_contract(model: str | Path | Any, example_inputs: Any = None) -> ModelC
                               "(--input NAME:SHAPE, or --data)")
         return read_module(model, example_inputs)
     return read_onnx(model) if type(model).__name__ == "ModelProto" else read_openvino(model)
+
+
+def _forward_inputs(module: Any) -> tuple[InputTensor, ...]:
+    """One unknown input per required positional parameter of ``forward`` (named as the code names them)."""
+    params = [p for p in inspect.signature(module.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return tuple(InputTensor(name=p.name) for p in params)
+
+
+def resolve_contract(model: Any, flags: Any = None, *, data: Mapping[str, Any] | None = None,
+                     base: ModelContract | None = None) -> ModelContract:
+    """The one call a stage makes: the model's contract from its file (or, for an ``nn.Module``, from its
+    ``forward`` signature, ``base`` and one run on example inputs), completed by the user's ``flags``
+    (:class:`~edgetl.contract.ContractFlags`) and checked. ``data`` gives real values for inputs that cannot be
+    made up (``{"sr": np.array(16000)}``). Every contradiction or missing fact is one ConfigError line."""
+    import torch
+
+    from edgetl.contract import ContractFlags, merge
+    from edgetl.contract_shapes import check_runs
+
+    flags = flags if flags is not None else ContractFlags()
+    is_module = isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule)
+    if not is_module:
+        return merge(read_contract(model), flags)
+    names = _forward_inputs(model)
+    seed_inputs = names
+    if base is not None:  # a recorded or InputSpec contract: its facts, under the names forward uses
+        known = base.inputs
+        if len(known) == len(names) == 1 and known[0].name != names[0].name:
+            known = (dataclasses.replace(known[0], name=names[0].name),)
+        seed_inputs = known
+    seed = ModelContract(inputs=seed_inputs, outputs=base.outputs if base else (), task=base.task if base else
+                         "generic", selected=base.selected if base else (), fixed=False, source="module")
+    declared = merge(seed, dataclasses.replace(flags, outputs=(), roles=()))  # outputs are known after the run
+
+    def run(feed: dict[str, Any]) -> ModelContract:
+        model_inputs = {k: torch.from_numpy(v) if hasattr(v, "dtype") else v for k, v in feed.items()}
+        return read_module(model, model_inputs)
+
+    observed = check_runs(declared, run, inputs=data)
+    outputs = observed.outputs
+    if seed.outputs:  # keep recorded roles and layouts, by name, over the bare observation
+        recorded = {o.name: o for o in seed.outputs}
+        outputs = tuple(dataclasses.replace(recorded[o.name], shape=o.shape, dtype=o.dtype) if o.name in recorded
+                        else o for o in outputs)
+    keep = tuple(s for s in seed.selected if s in {o.name for o in outputs})
+    return merge(dataclasses.replace(declared, outputs=outputs, selected=keep), flags)

@@ -335,3 +335,36 @@ def test_read_contract_refuses_what_it_cannot_read(tmp_path):
         read_contract(tmp_path / "bad.onnx")
     with pytest.raises(ConfigError, match="example inputs"):
         read_contract(torch.nn.Linear(2, 2))
+
+
+def test_resolve_contract_of_a_module_from_flags_alone(shape_cache):
+    from edgetl.contract_read import from_input_spec, resolve_contract
+
+    vad = shapes.trained("VadLike", shape_cache)
+    flags = parse_flags(inputs=["audio:Nx256:float32", "state:2xNx32:float32", "sr:scalar:int64"],
+                        opt_shapes=["audio:1x256", "state:2x1x32"], roles=["1:state"], outputs=["0"])
+    with pytest.raises(ConfigError, match="--data"):
+        resolve_contract(vad, flags)  # the sample rate must be real
+    c = resolve_contract(vad, flags, data={"sr": np.array(16000)})
+    assert c.input("state").shape == (2, "N", 32) and c.output("output1").role == Role.STATE
+    assert c.selected == ("output0",) and c.output("output0").shape == (1, 1)
+    with pytest.raises(UnknownNameError, match="did you mean 'audio'"):
+        resolve_contract(vad, parse_flags(inputs=["audoi:1x256"]))
+
+    seg = shapes.trained("SegNet", shape_cache)
+    c = resolve_contract(seg, parse_flags(inputs=["1x1xHxW:float32"], opt_shapes=["1x1x28x28"], task="segmentation"))
+    assert c.input_names == ("image",) and c.input("image").shape == (1, 1, "H", "W")
+    assert c.output("output").role == Role.MASK and c.output("output").shape == (1, 2, 28, 28)
+    with pytest.raises(ConfigError, match=r"give it with --input image:SHAPE"):
+        resolve_contract(seg)  # no guessing 3x224x224
+
+    ctc = shapes.trained("CtcRecognizer", shape_cache)
+    with pytest.raises(ConfigError, match="rejects the inputs image 1x1x16x24"):
+        resolve_contract(ctc, parse_flags(inputs=["1x1x16x24:float32"]))
+
+    from edgetl.artifact import InputSpec
+
+    base = merge(from_input_spec(InputSpec(shape=(1, 28, 28), mean=(0.5,), std=(0.5,)), shapes.WORDS),
+                 parse_flags(roles=["output:logits:N,C"]))
+    c = resolve_contract(shapes.trained("PooledClassifier", shape_cache), base=base)
+    assert c.input_names == ("image",) and c.task == Task.CLASSIFICATION and c.output("output").layout == "N,C"
