@@ -31,6 +31,25 @@ __all__ = ["METADATA_KEY", "contract_from_json", "contract_to_json", "embed_onnx
 
 METADATA_KEY = "edgetl.contract"  # ONNX metadata_props key; OpenVINO rt_info ["edgetl", "contract"]; TorchScript
 # extra file "edgetl.contract.json"
+ARTIFACT_KEY = "edgetl"  # where exports embed the artifact's whole metadata (ONNX key; OpenVINO ["edgetl", "source"]);
+# a "contract" entry in it (or in the NAME.edgetl.json sidecar) is read back too
+SIDECAR_SUFFIX = ".edgetl.json"
+
+
+def _from_payload(text: str | None) -> ModelContract | None:
+    """The contract inside an artifact metadata payload (JSON text), if it has one."""
+    if not text:
+        return None
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError:
+        return None  # someone else's metadata under our key: not ours to read
+    return ModelContract.from_dict(payload["contract"]) if isinstance(payload, dict) and "contract" in payload else None
+
+
+def _sidecar(path: Path) -> ModelContract | None:
+    side = path.with_name(path.name + SIDECAR_SUFFIX)
+    return _from_payload(side.read_text()) if side.is_file() else None
 
 
 def contract_to_json(contract: ModelContract) -> str:
@@ -124,7 +143,9 @@ def read_onnx(model: str | Path | Any) -> ModelContract:
 
     ins = tuple(InputTensor(name=v.name, shape=tensor(v)[0], dtype=tensor(v)[1]) for v in g.input if v.name not in init)
     outs = tuple(OutputTensor(name=v.name, shape=tensor(v)[0], dtype=tensor(v)[1]) for v in g.output)
-    recorded = next((contract_from_json(p.value) for p in model.metadata_props if p.key == METADATA_KEY), None)
+    props = {p.key: p.value for p in model.metadata_props}
+    recorded = contract_from_json(props[METADATA_KEY]) if METADATA_KEY in props else _from_payload(
+        props.get(ARTIFACT_KEY))
     return _overlay(ModelContract(inputs=ins, outputs=outs, fixed=True, source="onnx"), recorded)
 
 
@@ -163,6 +184,8 @@ def read_openvino(model: str | Path | Any) -> ModelContract:
     recorded = None
     if model.has_rt_info(["edgetl", "contract"]):
         recorded = contract_from_json(str(model.get_rt_info(["edgetl", "contract"]).astype(str)))
+    elif model.has_rt_info(["edgetl", "source"]):
+        recorded = _from_payload(str(model.get_rt_info(["edgetl", "source"]).astype(str)))
     return _overlay(ModelContract(inputs=ins, outputs=outs, fixed=True, source="openvino"), recorded)
 
 
@@ -331,20 +354,19 @@ def read_module(module: Any, example_inputs: Mapping[str, Any] | Sequence[Any] |
 
 
 def read_contract(model: str | Path | Any, example_inputs: Any = None) -> ModelContract:
-    """Dispatch on what ``model`` is: a path (``.onnx``, ``.xml``, ``.pt2``, TorchScript) or a loaded object."""
+    """Dispatch on what ``model`` is: a path (``.onnx``, ``.xml``, ``.pt2``, TorchScript) or a loaded object.
+    For a path, a contract recorded in its ``NAME.edgetl.json`` sidecar fills what the file does not say."""
     if isinstance(model, (str, Path)):
         path = Path(model)
         if not path.exists():
             raise InputFileError(f"model not found: {path}")
         suffix = path.suffix.lower()
-        if suffix == ".onnx":
-            return read_onnx(path)
-        if suffix == ".xml":
-            return read_openvino(path)
-        if suffix == ".pt2":
-            return read_exported_program(path)
-        if _is_torchscript(path):
-            return read_torchscript(path)
+        readers = {".onnx": read_onnx, ".xml": read_openvino, ".pt2": read_exported_program}
+        reader = readers.get(suffix) or (read_torchscript if _is_torchscript(path) else None)
+        if reader is not None:
+            found = reader(path)
+            side = _sidecar(path)
+            return _overlay(found, side)
         raise InputFileError(f"{path}: no model contract can be read from a {suffix or 'suffix-less'} file; give an "
                              ".onnx, OpenVINO .xml, .pt2 or TorchScript file, or load the checkpoint and read the module")
     import torch

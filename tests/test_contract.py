@@ -368,3 +368,26 @@ def test_resolve_contract_of_a_module_from_flags_alone(shape_cache):
                  parse_flags(roles=["output:logits:N,C"]))
     c = resolve_contract(shapes.trained("PooledClassifier", shape_cache), base=base)
     assert c.input_names == ("image",) and c.task == Task.CLASSIFICATION and c.output("output").layout == "N,C"
+
+
+def test_contract_inside_the_artifact_metadata_and_the_sidecar_is_read_back(shape_cache, tmp_path):
+    import json
+
+    import onnx
+
+    seg = shapes.trained("SegNet", shape_cache)
+    path = tmp_path / "seg.onnx"
+    torch.onnx.export(seg, (torch.rand(1, 1, 28, 28),), str(path), input_names=["image"], output_names=["mask"],
+                      dynamo=False)
+    c = merge(read_contract(path), parse_flags(task="segmentation"))
+    model = onnx.load(str(path))
+    model.metadata_props.add(key="edgetl", value=json.dumps({"format": "onnx", "contract": c.to_dict()}))
+    onnx.save(model, str(path))
+    assert read_contract(path).output("mask").role == Role.MASK
+    ep = torch.export.export(seg, (torch.rand(1, 1, 28, 28),))
+    torch.export.save(ep, str(tmp_path / "seg.pt2"))
+    assert read_contract(tmp_path / "seg.pt2").task == Task.GENERIC
+    recorded = merge(read_contract(tmp_path / "seg.pt2"), parse_flags(task="segmentation"))
+    (tmp_path / "seg.pt2.edgetl.json").write_text(json.dumps({"contract": recorded.to_dict()}))
+    back = read_contract(tmp_path / "seg.pt2")
+    assert back.task == Task.SEGMENTATION and back.outputs[0].role == Role.MASK
