@@ -27,8 +27,8 @@ from edgetl.contract import ModelContract, OutputTensor, Role, Task
 from edgetl.errors import ConfigError, ParityError
 
 __all__ = ["ClassificationAgreement", "DetectionAgreement", "DetectionLayout", "FidelityResult", "Headline",
-           "OutputFidelity", "SegmentationAgreement", "SequenceAgreement", "compare", "ctc_greedy", "headline",
-           "resolve_metric", "stack_outputs"]
+           "OutputFidelity", "SegmentationAgreement", "SequenceAgreement", "check_budget", "compare", "ctc_greedy",
+           "headline", "resolve_metric", "stack_outputs"]
 
 
 def _plain(v: Any) -> Any:
@@ -404,3 +404,26 @@ def headline(result: FidelityResult, task: Task | str, *, metric: str | None = N
         return Headline("cosine", worst.cosine, worst.output)
     worst = min(result.outputs, key=lambda o: -math.inf if o.snr_db is None else o.snr_db)
     return Headline("snr_db", worst.snr_db, worst.output)
+
+
+def check_budget(result: FidelityResult, task: Task | str, *, max_drop: float | None = None,
+                 min_snr: float | None = None, metric: str | None = None) -> Headline:
+    """Raise :class:`~edgetl.errors.BudgetError` when the fidelity misses a budget: ``max_drop`` on the task's
+    agreement metric (1 - agreement, e.g. 0.01 = one prediction in a hundred may change) or ``min_snr`` dB on every
+    output. Returns the headline it judged."""
+    from edgetl.errors import BudgetError
+
+    head = headline(result, task, metric=metric)
+    if max_drop is not None:
+        if head.value is None or head.metric == "snr_db":
+            raise BudgetError(f"--max-drop needs an agreement metric; {head.metric} of {head.output!r} is "
+                              f"{head.value}: use --min-snr for task {Task.parse(task).value}")
+        if 1.0 - head.value > max_drop:
+            raise BudgetError(f"{head.metric} of {head.output!r} is {head.value:.4f}: a drop of {1 - head.value:.4f} "
+                              f"exceeds --max-drop {max_drop}")
+    if min_snr is not None:
+        for o in result.outputs:
+            if o.snr_db is None or o.snr_db < min_snr:
+                got = "not finite" if o.snr_db is None else f"{o.snr_db:.1f} dB"
+                raise BudgetError(f"output {o.output!r}: SNR {got} is below --min-snr {min_snr} dB")
+    return head

@@ -219,3 +219,33 @@ def test_batches_of_a_time_major_output_join_on_their_batch_axis(shape_cache):
     assert split.samples == whole.samples == 60
     assert split.sequence[0] == whole.sequence[0]
     assert split.outputs[0].snr_db == pytest.approx(whole.outputs[0].snr_db)
+
+
+def test_budgets_on_the_task_metric_and_on_snr(shape_cache):
+    from edgetl.errors import BudgetError
+    from edgetl.fidelity import check_budget
+
+    model = shapes.trained("PooledClassifier", shape_cache)
+    x = shapes.mnist(None)[0][4000:4200]
+    c = merge(read_module(model, torch.from_numpy(x[:1])), parse_flags(task="classification"))
+    ref = outputs(model, x, c.output_names)
+    int8 = compare(ref, outputs(fake_quant(model, 8), x, c.output_names), contract=c)
+    three = compare(ref, outputs(fake_quant(model, 3), x, c.output_names), contract=c)
+    assert check_budget(int8, c.task, max_drop=0.1, min_snr=20).metric == "top1_agreement"
+    with pytest.raises(BudgetError, match="exceeds --max-drop 0.1"):
+        check_budget(three, c.task, max_drop=0.1)
+    with pytest.raises(BudgetError, match="below --min-snr 20"):
+        check_budget(three, c.task, min_snr=20)
+    with pytest.raises(BudgetError, match="use --min-snr"):
+        check_budget(int8, "generic", max_drop=0.1)
+
+
+def test_importing_the_contract_fidelity_and_data_modules_loads_no_backend():
+    import subprocess
+    import sys
+
+    code = ("import sys, edgetl.contract, edgetl.contract_read, edgetl.contract_shapes, edgetl.fidelity, "
+            "edgetl.consistency, edgetl.inputs; "
+            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'openvino') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
