@@ -391,3 +391,45 @@ def test_contract_inside_the_artifact_metadata_and_the_sidecar_is_read_back(shap
     (tmp_path / "seg.pt2.edgetl.json").write_text(json.dumps({"contract": recorded.to_dict()}))
     back = read_contract(tmp_path / "seg.pt2")
     assert back.task == Task.SEGMENTATION and back.outputs[0].role == Role.MASK
+
+
+@pytest.mark.slow
+def test_executorch_plans_for_the_contracts_upper_bounds(shape_cache):
+    pytest.importorskip("executorch")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    seg = shapes.trained("SegNet", shape_cache)
+    c = merge(ModelContract(inputs=(InputTensor("image", (1, 1, "H", "W"), "float32"),)),
+              parse_flags(min_shapes=["image:1x1x8x8"], max_shapes=["image:1x1x64x64"]))
+    assert executorch_upper_bounds(c) == {"image": (1, 1, 64, 64)}
+    ep = torch.export.export(seg, (torch.rand(1, 1, 28, 28),), dynamic_shapes=torch_dynamic_shapes(c))
+    program = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
+    method = Runtime.get().load_program(program.buffer).load_method("forward")
+    x = torch.rand(1, 1, 40, 56)  # a size never traced, inside the bounds
+    with torch.no_grad():
+        assert (method.execute([x])[0] - seg(x)).abs().max() < 1e-4
+    with pytest.raises(RuntimeError):  # beyond the planned 64x64: refused, not overrun
+        method.execute([torch.rand(1, 1, 80, 80)])
+
+
+def test_a_static_file_refuses_dynamic_dims_and_unknown_outputs(shape_cache, tmp_path):
+    det = shapes.trained("FaceDetLike", shape_cache)
+    path = tmp_path / "det.onnx"
+    torch.onnx.export(det, (torch.rand(1, 3, 32, 32),), str(path), input_names=["image"],
+                      output_names=["boxes", "scores", "landmarks"], dynamo=False)
+    file_c = read_contract(path)
+    assert file_c.input("image").shape == (1, 3, 32, 32) and file_c.output("boxes").shape == (1, 16, 4)
+    # outputs named after roles get them; the third is left as it is
+    c = merge(file_c, parse_flags(task="detection"))
+    assert (c.output("boxes").role, c.output("scores").role, c.output("landmarks").role) == \
+        (Role.BOXES, Role.SCORES, Role.OTHER)
+    with pytest.raises(ConfigError, match=r"dim 2 is dynamic \(H\) but the model fixes it at 32"):
+        merge(file_c, parse_flags(inputs=["1x3xHxW"]))
+    with pytest.raises(UnknownNameError, match="did you mean 'landmarks'"):
+        merge(file_c, parse_flags(roles=["landmark:other"]))
+    with pytest.raises(UnknownNameError, match="did you mean 'scores'"):
+        merge(file_c, parse_flags(outputs=["score"]))
+    assert tensorrt_profiles(c)["max"] == {"image": (1, 3, 32, 32)}
+    assert openvino_partial_shapes(c) == {"image": "[1,3,32,32]"} and onnx_dynamic_axes(c) == {}
