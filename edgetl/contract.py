@@ -156,6 +156,14 @@ class InputTensor:
             if v is not None:
                 object.__setattr__(self, name, tuple(v))
         object.__setattr__(self, "dtype", normalize_dtype(self.dtype))
+        for d in self.shape or ():
+            if not (isinstance(d, str) or (isinstance(d, int) and d >= 1)):
+                raise ConfigError(f"input {self.name!r}: shape {self.shape} has {d!r}; a dim is a positive size or a "
+                                  "symbol (N, H, ?)")
+        if self.value_range is not None and (len(self.value_range) != 2 or not self.value_range[0] < self.value_range[1]):
+            raise ConfigError(f"input {self.name!r}: value range {self.value_range} must be (low, high) with low < high")
+        if self.std is not None and any(float(s) <= 0 for s in self.std):
+            raise ConfigError(f"input {self.name!r}: std values must be positive, got {self.std}")
 
     @property
     def rank(self) -> int | None:

@@ -433,3 +433,16 @@ def test_a_static_file_refuses_dynamic_dims_and_unknown_outputs(shape_cache, tmp
         merge(file_c, parse_flags(outputs=["score"]))
     assert tensorrt_profiles(c)["max"] == {"image": (1, 3, 32, 32)}
     assert openvino_partial_shapes(c) == {"image": "[1,3,32,32]"} and onnx_dynamic_axes(c) == {}
+
+
+def test_a_contract_refuses_impossible_facts():
+    for kw, msg in ((dict(shape=(1, 0, 4)), "positive size"), (dict(value_range=(1.0, 0.0)), "low < high"),
+                    (dict(std=(0.0,)), "positive")):
+        with pytest.raises(ConfigError, match=msg):
+            InputTensor("x", **kw)
+    with pytest.raises(UnknownNameError, match="dtype"):
+        InputTensor("x", dtype="float33")
+    with pytest.raises(ConfigError, match="names two inputs alike"):
+        ModelContract(inputs=(InputTensor("x"), InputTensor("x")))
+    with pytest.raises(UnknownNameError, match="in --output"):
+        ModelContract(inputs=(InputTensor("x"),), outputs=(OutputTensor("y"),), selected=("z",))
