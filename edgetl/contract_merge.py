@@ -70,6 +70,11 @@ def _merge_input(base: InputTensor, flags: ContractFlags, file: ModelContract) -
             changes["shape"] = shape
             if f.dtype is not None:
                 changes["dtype"] = f.dtype
+            for attr in ("min_shape", "opt_shape", "max_shape"):  # the file's profiles, where the new shape fixes
+                old = getattr(base, attr)                          # them otherwise, give way (bounds are checked)
+                if old is not None and (len(old) != len(shape) or any(
+                        isinstance(d, int) and p is not None and p != d for p, d in zip(old, shape, strict=True))):
+                    changes[attr] = None
     for attr, items in (("min_shape", flags.min_shapes), ("opt_shape", flags.opt_shapes),
                         ("max_shape", flags.max_shapes)):
         for f in items:
@@ -135,15 +140,20 @@ def _flag_text(name: str, flags: ContractFlags | None, attr: str = "inputs") -> 
     return f"--input {name}:..."
 
 
-def _check_dims(where: str, shape, file_shape, fixed: bool) -> None:
+def _check_dims(where: str, shape, base: InputTensor) -> None:
+    file_shape = base.shape
     if len(shape) != len(file_shape):
         raise ConfigError(f"{where}: rank {len(shape)} but the model's input is {format_shape(file_shape)} "
                           f"(rank {len(file_shape)})")
-    for axis, (d, b) in enumerate(zip(shape, file_shape, strict=False)):
-        if isinstance(b, int) and fixed and d != b:
+    for axis, (d, b) in enumerate(zip(shape, file_shape, strict=True)):
+        if isinstance(b, int) and d != b:
             what = f"is {d}" if isinstance(d, int) else f"is dynamic ({d})"
             raise ConfigError(f"{where}: dim {axis} {what} but the model fixes it at {b} "
                               f"(the model's input is {format_shape(file_shape)})")
+        lo = base.min_shape[axis] if base.min_shape else None
+        hi = base.max_shape[axis] if base.max_shape else None
+        if isinstance(d, int) and ((lo is not None and d < lo) or (hi is not None and d > hi)):
+            raise ConfigError(f"{where}: dim {axis} is {d} but the model accepts {lo or 1}..{hi if hi else ''} there")
 
 
 def _check_profiles(t: InputTensor, flags: ContractFlags | None) -> None:
@@ -189,7 +199,7 @@ def check(contract: ModelContract, file_contract: ModelContract, *, flags: Contr
         base = file_inputs.get(t.name)
         if base is not None and base.shape is not None and t.shape is not None:
             if file_contract.fixed:  # shapes only observed on example inputs constrain nothing
-                _check_dims(where, t.shape, base.shape, file_contract.fixed)
+                _check_dims(where, t.shape, base)
         if base is not None and file_contract.fixed and base.dtype and t.dtype and base.dtype != t.dtype:
             raise ConfigError(f"{where}: dtype {t.dtype} but the model's input {t.name!r} is {base.dtype}")
         _check_profiles(t, flags)

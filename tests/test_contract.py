@@ -197,6 +197,10 @@ def test_exported_program_dims_ranges_and_named_outputs(shape_cache, tmp_path):
     assert t.min_shape == (1, 1, 16, 16) and t.max_shape == (8, 1, 128, 128)
     assert executorch_upper_bounds(c) == {"image": (8, 1, 128, 128)}
     assert c.outputs[0].shape[1] == 2
+    static = merge(c, parse_flags(inputs=["image:1x1x32x32"]))  # the file's profiles give way to a static shape
+    assert static.input("image").min_shape is None and tensorrt_profiles(static)["opt"]["image"] == (1, 1, 32, 32)
+    with pytest.raises(ConfigError, match=r"dim 2 is 256 but the model accepts 16..128"):
+        merge(c, parse_flags(inputs=["image:1x1x256x32"]))
 
     class Named(torch.nn.Module):
         Out = collections.namedtuple("Out", "boxes scores landmarks")
