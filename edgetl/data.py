@@ -320,3 +320,8 @@ def check_classes(model_labels, data: DataSplits) -> None:
             f"the model has {len(model_labels)} outputs but dataset {data.name!r} has {data.num_classes} classes; "
             "fine-tune the model on this dataset first (edgetl finetune) or pick the matching dataset"
         )
+
+
+# Data for any model (named inputs, unlabeled folders, module:function, labels matched by name) lives in
+# edgetl.inputs; re-exported here so `from edgetl.data import load_inputs` works beside load_data.
+from edgetl.inputs import InputSet, LabelMap, batches, load_inputs, map_labels  # noqa: E402, F401
