@@ -69,11 +69,12 @@ def quantize_cmd(
 
         from edgetl.data import load_data
         from edgetl.models import load_model
+        from edgetl.stages import StageContext
 
         torch.set_flush_denormal(True)
         art = load_model(model)
         splits = load_data(data, seed=seed)
-        q = quantize(art, cfg, data=splits, out=output)
+        q = quantize(art, cfg, data=splits, ctx=StageContext(output=output))
         m = q.history[-1].metrics
         result = {
             "output": str(q.path), "model": model, "backend": cfg.backend.value, "precision": cfg.precision.value,
