@@ -14,14 +14,16 @@ import typer
 
 from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
 from edgetl.cli.config_options import config_options
-from edgetl.distill.config import DistillConfig
+from edgetl.stages import stage_kind
+
+CONFIG = stage_kind("distill").config_class()  # the registry's config: its fields are the flags
 
 
 def register(app: typer.Typer) -> None:
     app.command("distill")(distill_cmd)
 
 
-@config_options(DistillConfig, flags={"epochs": ("--epochs", "-e")})
+@config_options(CONFIG, flags={"epochs": ("--epochs", "-e")})
 def distill_cmd(
     teacher: Annotated[list[str], typer.Option("--teacher", "-t", help="Teacher model (.pt); repeat for several.")],
     student: Annotated[str, typer.Option("--student", "-s", help="Zoo name (edgetl_tinycnn, mobilenet_v3_small, "
@@ -62,8 +64,8 @@ def distill_cmd(
                               "start over")
         if overwrite and not resume and state.exists() and main_rank:
             state.unlink()
-        cfg = DistillConfig(**options, student=student, checkpoint=state, resume=resume,
-                            history_path=output.with_name(output.name + ".history.json"))
+        cfg = CONFIG(**options, student=student, checkpoint=state, resume=resume,
+                     history_path=output.with_name(output.name + ".history.json"))
         splits = load_data(data, seed=cfg.seed)
         teachers = []
         for t in teacher:

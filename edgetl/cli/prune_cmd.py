@@ -9,14 +9,16 @@ import typer
 
 from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
 from edgetl.cli.config_options import config_options
-from edgetl.prune.config import PruneConfig
+from edgetl.stages import stage_kind
+
+CONFIG = stage_kind("prune").config_class()  # the registry's config: its fields are the flags
 
 
 def register(app: typer.Typer) -> None:
     app.command("prune")(prune_cmd)
 
 
-@config_options(PruneConfig)
+@config_options(CONFIG)
 def prune_cmd(
     model: Annotated[str, typer.Argument(help="PyTorch model to prune (edgetl .pt checkpoint, state dict with --arch, ...).")],
     data: Annotated[str, typer.Option("--data", "-d", help="Dataset: reference samples, accuracy and recovery.")],
@@ -52,8 +54,8 @@ def prune_cmd(
         opts = dict(options)
         if opts.get("round_to") == 1:
             opts["round_to"] = None  # widths are not rounded: the same as rounding to 1, recorded as none
-        cfg = PruneConfig(**opts, scope=Scope.LAYERWISE if layerwise else Scope.GLOBAL,
-                          ignore=layers_matching(*ignore) if ignore else None)
+        cfg = CONFIG(**opts, scope=Scope.LAYERWISE if layerwise else Scope.GLOBAL,
+                     ignore=layers_matching(*ignore) if ignore else None)
         art = load_model(model, arch=arch)
         splits = load_data(data, seed=cfg.seed)
         pruned = prune(art, cfg, data=splits)

@@ -89,23 +89,24 @@ def quantize_cmd(
         if "note" in m:
             result["note"] = m["note"]
 
-        def render(console):
-            table(console, f"quantize {model} -> {cfg.backend.value} {cfg.precision.value}",
-                  ["fp32 acc", "quantized acc", "drop (points)", "agreement", "size", "kept in float"],
-                  [[f"{100 * m['fp32_accuracy']:.2f} %", f"{100 * m['accuracy']:.2f} %", f"{m['drop_points']:.2f}",
-                    f"{100 * m['agreement']:.1f} %", _mb(result["size_bytes"]),
-                    ", ".join(k["layer"] for k in m["kept_float"]) or "-"]])
-            for u in m["unquantizable"]:
-                console.print(f"kept in float ({cfg.backend.value} cannot quantize it): {u['op']} {u['node']}")
-            for w in m["warnings"]:
-                console.print(f"[yellow]warning:[/] {w}")
-            if m["budget_met"] is False:
-                console.print(f"[yellow]budget of {m['max_drop']:g} points not met (--allow-drop)[/]")
-            console.print(f"wrote {q.path}")
-
-        return result, render
+        return result, lambda console: _render(console, model, cfg, m, result, q.path)
 
     execute(body, json_=json_, debug=debug)
+
+
+def _render(console, model: str, cfg, m: dict, result: dict, path) -> None:
+    table(console, f"quantize {model} -> {cfg.backend.value} {cfg.precision.value}",
+          ["fp32 acc", "quantized acc", "drop (points)", "agreement", "size", "kept in float"],
+          [[f"{100 * m['fp32_accuracy']:.2f} %", f"{100 * m['accuracy']:.2f} %", f"{m['drop_points']:.2f}",
+            f"{100 * m['agreement']:.1f} %", _mb(result["size_bytes"]),
+            ", ".join(k["layer"] for k in m["kept_float"]) or "-"]])
+    for u in m["unquantizable"]:
+        console.print(f"kept in float ({cfg.backend.value} cannot quantize it): {u['op']} {u['node']}")
+    for w in m["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}")
+    if m["budget_met"] is False:
+        console.print(f"[yellow]budget of {m['max_drop']:g} points not met (--allow-drop)[/]")
+    console.print(f"wrote {path}")
 
 
 def _check_suffix(cfg, output: Path) -> None:
