@@ -261,3 +261,46 @@ def test_cli_prune_recover_flag_is_validated_by_the_config(lite0_digits_path, tm
     r = run_cli("prune", str(lite0_digits_path), "--data", "digits", "-o", str(out), "--recover", "distil", "--json")
     assert r.returncode == 2 and not out.exists()
     assert "did you mean 'distill'" in json.loads(r.stdout)["error"]
+
+
+def test_recipe_checks_the_extra_of_the_quantize_backend_it_will_use(monkeypatch):
+    """No backend given: the config's default (onnxruntime) is what must be installed, not openvino."""
+    import importlib.util
+
+    from edgetl.errors import MissingDependencyError
+    from edgetl.recipe import parse_recipe, validate
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(MissingDependencyError, match="onnx"):
+        validate(parse_recipe({"name": "q", "stages": [{"quantize": {}}]}))
+    validate(parse_recipe({"name": "q", "stages": [{"quantize": {"backend": "openvino"}}]}))  # openvino is here
+
+
+# --------------------------------------------------------------------------- export and bench in the stage shape
+def test_export_stage_returns_the_primary_export_with_the_others_reachable(lite0_digits, digits, tmp_path):
+    from exporters.stage import ExportConfig, export_stage, exports_of
+
+    cfg = ExportConfig(formats=("onnx", "openvino"))
+    with pytest.raises(ConfigError, match="out_dir"):
+        export_stage(lite0_digits, cfg, data=digits)
+    onnx = export_stage(lite0_digits, cfg, data=digits, ctx=StageContext(out_dir=tmp_path / "out"))
+    assert onnx.format.value == "onnx" and onnx.history[-1].metrics["parity"]["checked"]
+    both = exports_of(onnx)
+    assert [a.format.value for a in both] == ["onnx", "openvino"] and both[0] is onnx
+    assert all(a.path.exists() and a.path.parent == tmp_path / "out" for a in both)
+
+
+def test_bench_stage_returns_typed_results_per_device(lite0_digits, digits):
+    from benchmarks.harness import BenchConfig, BenchResult
+    from benchmarks.stage import BenchStageConfig, bench, results_of
+
+    quick = BenchConfig(threads=1, warmup_runs=1, warmup_s=0.0, min_time_s=0.0, min_count=3, max_time_s=5.0)
+    art = bench(lite0_digits, BenchStageConfig(devices=("x86-cpu",), bench=quick), data=digits)
+    assert art.history[-1].stage == "bench" and art.model is lite0_digits.model
+    [r] = results_of(art)
+    assert isinstance(r, BenchResult) and r.latency_ms.count >= 3 and r.accuracy is not None
+    assert r.accuracy > 0.8 and "test split" in r.accuracy_source
+    assert lite0_digits.history == art.history[:-1]  # the input artifact is not changed
+    with pytest.raises(ConfigError, match="no bench record"):
+        results_of(lite0_digits)
