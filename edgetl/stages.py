@@ -28,8 +28,8 @@ from typing import Any
 
 from edgetl.errors import ConfigError, MissingDependencyError, UnknownNameError, check_names
 
-__all__ = ["STAGES", "StageContext", "StageKind", "build_config", "kind_of", "option", "option_names", "run_stage",
-           "stage_kind"]
+__all__ = ["STAGES", "StageContext", "StageKind", "build_config", "kind_of", "option", "option_fields", "option_names",
+           "register", "run_stage", "stage_kind"]
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str = "", recipe: bool = True, cli: bool = True,
@@ -159,6 +159,10 @@ def kind_of(config: Any) -> StageKind:
     for kind in STAGES.values():
         if kind.config == ref:
             return kind
+    for kind in STAGES.values():  # a subclass, or a class re-exported under another module's name
+        with contextlib.suppress(ImportError, AttributeError):
+            if isinstance(config, kind.config_class()):
+                return kind
     raise ConfigError(f"{type(config).__name__} is no stage config; the stages take "
                       + ", ".join(f"{k.config.partition(':')[2]} ({k.name})" for k in STAGES.values()))
 
