@@ -304,3 +304,37 @@ def test_bench_stage_returns_typed_results_per_device(lite0_digits, digits):
     assert lite0_digits.history == art.history[:-1]  # the input artifact is not changed
     with pytest.raises(ConfigError, match="no bench record"):
         results_of(lite0_digits)
+
+
+def test_context_progress_reporter_is_shown_while_the_stage_runs(lite0_digits, digits):
+    from edgetl import progress
+    from edgetl.data import ImageSet
+    from edgetl.distill import DistillConfig, distill
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.opened: list[str] = []
+            self.steps = 0
+
+        def open(self, description, total):
+            self.opened.append(description)
+            return self
+
+        def close(self, task):
+            pass
+
+        def advance(self, n=1, **fields):
+            self.steps += 1
+
+    def cut(s: ImageSet, n: int) -> ImageSet:
+        return ImageSet(s.images[:n], s.labels[:n])
+
+    small = dataclasses.replace(digits, train=cut(digits.train, 64), val=cut(digits.val, 32), test=cut(digits.test, 32))
+    rec, before = Recorder(), progress.set_reporter(None)
+    try:
+        distill(lite0_digits, DistillConfig(student="edgetl_tinycnn", epochs=1, batch_size=32, views="original"),
+                data=small, ctx=StageContext(progress=rec))
+        assert progress.set_reporter(None).__class__.__name__ == "_NullReporter"  # restored after the stage
+    finally:
+        progress.set_reporter(before)
+    assert "distill" in rec.opened and rec.steps == 2  # 64 images in batches of 32, one epoch

@@ -7,6 +7,9 @@ and its per-layer cap does not bind within a step. Here every layer keeps at lea
 ``1 - max_layer_ratio`` of its original channels (and at least one ``round_to`` block), and a plan that would
 empty a layer is an error naming it.
 
+The stage is ``prune(artifact, config, *, data=None, ctx=None, recover=None)``; its options are in
+:mod:`edgetl.prune.config`, one step's graph, plan and surgery in :mod:`edgetl.prune.surgery`.
+
 Example::
 
     pruned = prune(teacher, PruneConfig(criterion="lrp", ratio=0.5), data=splits)
