@@ -407,6 +407,15 @@ def _search_budget(ctx: _Context) -> tuple[float | None, bool, list[dict[str, An
 
 
 def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(d, default=str))
+    """A stage's metrics as stage.json holds them: numbers and arrays as numbers, paths and the rest as text."""
+
+    def plain(obj: Any) -> Any:
+        if hasattr(obj, "to_dict"):
+            return obj.to_dict()
+        if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
+            return obj.tolist()
+        return str(obj)
+
+    return json.loads(json.dumps(d, default=plain))
 
 
