@@ -29,7 +29,8 @@ from edgetl.data import DataSplits, check_classes, load_data
 from edgetl.errors import BudgetError, ConfigError
 from edgetl.fileio import atomic_dir, write_json
 from edgetl.models import load_model, save_model
-from edgetl.recipe import STAGE_RANK, Recipe, Stage, build_config, stage_formats
+from edgetl.recipe import Recipe, Stage, build_config, validate
+from edgetl.stages import StageContext, stage_kind
 
 __all__ = ["RunResult", "StageOutcome", "plan", "quantize_into", "run_recipe"]
 
@@ -106,10 +107,14 @@ def plan(recipe: Recipe, run_dir: str | Path | None = None, *, ratio: float | No
 
 
 def _with_ratio(stage: Stage, ratio: float | None) -> Stage:
+    """The prune stage at the pruning ratio the budget search tries (its targets dropped)."""
     if ratio is None or stage.kind != "prune":
         return stage
     opts = {k: v for k, v in stage.options.items() if k not in ("target_flops", "target_params")}
-    return Stage("prune", {**opts, "ratio": ratio})
+    config = None
+    if stage.config is not None:
+        config = dataclasses.replace(stage.config, ratio=ratio, target_flops=None, target_params=None)
+    return Stage("prune", {**opts, "ratio": ratio}, config=config)
 
 
 # --------------------------------------------------------------------------- run directory ownership
@@ -161,6 +166,8 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, from_stage: str | None = 
         raise ConfigError(f"--from {from_stage}: the recipe has no such stage; its stages are "
                           f"{', '.join(s.kind for s in recipe.stages)}")
     plan(recipe)  # model and data given
+    if any(s.config is None for s in recipe.stages):
+        recipe = validate(recipe)  # a recipe made in code: build (and check) its configs once, here
     _claim(run_dir, recipe)
     data = load_data(recipe.data, seed=recipe.seed)
     source = load_model(recipe.model)
@@ -188,12 +195,13 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, from_stage: str | None = 
     return result
 
 
-def _run_chain(ctx: _Context, *, ratio: float | None, until: str | None = None) -> list[StageOutcome]:
+def _run_chain(ctx: _Context, *, ratio: float | None, until: int | None = None) -> list[StageOutcome]:
+    """Run the stages in order (those of rank ``until`` at most, when given)."""
     key = _root_key(ctx.recipe)
     ctx.current, ctx.quantized, ctx.exports = ctx.source, None, []
     outcomes: list[StageOutcome] = []
     for i, stage in enumerate(ctx.recipe.stages, 1):
-        if until is not None and STAGE_RANK[stage.kind] > STAGE_RANK[until]:
+        if until is not None and stage_kind(stage.kind).rank > until:
             break
         stage = _with_ratio(stage, ratio)
         key = _hash(key, stage.canonical())
@@ -210,7 +218,7 @@ def _run_stage(ctx: _Context, index: int, stage: Stage, key: str) -> StageOutcom
     else:
         start = time.perf_counter()
         with atomic_dir(d, overwrite=True) as tmp:
-            artifacts, summary = _EXECUTORS[stage.kind](ctx, stage, tmp, key)
+            artifacts, summary = _EXECUTORS.get(stage.kind, _exec_stage)(ctx, stage, tmp, key)
             write_json(tmp / STAGE_FILE, {"stage": stage.kind, "options": stage.options, "key": key,
                                           "seconds": time.perf_counter() - start, "summary": summary,
                                           "artifacts": [_rel(a, tmp) for a in artifacts]})
@@ -233,12 +241,15 @@ def _load_outcome(ctx: _Context, stage: Stage, key: str, d: Path) -> StageOutcom
 
 
 def _advance(ctx: _Context, outcome: StageOutcome) -> None:
-    if outcome.kind in ("prune", "distill") and outcome.artifacts:
-        ctx.current = outcome.artifacts[0]
-    elif outcome.kind == "quantize" and outcome.artifacts:
-        ctx.quantized = outcome.artifacts[0]
-    elif outcome.kind == "export":
+    """A PyTorch result is the model flowing on; a file result the compressed artifact; exports are listed."""
+    if outcome.kind == "export":
         ctx.exports = list(outcome.artifacts)
+    elif outcome.kind in _EXECUTORS or not outcome.artifacts:
+        return
+    elif outcome.artifacts[0].format is Format.TORCH:
+        ctx.current = outcome.artifacts[0]
+    else:
+        ctx.quantized = outcome.artifacts[0]
 
 
 # --------------------------------------------------------------------------- stage executors
@@ -248,70 +259,46 @@ def _accuracy(artifact: Artifact, data: DataSplits, split: str = "val") -> float
     return float(evaluate(artifact, data, split=split)["accuracy"])
 
 
-def _exec_prune(ctx: _Context, stage: Stage, out: Path, key: str):
-    from edgetl.prune import prune
+def _exec_stage(ctx: _Context, stage: Stage, out: Path, key: str):
+    """Any registered stage on the model flowing through the run: ``stage(current, config, data, ctx)``.
 
-    cfg = build_config(stage)
-    recover = stage.options.get("recover")
-    hook = None
-    if recover == "distill":
-        from edgetl.distill import DistillConfig, recovery_from
-
-        # The pruned network keeps its trained weights, so recovery uses the recovery learning rate (1e-3), not
-        # distillation's from-scratch default (3e-3). On the demo teacher (LRP 0.5, 97.60 % test before pruning):
-        # 2 epochs at 3e-3 reached 94.40 % test; 8 epochs at 1e-3 reached 97.47 % (val 96.67 % after 3 epochs).
-        hook = recovery_from(ctx.source, DistillConfig(epochs=max(1, cfg.recover_epochs), lr=cfg.recover_lr,
-                                                       seed=ctx.recipe.seed))
-    elif recover not in (None, "finetune"):
-        raise ConfigError(f"prune.recover must be 'distill' or 'finetune', got {recover!r}")
-    kwargs = {"recover": hook} if hook is not None else {}
-    art = prune(ctx.current, cfg, data=ctx.data, **kwargs)
-    path = save_model(art, out / "model.pt")
-    return [dataclasses.replace(art, path=path)], dict(art.history[-1].metrics)
-
-
-def _exec_distill(ctx: _Context, stage: Stage, out: Path, key: str):
-    from edgetl.distill import distill
-
-    cfg = build_config(stage)
+    The user's model is the teacher of every stage that learns from one (distillation, pruning's distillation
+    recovery); resumable state lives in ``RUN_DIR/work/KEY`` until the stage is done. A PyTorch result is saved
+    as ``model.pt``; a file result must be written into the stage directory (``ctx.out_dir``).
+    """
     work = ctx.run_dir / "work" / key
-    work.mkdir(parents=True, exist_ok=True)
-    cfg = dataclasses.replace(cfg, checkpoint=work / "checkpoint.pt", resume=True, seed=ctx.recipe.seed)
-    student = stage.options.get("student") or ctx.current
-    art = distill(student, ctx.source, ctx.data, cfg)
-    path = save_model(art, out / "model.pt")
+    sctx = StageContext(out_dir=out, work_dir=work, teachers=(ctx.source,))
+    art = stage_kind(stage.kind).function()(ctx.current, build_config(stage, seed=ctx.recipe.seed),
+                                            data=ctx.data, ctx=sctx)
+    if art.format is Format.TORCH and art.model is not None:
+        art = dataclasses.replace(art, path=save_model(art, out / "model.pt"))
+    elif art.path is None or not Path(art.path).resolve().is_relative_to(out.resolve()):
+        raise ConfigError(f"stage {stage.kind!r} returned {art.name}, which is not in its stage directory {out}; "
+                          "a stage that writes files writes them under ctx.out_dir")
     shutil.rmtree(work, ignore_errors=True)
-    return [dataclasses.replace(art, path=path)], _json_safe(art.history[-1].metrics)
+    return [art], _json_safe(art.history[-1].metrics)
 
 
 def quantize_into(artifact: Artifact, config, data: DataSplits, directory: Path) -> Artifact:
     """Quantize into ``directory/model.PRECISION.SUFFIX`` (the file name the backend's format wants)."""
-    from edgetl.quantize import default_suffix, quantize
+    from edgetl.quantize import quantize
 
-    directory.mkdir(parents=True, exist_ok=True)
-    return quantize(artifact, config, data=data,
-                    out=directory / f"model.{config.precision.value}{default_suffix(config)}")
-
-
-def _exec_quantize(ctx: _Context, stage: Stage, out: Path, key: str):
-    art = quantize_into(ctx.current, build_config(stage), ctx.data, out / "quantized")
-    return [art], _json_safe(art.history[-1].metrics)
+    return quantize(artifact, config, data=data, ctx=StageContext(out_dir=directory))
 
 
 def _exec_export(ctx: _Context, stage: Stage, out: Path, key: str):
     """Export the PyTorch model; formats that take the quantized artifact (e.g. TensorRT from a QDQ ONNX) get it."""
     from exporters.base import export, format_spec
 
-    opts = {k: v for k, v in stage.options.items() if k != "formats"}
-    names = stage_formats(stage)
+    cfg = build_config(stage, seed=ctx.recipe.seed)
     q = ctx.quantized
-    from_q = [n for n in names if q is not None and q.format in format_spec(n).accepts]
-    from_fp = [n for n in names if n not in from_q]
+    from_q = [n for n in cfg.formats if q is not None and q.format in format_spec(n).accepts]
+    from_fp = [n for n in cfg.formats if n not in from_q]
     arts: list[Artifact] = []
     if from_fp:
-        arts += export(ctx.current, from_fp, out / "exports", options=opts, data=ctx.data)
+        arts += export(ctx.current, from_fp, out / "exports", options=cfg.options, data=ctx.data)
     if from_q:
-        arts += export(q, from_q, out / "exports-from-quantized", options=opts, data=ctx.data)
+        arts += export(q, from_q, out / "exports-from-quantized", options=cfg.options, data=ctx.data)
     return arts, {"exports": [{"format": a.format.value, "path": a.path.name,
                                "source": "fp32" if i < len(from_fp) else "quantized",
                                "parity": a.history[-1].metrics.get("parity")} for i, a in enumerate(arts)]}
@@ -321,20 +308,22 @@ def _exec_bench(ctx: _Context, stage: Stage, out: Path, key: str):
     """Measure every artifact of the run (and the baselines) on each device, with its test accuracy."""
     from benchmarks.harness import measure
     from benchmarks.profiles import load_profile
+    from benchmarks.stage import BenchRecord
     from edgetl.progress import track
 
-    cfg = build_config(stage)
-    devices = list(stage.options.get("devices", ["x86-cpu"]))
+    cfg = build_config(stage, seed=ctx.recipe.seed)
     candidates = _bench_candidates(ctx, out)
     quality = {role: _quality(art, ctx) for role, art in track(candidates, "accuracy of each artifact")}
-    results = []
-    for dev in devices:
+    records = []
+    for dev in cfg.devices:
         profile = load_profile(dev)
         for role, art in track(candidates, f"latency on {dev}"):
-            r = measure(art, cfg, profile=profile)
-            r.accuracy, r.accuracy_source = quality[role]["accuracy"], f"{ctx.data.name} test split"
-            results.append({"role": role, "device": dev, "agreement": quality[role]["agreement"],
-                            "cost": quality[role]["cost"], "result": r.to_dict()})
+            r = measure(art, cfg.bench, profile=profile)
+            r = dataclasses.replace(r, accuracy=quality[role]["accuracy"],
+                                    accuracy_source=f"{ctx.data.name} test split")
+            records.append(BenchRecord(role=role, device=dev, result=r, agreement=quality[role]["agreement"],
+                                       cost=quality[role]["cost"]))
+    results = [rec.to_dict() for rec in records]
     write_json(out / "results.json", results)
     return [], {"results": results}
 
@@ -380,8 +369,9 @@ def _teacher_int8(ctx: _Context, out: Path) -> Artifact:
     return quantize_into(ctx.source, cfg, ctx.data, out / "baseline-teacher-int8")
 
 
-_EXECUTORS = {"prune": _exec_prune, "distill": _exec_distill, "quantize": _exec_quantize, "export": _exec_export,
-              "bench": _exec_bench}
+# Stages whose pipeline step is more than running the stage on the current model; every other registered stage
+# (prune, distill, quantize, and any added by a row in edgetl.stages) runs through _exec_stage.
+_EXECUTORS = {"export": _exec_export, "bench": _exec_bench}
 
 
 # --------------------------------------------------------------------------- budgets
@@ -397,7 +387,7 @@ def _search_budget(ctx: _Context) -> tuple[float | None, bool, list[dict[str, An
     b = ctx.recipe.budgets
     ref = _accuracy(ctx.source, ctx.data)
     tried: list[dict[str, Any]] = []
-    last_compress = "quantize" if ctx.recipe.stage("quantize") is not None else "distill"
+    last_compress = stage_kind("quantize" if ctx.recipe.stage("quantize") is not None else "distill").rank
     for ratio in b.ratios:
         _run_chain(ctx, ratio=ratio, until=last_compress)
         final = ctx.quantized or ctx.current
@@ -417,6 +407,15 @@ def _search_budget(ctx: _Context) -> tuple[float | None, bool, list[dict[str, An
 
 
 def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(d, default=str))
+    """A stage's metrics as stage.json holds them: numbers and arrays as numbers, paths and the rest as text."""
+
+    def plain(obj: Any) -> Any:
+        if hasattr(obj, "to_dict"):
+            return obj.to_dict()
+        if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
+            return obj.tolist()
+        return str(obj)
+
+    return json.loads(json.dumps(d, default=plain))
 
 

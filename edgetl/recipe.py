@@ -22,21 +22,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgetl.errors import ConfigError, InputFileError, MissingDependencyError, UnknownNameError, check_names
+from edgetl.errors import ConfigError, InputFileError, UnknownNameError, check_names
+from edgetl.stages import STAGES, stage_kind
+from edgetl.stages import build_config as _build
 
-__all__ = ["BUILTIN_RECIPES", "Budgets", "Recipe", "Stage", "STAGE_ORDER", "load_recipe", "list_recipes"]
+__all__ = ["BUILTIN_RECIPES", "Budgets", "Recipe", "Stage", "build_config", "load_recipe", "list_recipes",
+           "validate"]
 
 RECIPE_DIR = Path(__file__).with_name("recipes")
-STAGE_ORDER = ("prune", "distill", "quantize", "export", "bench")
-# prune and distill both work on the PyTorch model and may come in either order (distil into a small student,
-# then prune it; or prune the teacher, then recover by distillation); the rest follow in this order.
-STAGE_RANK = {"prune": 0, "distill": 0, "quantize": 1, "export": 2, "bench": 3}
+# The stages, their order and options come from the stage registry (edgetl.stages): prune and distill both work
+# on the PyTorch model and may come in either order (rank 0: distil into a small student, then prune it; or
+# prune the teacher, then recover by distillation); quantize, export and bench follow in this order.
 _TOP_KEYS = ("name", "description", "model", "data", "seed", "budgets", "stages", "baselines")
 _BASELINES = ("teacher-int8",)  # plain NNCF int8 of the unpruned model, measured beside the result
 
@@ -65,8 +66,11 @@ class Budgets:
 
 @dataclass(frozen=True)
 class Stage:
+    """One stage of a recipe: its kind, its options as written, and (once validated) its typed config."""
+
     kind: str
     options: dict[str, Any] = field(default_factory=dict)
+    config: Any = field(default=None, compare=False, repr=False)
 
     def canonical(self) -> str:
         return json.dumps({"kind": self.kind, "options": self.options}, sort_keys=True, default=str)
@@ -126,9 +130,7 @@ def load_recipe(name_or_path: str | Path, *, model: str | None = None, data: str
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    recipe = parse_recipe(raw, source=str(path)).with_inputs(model=model, data=data)
-    validate(recipe)
-    return recipe
+    return validate(parse_recipe(raw, source=str(path)).with_inputs(model=model, data=data))
 
 
 def _check_keys(d: dict, valid, where: str) -> None:
@@ -149,8 +151,7 @@ def parse_recipe(raw: Any, *, source: str = "<memory>") -> Recipe:
         if not isinstance(item, dict) or len(item) != 1:
             raise ConfigError(f"{source}: stage {i + 1} must be one 'name: {{options}}' entry, got {item!r}")
         (kind, opts), = item.items()
-        if kind not in STAGE_ORDER:
-            raise UnknownNameError("stage", str(kind), STAGE_ORDER)
+        stage_kind(str(kind))  # an unknown stage suggests the nearest
         if opts is not None and not isinstance(opts, dict):
             raise ConfigError(f"{source}: options of stage {kind!r} must be a mapping, got {opts!r}")
         stages.append(Stage(kind, dict(opts or {})))
@@ -168,65 +169,26 @@ def parse_recipe(raw: Any, *, source: str = "<memory>") -> Recipe:
 
 
 # --------------------------------------------------------------------------- validation
-def _config_fields(kind: str) -> dict[str, Any]:
-    """The option names each stage takes (its config dataclass fields plus pipeline-level keys)."""
-    if kind == "prune":
-        from edgetl.prune import PruneConfig
+def validate(recipe: Recipe) -> Recipe:
+    """Everything that can be checked without running a stage: keys, order, values, extras, devices.
 
-        return {**{f.name: f for f in dataclasses.fields(PruneConfig)}, "recover": None}
-    if kind == "distill":
-        from edgetl.distill import DistillConfig
-
-        skip = {"checkpoint", "resume", "history_path", "device"}
-        return {**{f.name: f for f in dataclasses.fields(DistillConfig) if f.name not in skip}, "student": None}
-    if kind == "quantize":
-        from edgetl.quantize import QuantizeConfig
-
-        return {f.name: f for f in dataclasses.fields(QuantizeConfig)}
-    if kind == "export":
-        from exporters.base import ExportOptions
-
-        return {**{f.name: f for f in dataclasses.fields(ExportOptions)}, "formats": None}
-    if kind == "bench":
-        from benchmarks.harness import BenchConfig
-
-        return {**{f.name: f for f in dataclasses.fields(BenchConfig)}, "devices": None}
-    raise UnknownNameError("stage", kind, STAGE_ORDER)
-
-
-_EXTRAS = {"quantize": {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("nncf", "openvino"),
-                        "tensorrt": ("onnxruntime", "onnx"), "pytorch": ("executorch", "torchao")}}
-_EXTRA_OF = {"openvino": "openvino", "pytorch": "mobile"}  # the pip extra of each backend (default: onnx)
-
-
-def validate(recipe: Recipe) -> None:
-    """Everything that can be checked without running a stage: keys, order, formats, extras, devices."""
+    Returns the recipe with each stage's typed config built (once: the pipeline runs these very configs).
+    """
     kinds = [s.kind for s in recipe.stages]
+    ranks = {k: stage_kind(k).rank for k in kinds}
     for a, b in zip(kinds, kinds[1:], strict=False):
-        if STAGE_RANK[a] > STAGE_RANK[b]:
+        if ranks[a] > ranks[b]:
             raise ConfigError(f"recipe {recipe.name!r}: stage {b!r} cannot come after {a!r}; the order is "
-                              "prune/distill (either order) -> quantize -> export -> bench (each may be left out)")
+                              f"{_order_text()} (each may be left out)")
     for kind in set(kinds):
         if kinds.count(kind) > 1:
             raise ConfigError(f"recipe {recipe.name!r}: stage {kind!r} appears {kinds.count(kind)} times; give it once")
-    for stage in recipe.stages:
-        valid = _config_fields(stage.kind)
-        _check_keys(stage.options, list(valid), f"{stage.kind} options")
-        _build_config(stage)  # typed configs validate their values
-    q = recipe.stage("quantize")
-    if q is not None:
-        backend = str(q.options.get("backend", "openvino"))
-        for module in _EXTRAS["quantize"].get(backend, ()):
-            if importlib.util.find_spec(module) is None:
-                raise MissingDependencyError(module, _EXTRA_OF.get(backend, "onnx"), f"{backend} quantization")
-    e = recipe.stage("export")
-    if e is not None:
-        from exporters.base import check_dependencies, format_spec
-
-        for name in _formats(e):
-            check_dependencies(format_spec(name))
+    stages = tuple(dataclasses.replace(s, config=build_config(s, seed=recipe.seed)) for s in recipe.stages)
+    for s in stages:
+        stage_kind(s.kind).check_environment(s.config)
+    recipe = dataclasses.replace(recipe, stages=stages)
     b = recipe.stage("bench")
-    devices = list(b.options.get("devices", ["x86-cpu"])) if b is not None else []
+    devices = list(b.config.devices) if b is not None else []
     if recipe.budgets.target_latency_ms is not None:
         devices.append(recipe.budgets.device)
         if b is None:
@@ -240,45 +202,23 @@ def validate(recipe: Recipe) -> None:
         raise ConfigError("budgets search the pruning ratio; add a prune stage (its ratio is then searched)")
     if recipe.baselines and b is None:
         raise ConfigError("baselines are measured by the bench stage; add '- bench: {}'")
+    return recipe
 
 
-def _formats(stage: Stage) -> list[str]:
-    f = stage.options.get("formats", ["onnx"])
-    names = [f] if isinstance(f, str) else list(f)
-    return [n.strip() for item in names for n in str(item).split(",") if n.strip()]
+def _order_text() -> str:
+    by_rank: dict[int, list[str]] = {}
+    for k in STAGES.values():
+        by_rank.setdefault(k.rank, []).append(k.name)
+    return " -> ".join("/".join(names) + (" (either order)" if len(names) > 1 else "")
+                       for _, names in sorted(by_rank.items()))
 
 
-def _build_config(stage: Stage):
-    """The typed config of a stage from its recipe options (pipeline-level keys removed)."""
-    opts = dict(stage.options)
-    if stage.kind == "prune":
-        from edgetl.prune import PruneConfig
+def build_config(stage: Stage, *, seed: int = 0):
+    """The typed config of a stage: the one validation built, else one built from its recipe options.
 
-        opts.pop("recover", None)
-        return PruneConfig(**opts)
-    if stage.kind == "distill":
-        from edgetl.distill import DistillConfig
-
-        opts.pop("student", None)
-        return DistillConfig(**opts)
-    if stage.kind == "quantize":
-        from edgetl.quantize import QuantizeConfig
-
-        return QuantizeConfig(**opts)
-    if stage.kind == "export":
-        from exporters.base import ExportOptions, format_spec
-
-        for n in _formats(stage):
-            format_spec(n)
-        opts.pop("formats", None)
-        return ExportOptions.from_mapping(opts)
-    if stage.kind == "bench":
-        from benchmarks.harness import BenchConfig
-
-        opts.pop("devices", None)
-        return BenchConfig(**opts)
-    raise UnknownNameError("stage", stage.kind, STAGE_ORDER)
-
-
-build_config = _build_config
-stage_formats = _formats
+    The recipe's ``seed`` is the default of every config that has a seed field.
+    """
+    if stage.config is not None:
+        return stage.config
+    kind = stage_kind(stage.kind)
+    return _build(kind.config_class(), stage.options, where=f"{stage.kind} options", defaults={"seed": seed})

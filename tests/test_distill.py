@@ -15,6 +15,7 @@ from edgetl.artifact import Artifact
 from edgetl.data import DataSplits, ImageSet
 from edgetl.distill import DistillConfig, Teacher, class_map_by_name, distill, recovery_from, resume_path
 from edgetl.errors import ConfigError, DataError, InputFileError, ModelError
+from edgetl.stages import StageContext
 from tests.conftest import run_cli
 
 
@@ -30,18 +31,25 @@ def small(digits) -> DataSplits:
 
 
 def _fast(**kw) -> DistillConfig:
-    base = {"epochs": 2, "batch_size": 32, "views": "original", "lr": 3e-3, "seed": 0}
+    base = {"student": "edgetl_tinycnn", "epochs": 2, "batch_size": 32, "views": "original", "lr": 3e-3, "seed": 0}
     return DistillConfig(**{**base, **kw})
+
+
+def _teach(teachers, data, cfg: DistillConfig) -> Artifact:
+    """The stage on one teacher (its input), or on several (the context's teachers), into the config's student."""
+    many = list(teachers) if isinstance(teachers, list) else [teachers]
+    ctx = StageContext(teachers=tuple(many)) if len(many) > 1 else None
+    return distill(many[0], cfg, data=data, ctx=ctx)
 
 
 def _state(art: Artifact) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in art.model.state_dict().items()}
 
 
-def _last(student, teachers, data, cfg: DistillConfig, path) -> dict[str, torch.Tensor]:
+def _last(teachers, data, cfg: DistillConfig, path) -> dict[str, torch.Tensor]:
     """The student's weights after the last epoch (the returned artifact holds the best epoch's, which on
     these short runs may be the untrained start)."""
-    distill(student, teachers, data, dataclasses.replace(cfg, checkpoint=path))
+    _teach(teachers, data, dataclasses.replace(cfg, checkpoint=path))
     return torch.load(path, weights_only=True)["student"]
 
 
@@ -65,8 +73,7 @@ def weak_teacher(lite0_digits) -> Artifact:
 
 
 def test_tinycnn_student_learns_from_teacher(lite0_digits, small):
-    art = distill("edgetl_tinycnn", lite0_digits, small, _fast(epochs=4, views="both", batch_size=16, lr=1e-2,
-                                                                 alpha=0.5))
+    art = distill(lite0_digits, _fast(epochs=4, views="both", batch_size=16, lr=1e-2, alpha=0.5), data=small)
     m = art.history[-1].metrics
     assert art.arch == "edgetl_tinycnn" and art.input_spec == lite0_digits.input_spec
     assert art.labels == tuple(small.classes)
@@ -78,7 +85,7 @@ def test_tinycnn_student_learns_from_teacher(lite0_digits, small):
 
 
 def test_multi_teacher_weights_follow_label_agreement(lite0_digits, weak_teacher, small):
-    art = distill("edgetl_tinycnn", [lite0_digits, weak_teacher], small, _fast(epochs=1))
+    art = distill(lite0_digits, _fast(epochs=1), data=small, ctx=StageContext(teachers=(lite0_digits, weak_teacher)))
     m = art.history[-1].metrics
     good, bad = m["teacher_agreement"]
     assert good > bad  # the noise really made the second teacher worse on the labels
@@ -89,10 +96,9 @@ def test_multi_teacher_weights_follow_label_agreement(lite0_digits, weak_teacher
 def test_given_teacher_weights_are_used(lite0_digits, weak_teacher, small, tmp_path):
     cfg = _fast()
     both = [lite0_digits, weak_teacher]
-    alone = _last("edgetl_tinycnn", lite0_digits, small, cfg, tmp_path / "a")
-    only_first = _last("edgetl_tinycnn", both, small, dataclasses.replace(cfg, teacher_weights=(1.0, 0.0)),
-                       tmp_path / "b")
-    mixed = _last("edgetl_tinycnn", both, small, dataclasses.replace(cfg, teacher_weights=(0.5, 0.5)), tmp_path / "c")
+    alone = _last(lite0_digits, small, cfg, tmp_path / "a")
+    only_first = _last(both, small, dataclasses.replace(cfg, teacher_weights=(1.0, 0.0)), tmp_path / "b")
+    mixed = _last(both, small, dataclasses.replace(cfg, teacher_weights=(0.5, 0.5)), tmp_path / "c")
     _assert_same_weights(alone, only_first)  # weight 0: the weak teacher has no say
     diff = max(float((a - b).abs().max()) for a, b in zip(alone.values(), mixed.values(), strict=True))
     assert diff > 1e-4  # weight 0.5: it has
@@ -109,10 +115,10 @@ def test_class_order_mapping_or_refusal(lite0_digits, small, tmp_path):
         head.bias.copy_(head.bias[perm])
     shuffled = dataclasses.replace(lite0_digits, model=model, labels=tuple(lite0_digits.labels[i] for i in perm))
     with pytest.raises(ModelError, match="orders its classes"):
-        distill("edgetl_tinycnn", shuffled, small, _fast())
+        distill(shuffled, _fast(), data=small)
     mapped = Teacher(shuffled, class_map=class_map_by_name(shuffled.labels, small.classes))
-    a = _last("edgetl_tinycnn", mapped, small, _fast(epochs=1), tmp_path / "a")
-    b = _last("edgetl_tinycnn", lite0_digits, small, _fast(epochs=1), tmp_path / "b")
+    a = _last(mapped, small, _fast(epochs=1), tmp_path / "a")
+    b = _last(lite0_digits, small, _fast(epochs=1), tmp_path / "b")
     _assert_same_weights(a, b, atol=1e-4)
 
 
@@ -122,18 +128,18 @@ def test_bad_input_is_refused(lite0_digits, small, tmp_path):
     wrong = Artifact(format="torch", model=build_arch("edgetl_tinycnn", num_classes=7), arch="edgetl_tinycnn",
                      input_spec=lite0_digits.input_spec, labels=tuple(str(i) for i in range(7)))
     with pytest.raises(ModelError, match="7 outputs"):
-        distill(wrong, lite0_digits, small, _fast())
+        distill(wrong, _fast(student=None), data=small, ctx=StageContext(teachers=(lite0_digits,)))
     empty = dataclasses.replace(small, train=_subset(small.train, 0))
     with pytest.raises(DataError, match="no training images"):
-        distill("edgetl_tinycnn", lite0_digits, empty, _fast())
+        distill(lite0_digits, _fast(), data=empty)
     with pytest.raises(ConfigError, match="temperature"):
         DistillConfig(temperature=0)
     bad = tmp_path / "teacher.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(InputFileError):
-        distill("edgetl_tinycnn", bad, small, _fast())
+        distill(bad, _fast(), data=small)
     with pytest.raises(ConfigError, match="weight"):
-        distill("edgetl_tinycnn", [lite0_digits, lite0_digits], small, _fast(teacher_weights=(1.0,)))
+        _teach([lite0_digits, lite0_digits], small, _fast(teacher_weights=(1.0,)))
 
 
 class _StopAfter:
@@ -163,18 +169,18 @@ def test_resume_continues_an_interrupted_run(lite0_digits, small, tmp_path):
     previous = progress.set_reporter(_StopAfter(2 * steps + 3))  # dies inside epoch 3
     try:
         with pytest.raises(KeyboardInterrupt):
-            distill("edgetl_tinycnn", lite0_digits, small, cfg)
+            distill(lite0_digits, cfg, data=small)
     finally:
         progress.set_reporter(previous)
     state = torch.load(ckpt, weights_only=True)  # intact, and loadable without unpickling code
     assert state["epoch"] == 2 and not state["finished"]
     assert not list(tmp_path.glob("*.part"))
-    resumed = distill("edgetl_tinycnn", lite0_digits, small, dataclasses.replace(cfg, resume=True))
+    resumed = distill(lite0_digits, dataclasses.replace(cfg, resume=True), data=small)
     m = resumed.history[-1].metrics
     assert m["resumed_from_epoch"] == 2 and m["epochs_run"] == 4
     assert [h["epoch"] for h in m["history"]] == [0, 1, 2, 3, 4]
     straight_ckpt = tmp_path / "straight.resume"
-    straight = distill("edgetl_tinycnn", lite0_digits, small, dataclasses.replace(cfg, checkpoint=straight_ckpt))
+    straight = distill(lite0_digits, dataclasses.replace(cfg, checkpoint=straight_ckpt), data=small)
     _assert_same_weights(_state(resumed), _state(straight))
     _assert_same_weights(torch.load(ckpt, weights_only=True)["student"],
                          torch.load(straight_ckpt, weights_only=True)["student"])
@@ -182,10 +188,10 @@ def test_resume_continues_an_interrupted_run(lite0_digits, small, tmp_path):
         assert a["val_accuracy"] == b["val_accuracy"]
         assert a.get("train_loss", 0.0) == pytest.approx(b.get("train_loss", 0.0), rel=1e-5)
     with pytest.raises(ConfigError, match="other settings"):
-        distill("edgetl_tinycnn", lite0_digits, small, dataclasses.replace(cfg, resume=True, temperature=2.0))
+        distill(lite0_digits, dataclasses.replace(cfg, resume=True, temperature=2.0), data=small)
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # e.g. a disk that filled up under someone else's tool
     with pytest.raises(InputFileError, match="unreadable distillation checkpoint"):
-        distill("edgetl_tinycnn", lite0_digits, small, dataclasses.replace(cfg, resume=True))
+        distill(lite0_digits, dataclasses.replace(cfg, resume=True), data=small)
 
 
 def test_recovery_hook_distils_into_the_given_model(lite0_digits, small, tmp_path):
@@ -194,7 +200,7 @@ def test_recovery_hook_distils_into_the_given_model(lite0_digits, small, tmp_pat
     pruned_like = Artifact(format="torch", model=build_arch("edgetl_tinycnn", num_classes=10), arch="edgetl_tinycnn",
                            input_spec=lite0_digits.input_spec, labels=tuple(small.classes))
     before = _state(pruned_like)
-    recover = recovery_from(lite0_digits, _fast(epochs=1, checkpoint=tmp_path / "r"))
+    recover = recovery_from(lite0_digits, _fast(student=None, epochs=1, checkpoint=tmp_path / "r"))
     out = recover(pruned_like, small)
     assert isinstance(out, Artifact) and out.history[-1].stage == "distill"
     assert out.arch == "edgetl_tinycnn" and out.history[-1].metrics["teacher_test_accuracy"] > 0.5

@@ -41,7 +41,7 @@ def test_two_gloo_processes_equal_one(lite0_digits_path, digits, tmp_path):
     assert ddp["world_size"] == 2 and out.exists()
 
     splits = load_data(data, seed=0)
-    single = distill("edgetl_tinycnn", load_model(lite0_digits_path), splits, DistillConfig(**opts))
+    single = distill(load_model(lite0_digits_path), DistillConfig(student="edgetl_tinycnn", **opts), data=splits)
     m = single.history[-1].metrics
     assert m["world_size"] == 1
     for a, b in zip(ddp["history"][1:], m["history"][1:], strict=True):

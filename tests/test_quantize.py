@@ -12,6 +12,7 @@ import logging
 import numpy as np
 import pytest
 
+from edgetl.stages import StageContext
 from tests.conftest import run_cli
 
 
@@ -97,7 +98,7 @@ def test_onnxruntime_static_u8s8_qdq(lite0_onnx, digits, tmp_path):
 
     out = tmp_path / "q.onnx"
     q = quantize(lite0_onnx, QuantizeConfig(backend="onnxruntime", calib_samples=100, ort_types="u8s8"),
-                 data=digits, out=out)
+                 data=digits, ctx=StageContext(output=out))
     m = q.history[-1].metrics
     proto = onnx.load(str(out))
     ops = [n.op_type for n in proto.graph.node]
@@ -125,7 +126,7 @@ def test_openvino_nncf_int8_is_accurate(lite0_digits_path, digits, tmp_path):
 
     out = tmp_path / "q.xml"
     q = quantize(load_model(lite0_digits_path), QuantizeConfig(backend="openvino", calib_samples=300),
-                 data=digits, out=out)
+                 data=digits, ctx=StageContext(output=out))
     m = q.history[-1].metrics
     assert out.exists() and out.with_suffix(".bin").exists()
     assert 'type="FakeQuantize"' in out.read_text() or "i8" in out.read_text()
@@ -149,7 +150,7 @@ def test_tensorrt_qdq_placement_and_accuracy(lite0_onnx, digits, tmp_path):
     from edgetl.quantize import QuantizeConfig, quantize
 
     out = tmp_path / "trt.onnx"
-    q = quantize(lite0_onnx, QuantizeConfig(backend="tensorrt"), data=digits, out=out)
+    q = quantize(lite0_onnx, QuantizeConfig(backend="tensorrt"), data=digits, ctx=StageContext(output=out))
     m = q.history[-1].metrics
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto, full_check=True)
@@ -184,14 +185,14 @@ def test_budget_fallback_keeps_layers_in_float_or_raises_best(lite0_onnx, digits
     cfg = QuantizeConfig(backend="tensorrt", calib_samples=100, max_drop=0.0, max_float_layers=2,
                          sensitivity_samples=16, calibration="minmax")
     with pytest.raises(BudgetError) as err:
-        quantize(lite0_onnx, cfg, data=digits, out=tmp_path / "never.onnx")
+        quantize(lite0_onnx, cfg, data=digits, ctx=StageContext(output=tmp_path / "never.onnx"))
     assert "best reached keeps" in str(err.value) and "lost" in str(err.value)
     assert not (tmp_path / "never.onnx").exists()
     best = err.value.metrics
     assert best["drop_points"] > 0 and len(best["kept_float"]) <= 2
     # with --allow-drop the best is written and the attempts say what each float layer bought
     q = quantize(lite0_onnx, QuantizeConfig(**{**cfg.to_dict(), "allow_drop": True}), data=digits,
-                 out=tmp_path / "best.onnx")
+                 ctx=StageContext(output=tmp_path / "best.onnx"))
     m = q.history[-1].metrics
     assert m["budget_met"] is False and len(m["attempts"]) == 3
     assert [len(a["kept_float"]) for a in m["attempts"]] == [0, 1, 2]
@@ -226,7 +227,7 @@ def test_unquantizable_op_is_named_and_kept_float(lite0_onnx, digits, tmp_path):
     (tmp_path / "einsum.onnx.edgetl.json").write_text(
         (lite0_onnx.path.parent / (lite0_onnx.path.name + ".edgetl.json")).read_text())
     q = quantize(load_model(path), QuantizeConfig(backend="onnxruntime", calib_samples=50), data=digits,
-                 out=tmp_path / "q.onnx")
+                 ctx=StageContext(output=tmp_path / "q.onnx"))
     names = [(u["op"], u["node"]) for u in q.history[-1].metrics["unquantizable"]]
     assert ("Einsum", "fc_einsum") in names
 

@@ -70,7 +70,7 @@ def bench_cmd(
     """Measure single-stream latency (p90 headline, p50/p99, cold start, memory) of each artifact."""
 
     def body():
-        from benchmarks.harness import BenchConfig, InputSource
+        from benchmarks.harness import InputSource
         from benchmarks.profiles import Method, load_profile
         from edgetl.errors import ConfigError, UnknownNameError
 
@@ -83,16 +83,10 @@ def bench_cmd(
         if not artifacts:
             raise ConfigError("give at least one artifact to benchmark")
         prof = load_profile(device)
-        b = prof.bench
-        config = BenchConfig(
-            batch=batch, threads=threads if threads is not None else prof.threads,
-            warmup_runs=warmup_runs if warmup_runs is not None else b.warmup_runs,
-            warmup_s=warmup if warmup is not None else b.warmup_s,
-            min_time_s=min_time if min_time is not None else b.min_time_s,
-            min_count=min_count if min_count is not None else b.min_count,
-            max_time_s=max(max_time if max_time is not None else b.max_time_s,
-                           min_time if min_time is not None else b.min_time_s),
-            runtime=runtime, precision=precision, hint=hint, compile=compile_, inputs=source)
+        given = {"threads": threads, "warmup_runs": warmup_runs, "warmup_s": warmup, "min_time_s": min_time,
+                 "min_count": min_count, "max_time_s": max_time}
+        config = _bench_config(prof, given, batch=batch, runtime=runtime, precision=precision, hint=hint,
+                               compile=compile_, inputs=source)
         store = None
         if not no_store:
             from benchmarks.store import ResultsStore
@@ -103,24 +97,17 @@ def bench_cmd(
         if not hosts and not local and prof.connection.method is Method.SSH and prof.connection.host:
             hosts = [prof.connection.host]
         if hosts:
-            results, errors = _remote(hosts, prof, config, store, run_id)
+            ssh = {"ssh_config": str(ssh_config) if ssh_config else None, "port": port,
+                   "remote_edgetl": remote_edgetl, "connect_timeout_s": connect_timeout}
+            results, errors = _remote(artifacts, hosts, prof, config, store, run_id, eval_data=eval_data, ssh=ssh)
         else:
-            results, errors = _local(prof, config, store, run_id), {}
+            results, errors = _local(artifacts, prof, config, store, run_id, eval_data=eval_data), {}
         db_path = str(store.path) if store else None
         result = {"device": prof.name, "run_id": run_id, "db": db_path,
                   "results": [r.to_dict() for r in results], "errors": errors}
 
         def render(console):
-            remote = any(r.host != "local" for r in results)
-            thr = sorted({str(r.threads or "all") for r in results})
-            table(console, f"{prof.name}: latency per call in ms (p90 headline), batch {batch}, threads "
-                  f"{'/'.join(thr)}; cold = load + first call", ["host"] * remote + RESULT_COLUMNS,
-                  [result_row(r, with_host=remote) for r in results])
-            for r in results:
-                for w in r.warnings:
-                    console.print(f"[yellow]warning:[/] {r.host}:{r.artifact}: {w}", highlight=False)
-            if db_path:
-                console.print(f"stored in {db_path} (run {run_id}); `edgetl report` draws the plots")
+            _render(console, prof, results, batch=batch, db_path=db_path, run_id=run_id)
 
         if errors:
             from rich.console import Console
@@ -132,42 +119,70 @@ def bench_cmd(
             raise RemoteError("; ".join(f"{h}: {m}" for h, m in errors.items()))
         return result, render
 
-    def _local(prof, config, store, run_id):
-        from benchmarks.harness import measure
-        from edgetl.errors import EdgetlError
-        from edgetl.models import load_model
-
-        results = []
-        for path in artifacts:
-            try:
-                art = load_model(str(path))
-                reload = (lambda p=str(path): load_model(p)) if art.path is None else None
-                res = measure(art, config, profile=prof, source_path=path, reload=reload)
-                if eval_data:
-                    _add_accuracy(res, art, eval_data, config.threads)
-            except EdgetlError as e:
-                raise _keep_going_note(e, len(results), str(store.path) if store else None) from None
-            if store is not None:
-                store.add(res, run_id=run_id)
-            results.append(res)
-        return results
-
-    def _remote(hosts, prof, config, store, run_id):
-        from benchmarks.remote import SshTarget, bench_farm
-
-        targets = [SshTarget.from_profile(h, prof, ssh_config=str(ssh_config) if ssh_config else None, port=port,
-                                          remote_edgetl=remote_edgetl, connect_timeout_s=connect_timeout)
-                   for h in hosts]
-        from edgetl.progress import task
-
-        with task(f"bench on {len(hosts)} board(s)", total=len(hosts) * len(artifacts)) as bar:
-            farm = bench_farm(artifacts, targets, profile=prof, config=config, store=store, run_id=run_id,
-                              eval_data=eval_data,
-                              on_result=lambda r: bar.advance(1, last=f"{r.host}:{r.artifact}",
-                                                              p90_ms=r.latency_ms.p90))
-        return farm.results, farm.errors
-
     execute(body, json_=json_, debug=debug)
+
+
+def _bench_config(prof, given: dict, **fixed):
+    """The measurement settings: what the command line gave, else the device profile's."""
+    from benchmarks.harness import BenchConfig
+
+    b = prof.bench
+
+    def pick(name: str, default):
+        return given[name] if given[name] is not None else default
+
+    min_time = pick("min_time_s", b.min_time_s)
+    return BenchConfig(threads=pick("threads", prof.threads), warmup_runs=pick("warmup_runs", b.warmup_runs),
+                       warmup_s=pick("warmup_s", b.warmup_s), min_time_s=min_time,
+                       min_count=pick("min_count", b.min_count),
+                       max_time_s=max(pick("max_time_s", b.max_time_s), min_time), **fixed)
+
+
+def _render(console, prof, results, *, batch: int, db_path: str | None, run_id: str) -> None:
+    remote = any(r.host != "local" for r in results)
+    thr = sorted({str(r.threads or "all") for r in results})
+    table(console, f"{prof.name}: latency per call in ms (p90 headline), batch {batch}, threads "
+          f"{'/'.join(thr)}; cold = load + first call", ["host"] * remote + RESULT_COLUMNS,
+          [result_row(r, with_host=remote) for r in results])
+    for r in results:
+        for w in r.warnings:
+            console.print(f"[yellow]warning:[/] {r.host}:{r.artifact}: {w}", highlight=False)
+    if db_path:
+        console.print(f"stored in {db_path} (run {run_id}); `edgetl report` draws the plots")
+
+
+def _local(artifacts, prof, config, store, run_id, *, eval_data: str | None):
+    from benchmarks.harness import measure
+    from edgetl.errors import EdgetlError
+    from edgetl.models import load_model
+
+    results = []
+    for path in artifacts:
+        try:
+            art = load_model(str(path))
+            reload = (lambda p=str(path): load_model(p)) if art.path is None else None
+            res = measure(art, config, profile=prof, source_path=path, reload=reload)
+            if eval_data:
+                _add_accuracy(res, art, eval_data, config.threads)
+        except EdgetlError as e:
+            raise _keep_going_note(e, len(results), str(store.path) if store else None) from None
+        if store is not None:
+            store.add(res, run_id=run_id)
+        results.append(res)
+    return results
+
+
+def _remote(artifacts, hosts, prof, config, store, run_id, *, eval_data: str | None, ssh: dict):
+    from benchmarks.remote import SshTarget, bench_farm
+    from edgetl.progress import task
+
+    targets = [SshTarget.from_profile(h, prof, **ssh) for h in hosts]
+    with task(f"bench on {len(hosts)} board(s)", total=len(hosts) * len(artifacts)) as bar:
+        farm = bench_farm(artifacts, targets, profile=prof, config=config, store=store, run_id=run_id,
+                          eval_data=eval_data,
+                          on_result=lambda r: bar.advance(1, last=f"{r.host}:{r.artifact}",
+                                                          p90_ms=r.latency_ms.p90))
+    return farm.results, farm.errors
 
 
 def _add_accuracy(res, art, data: str, threads: int | None) -> None:

@@ -69,11 +69,12 @@ def quantize_cmd(
 
         from edgetl.data import load_data
         from edgetl.models import load_model
+        from edgetl.stages import StageContext
 
         torch.set_flush_denormal(True)
         art = load_model(model)
         splits = load_data(data, seed=seed)
-        q = quantize(art, cfg, data=splits, out=output)
+        q = quantize(art, cfg, data=splits, ctx=StageContext(output=output))
         m = q.history[-1].metrics
         result = {
             "output": str(q.path), "model": model, "backend": cfg.backend.value, "precision": cfg.precision.value,
@@ -88,23 +89,24 @@ def quantize_cmd(
         if "note" in m:
             result["note"] = m["note"]
 
-        def render(console):
-            table(console, f"quantize {model} -> {cfg.backend.value} {cfg.precision.value}",
-                  ["fp32 acc", "quantized acc", "drop (points)", "agreement", "size", "kept in float"],
-                  [[f"{100 * m['fp32_accuracy']:.2f} %", f"{100 * m['accuracy']:.2f} %", f"{m['drop_points']:.2f}",
-                    f"{100 * m['agreement']:.1f} %", _mb(result["size_bytes"]),
-                    ", ".join(k["layer"] for k in m["kept_float"]) or "-"]])
-            for u in m["unquantizable"]:
-                console.print(f"kept in float ({cfg.backend.value} cannot quantize it): {u['op']} {u['node']}")
-            for w in m["warnings"]:
-                console.print(f"[yellow]warning:[/] {w}")
-            if m["budget_met"] is False:
-                console.print(f"[yellow]budget of {m['max_drop']:g} points not met (--allow-drop)[/]")
-            console.print(f"wrote {q.path}")
-
-        return result, render
+        return result, lambda console: _render(console, model, cfg, m, result, q.path)
 
     execute(body, json_=json_, debug=debug)
+
+
+def _render(console, model: str, cfg, m: dict, result: dict, path) -> None:
+    table(console, f"quantize {model} -> {cfg.backend.value} {cfg.precision.value}",
+          ["fp32 acc", "quantized acc", "drop (points)", "agreement", "size", "kept in float"],
+          [[f"{100 * m['fp32_accuracy']:.2f} %", f"{100 * m['accuracy']:.2f} %", f"{m['drop_points']:.2f}",
+            f"{100 * m['agreement']:.1f} %", _mb(result["size_bytes"]),
+            ", ".join(k["layer"] for k in m["kept_float"]) or "-"]])
+    for u in m["unquantizable"]:
+        console.print(f"kept in float ({cfg.backend.value} cannot quantize it): {u['op']} {u['node']}")
+    for w in m["warnings"]:
+        console.print(f"[yellow]warning:[/] {w}")
+    if m["budget_met"] is False:
+        console.print(f"[yellow]budget of {m['max_drop']:g} points not met (--allow-drop)[/]")
+    console.print(f"wrote {path}")
 
 
 def _check_suffix(cfg, output: Path) -> None:

@@ -3,31 +3,34 @@
 Example::
 
     from edgetl.distill import DistillConfig, distill
-    art = distill("edgetl_tinycnn", load_model("teacher.pt"), load_data("mnist5k"), DistillConfig(epochs=20))
+    art = distill(load_model("teacher.pt"), DistillConfig(student="edgetl_tinycnn", epochs=20), data=splits)
     recover = recovery_from(teacher, DistillConfig(epochs=5))   # pruning-recovery hook
+
+Names are imported on first use, so ``edgetl.distill.config`` (what the CLI reads) imports no torch.
 """
 
-from edgetl.distill import students as _students  # noqa: F401 - registers edgetl_tinycnn in the zoo
-from edgetl.distill.distiller import DistillConfig, Optimizer, Views, distill, recovery_from, resume_path
-from edgetl.distill.losses import FeatureHints, kd_loss, kd_loss_from_probs, parse_feature_pairs, soft_targets
-from edgetl.distill.students import TinyCNN, count_flops
-from edgetl.distill.teachers import Teacher, agreement_weights, class_map_by_name
+import importlib
+from typing import Any
 
-__all__ = [
-    "DistillConfig",
-    "FeatureHints",
-    "Optimizer",
-    "Teacher",
-    "TinyCNN",
-    "Views",
-    "agreement_weights",
-    "class_map_by_name",
-    "count_flops",
-    "distill",
-    "kd_loss",
-    "kd_loss_from_probs",
-    "parse_feature_pairs",
-    "recovery_from",
-    "resume_path",
-    "soft_targets",
-]
+_EXPORTS = {
+    "edgetl.distill.config": ("DistillConfig", "Optimizer", "Views", "resume_path"),
+    "edgetl.distill.distiller": ("distill", "recovery_from"),
+    "edgetl.distill.losses": ("FeatureHints", "kd_loss", "kd_loss_from_probs", "parse_feature_pairs", "soft_targets"),
+    "edgetl.distill.students": ("TinyCNN", "count_flops"),
+    "edgetl.distill.teachers": ("Teacher", "agreement_weights", "class_map_by_name"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -4,7 +4,7 @@ Example::
 
     from edgetl.quantize import QuantizeConfig, quantize
     q = quantize(load_model("teacher.pt"), QuantizeConfig(backend="onnxruntime", max_drop=1.0),
-                 data=load_data("mnist5k"), out="teacher.int8.onnx")
+                 data=load_data("mnist5k"), ctx=StageContext(output=Path("teacher.int8.onnx")))
     q.history[-1].metrics["accuracy"], q.history[-1].metrics["kept_float"]
 """
 

@@ -1,4 +1,4 @@
-"""The quantization stage: ``quantize(artifact, config, *, data) -> Artifact``, accuracy-checked, with fallback.
+"""The quantization stage: ``quantize(artifact, config, *, data, ctx=None) -> Artifact``, accuracy-checked.
 
 1. Calibration images are chosen from the training split (:mod:`edgetl.quantize.calibration`).
 2. The fp32 model is brought to the backend's format with the exporters (ONNX for ONNX Runtime and TensorRT,
@@ -12,12 +12,12 @@
    budget or ``max_float_layers`` is reached. Unreachable: :class:`~edgetl.errors.BudgetError` with the best
    reached, unless ``allow_drop`` (then the best model is written, and the report says the budget was missed).
 
-Nothing is written under ``out`` unless the result is accepted; outputs appear atomically.
+Nothing is written to the output unless the result is accepted; outputs appear atomically.
 
 Example::
 
     q = quantize(load_model("teacher.pt"), QuantizeConfig(backend="openvino", max_drop=1.0),
-                 data=load_data("mnist5k"), out=Path("teacher_int8.xml"))
+                 data=load_data("mnist5k"), ctx=StageContext(output=Path("teacher_int8.xml")))
     q.history[-1].metrics["drop_points"], q.history[-1].metrics["kept_float"]
 """
 
@@ -41,6 +41,7 @@ from edgetl.quantize.config import Backend, CalibrationMethod, OrtMode, Quantize
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgetl.data import DataSplits
+    from edgetl.stages import StageContext
 
 __all__ = ["Attempt", "default_suffix", "quantize"]
 
@@ -245,13 +246,20 @@ class _Pt2eBackend:
 
 
 # --------------------------------------------------------------------------- the stage
-def quantize(artifact: Artifact, config: QuantizeConfig, *, data: DataSplits, out: str | Path | None = None) -> Artifact:
-    """Quantize ``artifact`` for ``config.backend``; returns the accuracy-checked artifact written to ``out``.
+def quantize(artifact: Artifact, config: QuantizeConfig, *, data: DataSplits | None = None,
+             ctx: StageContext | None = None) -> Artifact:
+    """Quantize ``artifact`` for ``config.backend``; returns the accuracy-checked artifact.
 
-    ``out`` defaults to a fresh temporary directory. The returned artifact's last record is the ``quantize``
-    stage: options, calibration set, accuracy before/after, agreement, sizes, layers kept in float and why.
+    It is written to ``ctx.output``, else to ``ctx.out_dir / model.PRECISION.SUFFIX``, else into a fresh
+    temporary directory. The returned artifact's last record is the ``quantize`` stage: options, calibration
+    set, accuracy before/after, agreement, sizes, layers kept in float and why.
     """
     from edgetl.data import check_classes
+    from edgetl.stages import StageContext
+
+    ctx = ctx or StageContext()
+    if data is None:
+        raise ConfigError("quantization calibrates and checks accuracy on data: pass data= (e.g. load_data(...))")
 
     if not isinstance(config, QuantizeConfig):
         raise ConfigError(f"quantize takes a QuantizeConfig, got {type(config).__name__}")
@@ -268,10 +276,10 @@ def quantize(artifact: Artifact, config: QuantizeConfig, *, data: DataSplits, ou
     check_classes(artifact.labels, data)
     start = time.perf_counter()
     calib = select_calibration(data, samples=config.calib_samples, seed=config.seed)
-    out_path = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="edgetl-quantize-")) / (
-        f"model.{config.precision.value}{default_suffix(config)}")
+    name = f"model.{config.precision.value}{default_suffix(config)}"
+    out_path = ctx.file(name) or Path(tempfile.mkdtemp(prefix="edgetl-quantize-")) / name
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".quantize.", dir=out_path.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix=".quantize.", dir=out_path.parent) as scratch, ctx.reporting():
         work = Path(scratch)
         with task(f"quantize {config.backend.value} {config.precision.value}", None) as bar:
             fp32_art = _fp32_for_backend(artifact, config, work)
@@ -289,8 +297,10 @@ def quantize(artifact: Artifact, config: QuantizeConfig, *, data: DataSplits, ou
         record = StageRecord(stage="quantize", options=_options(config, calib), metrics=metrics,
                              seconds=time.perf_counter() - start)
         result = _deliver(artifact, fp32_art, config, chosen, record, out_path)
-    result.history[-1].metrics["size_bytes"] = _size(result)
-    return result
+    # the size of what was delivered, in a new record: the one handed to _deliver is not changed after the fact
+    last = result.history[-1]
+    sized = replace(last, metrics={**last.metrics, "size_bytes": _size(result)})
+    return replace(result, history=[*result.history[:-1], sized])
 
 
 def _is_quantized(artifact: Artifact) -> bool:

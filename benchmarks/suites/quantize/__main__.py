@@ -39,6 +39,7 @@ def _variants(name: str, source: str, data, work: Path, calib_samples: int) -> l
     from edgetl.quantize import QuantizeConfig, quantize, select_calibration
     from edgetl.quantize import onnxruntime as qo
     from edgetl.quantize import openvino as qv
+    from edgetl.stages import StageContext
     from exporters.base import write_metadata
     from exporters.onnx import export_onnx
     from exporters.openvino import export_openvino
@@ -50,7 +51,7 @@ def _variants(name: str, source: str, data, work: Path, calib_samples: int) -> l
     write_metadata(onnx_fp32)
     out.append({"model": name, "backend": "onnxruntime", "variant": "fp32", "artifact": onnx_fp32})
     q = quantize(art, QuantizeConfig(backend="onnxruntime", calib_samples=calib_samples), data=data,
-                 out=work / f"{name}.ort.int8.onnx")
+                 ctx=StageContext(output=work / f"{name}.ort.int8.onnx"))
     info = q.history[-1].metrics["backend_info"]
     out.append({"model": name, "backend": "onnxruntime", "variant": "int8 edgetl", "artifact": q,
                 "types": f"{info.get('types')}, {info.get('calibration')}"})
@@ -64,7 +65,7 @@ def _variants(name: str, source: str, data, work: Path, calib_samples: int) -> l
     # TensorRT-ready Q/DQ ONNX: accuracy only, run in ONNX Runtime against the same fp32 ONNX (its latency
     # there says nothing about TensorRT, which is not installed here).
     q = quantize(art, QuantizeConfig(backend="tensorrt", calib_samples=calib_samples), data=data,
-                 out=work / f"{name}.trt.qdq.onnx")
+                 ctx=StageContext(output=work / f"{name}.trt.qdq.onnx"))
     out.append({"model": name, "backend": "tensorrt", "baseline_backend": "onnxruntime", "timed": False,
                 "variant": "int8 Q/DQ (accuracy in onnxruntime)", "artifact": q,
                 "types": f"s8s8 symmetric, {q.history[-1].metrics['backend_info'].get('calibration')}"})
@@ -73,7 +74,7 @@ def _variants(name: str, source: str, data, work: Path, calib_samples: int) -> l
     write_metadata(ov_fp32)
     out.append({"model": name, "backend": "openvino", "variant": "fp32", "artifact": ov_fp32})
     q = quantize(art, QuantizeConfig(backend="openvino", calib_samples=calib_samples), data=data,
-                 out=work / f"{name}.ov.int8.xml")
+                 ctx=StageContext(output=work / f"{name}.ov.int8.xml"))
     out.append({"model": name, "backend": "openvino", "variant": "int8 edgetl", "artifact": q,
                 "types": q.history[-1].metrics["backend_info"].get("preset")})
     import openvino as ov
@@ -91,7 +92,7 @@ def _variants(name: str, source: str, data, work: Path, calib_samples: int) -> l
     write_metadata(et_fp32)
     out.append({"model": name, "backend": "executorch", "variant": "fp32", "artifact": et_fp32})
     q = quantize(art, QuantizeConfig(backend="pytorch", calib_samples=calib_samples), data=data,
-                 out=work / f"{name}.pt2e.int8.pte")
+                 ctx=StageContext(output=work / f"{name}.pt2e.int8.pte"))
     out.append({"model": name, "backend": "executorch", "variant": "int8 edgetl (PT2E)", "artifact": q,
                 "types": "XNNPACK symmetric"})
     return out

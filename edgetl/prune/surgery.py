@@ -1,0 +1,230 @@
+"""One pruning step: group channels with torch-pruning's dependency graph, plan removals under the per-layer
+cap, perform the surgery, and check the pruned model still runs (naming the layer where it breaks)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from edgetl.errors import ConfigError, ModelError
+from edgetl.prune.config import PruneConfig, Scope
+from edgetl.prune.criteria import Criterion
+
+__all__ = ["PrunePlan", "prune_model"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Record:
+    name: str
+    group: Any
+    root: Any
+    handler: Any
+    scores: Any  # per channel (per channel group position for grouped convolutions)
+    ch_groups: int
+    initial: int  # channels (per channel group) in the unpruned model
+
+    @property
+    def current(self) -> int:
+        return len(self.scores)
+
+
+@dataclass
+class PrunePlan:
+    """How many channels each group loses in one step, and which layers the cap protected."""
+
+    removals: dict[str, int]
+    capped: list[str]
+    sizes: dict[str, int]  # channels per group before the step
+
+
+# --------------------------------------------------------------------------- graph
+def _ignored_modules(model, config: PruneConfig) -> list[Any]:
+    from edgetl.models import classifier_layer
+
+    ignored = []
+    if config.ignore is not None:
+        ignored = [m for n, m in model.named_modules() if n and config.ignore(n, m)]
+    if config.ignore_classifier:
+        try:
+            ignored.append(classifier_layer(model)[1])
+        except ModelError:
+            log.info("no nn.Linear classifier found; nothing ignored by default")
+    return ignored
+
+
+def _build_graph(model, example) -> Any:
+    import torch_pruning as tp
+
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    except Exception as e:  # noqa: BLE001 - tracing failures come in every exception type
+        raise ModelError(f"torch-pruning cannot trace {type(model).__name__}{_failing_op(e)}: "
+                         f"{type(e).__name__}: {e}. Exclude the layers involved with an ignore filter "
+                         "(--ignore NAME) or prune another architecture") from None
+
+
+def _failing_op(error: BaseException) -> str:
+    """' at op X (after layer Y)' from the innermost torch-pruning graph node in the traceback, if any."""
+    tb, node = error.__traceback__, None
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("node")
+        if candidate is not None and hasattr(candidate, "grad_fn") and hasattr(candidate, "inputs"):
+            node = candidate
+        tb = tb.tb_next
+    if node is None:
+        return ""
+    op = type(node.grad_fn).__name__ if node.grad_fn is not None else type(node.module).__name__
+    # walk back to the nearest named layer so the user knows where in the model the op sits
+    frontier, seen, layer = list(node.inputs), set(), None
+    while frontier and layer is None and len(seen) < 200:
+        n = frontier.pop(0)
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        name = getattr(n, "_name", None)
+        if name and not name.startswith("_"):
+            layer = name
+        frontier.extend(n.inputs)
+    return f" at op {op}" + (f" after layer {layer!r}" if layer else "")
+
+
+def _channel_groups(dg, group) -> int:
+    import torch.nn as nn
+
+    n = 1
+    for dep, _ in group:
+        m = dep.target.module
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.out_channels:
+            continue  # depthwise: channels pair one-to-one, no grouping constraint
+        if dg.is_out_channel_pruning_fn(dep.handler):
+            n = max(n, dg.get_pruner_of_module(m).get_out_channel_groups(m))
+        elif dg.is_in_channel_pruning_fn(dep.handler):
+            n = max(n, dg.get_pruner_of_module(m).get_in_channel_groups(m))
+    return n
+
+
+def _records(model, dg, criterion: Criterion, ignored, initial: dict[str, int]) -> list[_Record]:
+    import torch
+    import torch.nn as nn
+
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=[nn.modules.conv._ConvNd, nn.Linear]):
+        root, handler = group[0].dep.target.module, group[0].dep.handler
+        imp = criterion(group)
+        if imp is None:
+            continue
+        ch_groups = _channel_groups(dg, group)
+        if len(imp) % ch_groups:
+            raise ModelError(f"layer {names.get(id(root))!r}: {len(imp)} channels do not split into {ch_groups} "
+                             "groups; torch-pruning cannot prune this grouped convolution consistently. Ignore it "
+                             "with --ignore")
+        scores = imp.float().view(ch_groups, -1).mean(0) if ch_groups > 1 else imp.float()
+        scores = torch.nan_to_num(scores, nan=0.0)
+        name = names.get(id(root), type(root).__name__)
+        out.append(_Record(name, group, root, handler, scores.cpu(), ch_groups, initial.get(name, len(scores))))
+    return out
+
+
+def _plan(records: list[_Record], ratio: float, config: PruneConfig) -> PrunePlan:
+    """Channels to remove per group for a cumulative ``ratio`` of the original channels."""
+    import torch
+
+    want: dict[str, int] = {}
+    if config.scope is Scope.GLOBAL:
+        total_initial = sum(r.initial for r in records)
+        n_remove = sum(r.current for r in records) - int(total_initial * (1.0 - ratio))
+        want = {r.name: 0 for r in records}
+        if n_remove > 0:
+            flat = torch.cat([r.scores for r in records])
+            owner = torch.cat([torch.full((r.current,), i) for i, r in enumerate(records)])
+            # stable sort: ties (e.g. zero relevance) are broken by position, the same way every run
+            lowest = torch.sort(flat, stable=True).indices[:n_remove]
+            counts = torch.bincount(owner[lowest], minlength=len(records))
+            want = {r.name: int(counts[i]) for i, r in enumerate(records)}
+    else:
+        want = {r.name: max(0, r.current - int(r.initial * (1.0 - ratio))) for r in records}
+
+    removals, capped = {}, []
+    step = config.round_to or 1
+    for r in records:
+        keep = r.current - want[r.name]
+        if keep != r.current and step > 1:
+            keep = max(step, int(round(keep / step)) * step)
+        floor_keep = math.ceil(r.initial * (1.0 - config.max_layer_ratio))
+        if config.max_layer_ratio < 1.0:
+            floor_keep = max(floor_keep, 1, min(step, r.initial))
+        if keep < floor_keep:
+            keep = math.ceil(floor_keep / step) * step if step > 1 else floor_keep
+            capped.append(r.name)
+        keep = min(keep, r.current)
+        if keep <= 0:
+            raise ConfigError(
+                f"this target would empty layer {r.name!r} ({r.current} channels, none kept); lower the ratio or "
+                f"target, or keep max_layer_ratio (--max-layer-ratio) below 1 so every layer keeps some channels")
+        removals[r.name] = r.current - keep
+    return PrunePlan(removals=removals, capped=capped, sizes={r.name: r.current for r in records})
+
+
+def _apply(dg, records: list[_Record], plan: PrunePlan) -> None:
+    import torch
+
+    for r in records:
+        n = plan.removals[r.name]
+        if n <= 0:
+            continue
+        idxs = torch.sort(r.scores, stable=True).indices[:n]
+        size = r.current
+        full = torch.cat([idxs + g * size for g in range(r.ch_groups)]) if r.ch_groups > 1 else idxs
+        group = dg.get_pruning_group(r.root, r.handler, sorted(full.tolist()))
+        if not dg.check_pruning_group(group):
+            raise ConfigError(f"removing {n} of {size} channels of {r.name!r} would empty a layer coupled to it; "
+                              "lower the ratio or the target")
+        group.prune()
+
+
+def _check_runs(model, example, arch: str) -> None:
+    """A forward pass after surgery; on failure name the layer where the pruned graph broke."""
+    import torch
+
+    last: list[str] = [""]
+    handles = [m.register_forward_pre_hook(lambda mod, inp, _n=n: last.__setitem__(0, _n))
+               for n, m in model.named_modules() if n and not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as e:  # noqa: BLE001
+        layer = last[0] or "(model input)"
+        raise ModelError(
+            f"torch-pruning could not trace the channel coupling of {arch}: after surgery the model fails at or "
+            f"after layer {layer!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). An op there (e.g. a "
+            "reshape or channel shuffle) couples channels the dependency graph does not see; ignore that layer "
+            "(--ignore) or prune another architecture") from None
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def prune_model(model, example, criterion: Criterion, *, ratio: float, config: PruneConfig,
+                initial: dict[str, int] | None = None, arch: str = "model") -> PrunePlan:
+    """One pruning step in place: ``ratio`` is the cumulative share of the *original* channels removed."""
+    ignored = _ignored_modules(model, config)
+    dg = _build_graph(model, example)
+    criterion.bind(model)
+    try:
+        records = _records(model, dg, criterion, ignored, initial or {})
+    except (ConfigError, ModelError):
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"torch-pruning cannot group the channels of {arch}: {type(e).__name__}: {e}. Ignore the "
+                         "layers involved (--ignore NAME) or prune another architecture") from None
+    if not records:
+        raise ModelError(f"{arch} has no prunable convolution or linear layer outside the ignored ones")
+    plan = _plan(records, ratio, config)
+    _apply(dg, records, plan)
+    _check_runs(model, example, arch)
+    return plan
