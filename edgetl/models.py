@@ -31,6 +31,7 @@ from typing import Any
 from edgetl.artifact import IMAGENET_MEAN, IMAGENET_STD, Artifact, Format, InputSpec
 from edgetl.errors import InputFileError, ModelError, UnknownNameError, UnsafeCheckpointError
 from edgetl.fileio import atomic_path
+from edgetl.formats import SIDECAR_SUFFIX, format_for_suffix
 
 __all__ = [
     "ArchSpec",
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "edgetl-model"
 CHECKPOINT_VERSION = 1
-SIDECAR_SUFFIX = ".edgetl.json"
 
 # Module attributes that describe layer widths; recorded so that pruned models rebuild exactly.
 _WIDTH_ATTRS = (
@@ -144,7 +144,7 @@ register_arch(
 def list_archs() -> dict[str, ArchSpec]:
     """All architectures the zoo can build, by name."""
     _torchvision_archs()
-    import edgetl.distill.students  # noqa: F401 - registers edgetl's own students (lazy: no import cycle)
+    import edgetl.students  # noqa: F401 - registers edgetl's own students (lazy: no import cycle)
 
     return dict(sorted(_ARCHS.items()))
 
@@ -256,18 +256,6 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
         raise InputFileError(f"{side}: unreadable metadata sidecar ({e}); delete or re-export it") from None
 
 
-_FILE_FORMATS = {
-    ".onnx": Format.ONNX,
-    ".xml": Format.OPENVINO,
-    ".ort": Format.ORT,
-    ".pte": Format.EXECUTORCH,
-    ".tflite": Format.TFLITE,
-    ".engine": Format.TENSORRT,
-    ".plan": Format.TENSORRT,
-    ".pt2": Format.EXPORTED_PROGRAM,
-}
-
-
 def load_model(
     source: str | Path,
     *,
@@ -294,11 +282,11 @@ def load_model(
             path = xmls[0]
         else:
             raise InputFileError(f"{path} is a directory; give the model file inside it (.pt, .onnx, .xml, ...)")
-    suffix = path.suffix.lower()
-    if suffix in _FILE_FORMATS and _FILE_FORMATS[suffix] is not Format.EXPORTED_PROGRAM:
-        return _from_exported_file(path, _FILE_FORMATS[suffix], input_spec=input_spec, labels=labels)
-    if suffix == ".pt2":
+    fmt = format_for_suffix(path.suffix)
+    if fmt is Format.EXPORTED_PROGRAM:
         return _from_exported_program(path, input_spec=input_spec, labels=labels)
+    if fmt is not None:
+        return _from_exported_file(path, fmt, input_spec=input_spec, labels=labels)
     return _from_torch_file(path, arch=arch, num_classes=num_classes, unsafe_pickle=unsafe_pickle,
                             input_spec=input_spec, labels=labels)
 
@@ -445,9 +433,60 @@ def _from_exported_program(path: Path, *, input_spec, labels) -> Artifact:
         ep = torch.export.load(str(path))
     except Exception as e:  # noqa: BLE001
         raise InputFileError(f"{path}: not a readable torch.export program ({type(e).__name__}: {_first_line(e)})") from None
-    module = ep.module()
+    shape = _ep_input_shape(ep)
+    module = _exported_module(ep.module(), _static_batch(ep, shape))
     return _plain_module_artifact(module, path, Format.TORCH, input_spec, labels, extra={"exported_program": True},
-                                  example_shape=_ep_input_shape(ep))
+                                  example_shape=shape)
+
+
+def _exported_module_class():
+    import torch.nn as nn
+
+    class ExportedModule(nn.Module):
+        """A ``torch.export`` program's module. Its train/eval behaviour was fixed when it was exported, and
+        the module refuses ``eval()``; here ``eval()``/``train()`` only set the flag, so every stage can call
+        them. A program exported with a static batch runs larger batches in chunks of that batch."""
+
+        def __init__(self, program, batch: int | None = None) -> None:
+            super().__init__()
+            self.program, self.batch = program, batch
+
+        def forward(self, x):
+            import torch
+
+            b = self.batch
+            if not b or x.shape[0] == b:
+                return self.program(x)
+            n = x.shape[0]
+            pad = (-n) % b
+            if pad:
+                x = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
+            return torch.cat([self.program(c) for c in torch.split(x, b)])[:n]
+
+        def train(self, mode: bool = True):
+            self.training = bool(mode)
+            return self
+
+    return ExportedModule
+
+
+def _exported_module(program, batch: int | None):
+    return _exported_module_class()(program, batch)
+
+
+def _static_batch(ep, shape) -> int | None:
+    """The program's batch size when it was exported with a static one (None: dynamic, or unknown)."""
+    if not shape:
+        return None
+    try:
+        for spec in ep.graph_signature.input_specs:
+            if spec.kind.name == "USER_INPUT":
+                node = next(n for n in ep.graph.nodes if n.name == spec.arg.name)
+                first = node.meta["val"].shape[0]
+                return int(first) if isinstance(first, int) else None
+    except Exception:  # noqa: BLE001 - then larger batches are not chunked
+        return None
+    return None
 
 
 def _ep_input_shape(ep) -> tuple[int, ...] | None:

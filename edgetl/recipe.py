@@ -215,7 +215,7 @@ def validate(recipe: Recipe) -> None:
         _build_config(stage)  # typed configs validate their values
     q = recipe.stage("quantize")
     if q is not None:
-        backend = str(q.options.get("backend", "openvino"))
+        backend = str(_build_config(q).backend)  # QuantizeConfig's own default when the recipe names none
         for module in _EXTRAS["quantize"].get(backend, ()):
             if importlib.util.find_spec(module) is None:
                 raise MissingDependencyError(module, _EXTRA_OF.get(backend, "onnx"), f"{backend} quantization")

@@ -77,17 +77,22 @@ def export_cmd(
             from edgetl.data import load_data
 
             splits = load_data(data, seed=seed)
-        exported = export(art, format_, output, options=options, data=splits, overwrite=overwrite,
-                          name=Path(model).stem if Path(model).exists() else None)
-        rows = []
-        for a in exported:
-            rec = a.history[-1]
-            rows.append({"format": rec.options.get("format"), "artifact_format": a.format.value,
-                         "path": str(a.path), "precision": rec.options.get("precision"),
-                         "seconds": rec.seconds, "parity": rec.metrics.get("parity")})
+        from edgetl.errors import PartialExportError
+
+        try:
+            exported = export(art, format_, output, options=options, data=splits, overwrite=overwrite,
+                              name=Path(model).stem if Path(model).exists() else None)
+            failed: dict = {}
+        except PartialExportError as e:
+            if not e.results:
+                raise
+            exported, failed = e.results, e.failures
+        rows = [_row(a) for a in exported]
         first = next((r["parity"] for r in rows if r["parity"]), None)
-        result = {"output": str(output), "model": model, "exports": rows,
+        result = {"output": str(output), "model": model, "exports": rows, "failed": failed,
                   "parity_inputs": first.get("inputs") if first else None}
+        if failed:
+            result["exit_code"] = 1
 
         def render(console):
             table(console, f"export of {model}", ["format", "file", "precision", "max abs err", "max rel err",
@@ -100,11 +105,21 @@ def export_cmd(
                 note = (r["parity"] or {}).get("note")
                 if note:
                     console.print(f"{r['format']}: {note}")
-            console.print(f"wrote {output}")
+            from rich.markup import escape
+
+            for name, f in failed.items():
+                console.print(f"[bold red]{name} failed:[/] {escape(f['error_type'] + ': ' + f['error'])}")
+            console.print(f"wrote {output}" + (f" without {', '.join(failed)}" if failed else ""))
 
         return result, render
 
     execute(body, json_=json_, debug=debug)
+
+
+def _row(a) -> dict:
+    rec = a.history[-1]
+    return {"format": rec.options.get("format"), "artifact_format": a.format.value, "path": str(a.path),
+            "precision": rec.options.get("precision"), "seconds": rec.seconds, "parity": rec.metrics.get("parity")}
 
 
 def _parity_cells(p: dict | None) -> list[str]:

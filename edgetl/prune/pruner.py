@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgetl.artifact import Artifact, Format, StageRecord
+from edgetl.choice import Choice
 from edgetl.data import DataSplits, check_classes
-from edgetl.errors import ConfigError, ModelError, UnknownNameError
+from edgetl.errors import ConfigError, ModelError
 from edgetl.prune.criteria import CRITERIA, Criterion, Normalization, make_criterion
 from edgetl.prune.flops import layer_widths, model_cost
 from edgetl.prune.relevance import Composite, reference_set
@@ -42,14 +43,11 @@ LayerFilter = Callable[[str, Any], bool]
 Recover = Callable[[Artifact, DataSplits], Artifact]
 
 
-class Scope(str, enum.Enum):
+class Scope(Choice):
     """Where channels compete: across all layers (global) or within each layer (layerwise)."""
 
     GLOBAL = "global"
     LAYERWISE = "layerwise"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 def layers_matching(*patterns: str) -> LayerFilter:
@@ -92,15 +90,13 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         if self.criterion.lower() not in CRITERIA:
-            raise UnknownNameError("criterion", self.criterion, CRITERIA)
+            from edgetl.registry import criteria
+
+            criteria().get(self.criterion)  # a plug-in's, or UnknownNameError naming built-ins and plug-ins
         object.__setattr__(self, "criterion", self.criterion.lower())
         object.__setattr__(self, "composite", Composite.parse(self.composite))
         object.__setattr__(self, "normalize", Normalization.parse(self.normalize))
-        if not isinstance(self.scope, Scope):
-            try:
-                object.__setattr__(self, "scope", Scope(str(self.scope).lower()))
-            except ValueError:
-                raise UnknownNameError("scope", str(self.scope), [s.value for s in Scope]) from None
+        object.__setattr__(self, "scope", Scope.parse(self.scope))
         targets = [n for n in ("target_flops", "target_params") if getattr(self, n) is not None]
         if len(targets) > 1:
             raise ConfigError("give one target: target_flops or target_params, not both")

@@ -17,9 +17,11 @@ from typing import Any
 from edgetl.choice import Choice
 from edgetl.errors import ConfigError, UnknownNameError, check_names
 
-__all__ = ["Backend", "CalibrationMethod", "OrtMode", "OrtTypes", "Preset", "QuantPrecision", "QuantizeConfig"]
+__all__ = ["AUTO_CALIBRATIONS", "Backend", "CalibrationMethod", "PluginBackend", "parse_backend", "OrtMode", "OrtTypes", "Preset", "QuantPrecision", "QuantizeConfig"]
 
 MIN_RECOMMENDED_CALIBRATION = 100
+# What calibration "auto" tries, in order of preference on a tie (see CalibrationMethod for measurements).
+AUTO_CALIBRATIONS = ("percentile", "mean-minmax")
 
 
 class Backend(Choice):
@@ -33,6 +35,27 @@ class Backend(Choice):
     @classmethod
     def _kind(cls) -> str:
         return "quantization backend"
+
+
+class PluginBackend(str):
+    """A quantization backend from another package (``edgetl.quantizers`` entry point), by its name."""
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+
+def parse_backend(value: Any) -> Backend | PluginBackend:
+    """A built-in :class:`Backend`, else a registered plug-in's name; a wrong name suggests the nearest."""
+    if isinstance(value, (Backend, PluginBackend)):
+        return value
+    name = str(value).strip().lower()
+    if name in {b.value for b in Backend}:
+        return Backend.parse(name)
+    from edgetl.registry import quantizers
+
+    quantizers().get(name)  # raises UnknownNameError listing built-ins and plug-ins
+    return PluginBackend(name)
 
 
 class QuantPrecision(Choice):
@@ -115,7 +138,7 @@ class QuantizeConfig:
     ``keep_float`` names layers (ONNX node / OpenVINO op names) the user wants kept in floating point.
     """
 
-    backend: Backend = Backend.ONNXRUNTIME
+    backend: Backend | PluginBackend = Backend.ONNXRUNTIME
     precision: QuantPrecision = QuantPrecision.INT8
     calib_samples: int = 300
     max_drop: float | None = None
@@ -134,7 +157,8 @@ class QuantizeConfig:
     eval_samples: int | None = None
 
     def __post_init__(self) -> None:
-        for name, cls in (("backend", Backend), ("precision", QuantPrecision), ("mode", OrtMode),
+        object.__setattr__(self, "backend", parse_backend(self.backend))
+        for name, cls in (("precision", QuantPrecision), ("mode", OrtMode),
                           ("ort_types", OrtTypes), ("preset", Preset), ("calibration", CalibrationMethod)):
             object.__setattr__(self, name, cls.parse(getattr(self, name)))
         object.__setattr__(self, "keep_float", tuple(str(k) for k in self.keep_float))

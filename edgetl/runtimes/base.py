@@ -1,30 +1,51 @@
-"""The runner interface shared by evaluation and the latency harness."""
+"""The one interface every runtime implements: load an artifact once, then run float32 NCHW numpy batches.
+
+What the latency harness, evaluation and the parity check need to know about a runtime is declared here, not
+sniffed: ``fixed_batch`` (the only batch the loaded model accepts, ``None`` if any), ``own_clock`` (whether
+``last_latency_ms`` is the runtime's own measurement of the last call, as its C++ benchmark tool reports it)
+and :meth:`Runtime.describe` (what actually ran).
+
+Example::
+
+    class MyRuntime(Runtime):
+        runtime = "mine"
+        formats = (Format.ONNX,)
+
+        def __init__(self, artifact, options):
+            super().__init__(artifact, options)
+            self.session = load(artifact.path)
+
+        def run(self, batch):
+            return self.session(batch)
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from edgetl.artifact import Artifact
+from edgetl.artifact import Artifact, Format
 
-__all__ = ["Runner", "RunnerOptions"]
+__all__ = ["Runner", "RunnerOptions", "Runtime", "RuntimeOptions"]
 
 
 @dataclass(frozen=True)
-class RunnerOptions:
+class RuntimeOptions:
     threads: int | None = None  # None: the runtime's default
     device: str = "cpu"
     precision: str | None = None  # runtime-specific precision hint, e.g. OpenVINO's f32 / bf16
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Runner:
+class Runtime:
     """Load once, then ``run`` float32 NCHW numpy batches; returns numpy logits."""
 
-    runtime = "base"
+    runtime: ClassVar[str] = "base"  # the name it is registered under
+    formats: ClassVar[tuple[Format, ...]] = ()  # artifact formats it runs
+    own_clock: ClassVar[bool] = False  # True: ``last_latency_ms`` is the runtime's own latency of the last call
     fixed_batch: int | None = None  # the only batch size the loaded model accepts, if it is static
 
-    def __init__(self, artifact: Artifact, options: RunnerOptions) -> None:
+    def __init__(self, artifact: Artifact, options: RuntimeOptions) -> None:
         self.artifact = artifact
         self.options = options
 
@@ -34,6 +55,11 @@ class Runner:
     def synchronize(self) -> None:
         """Wait for queued work; CPU runtimes return when ``run`` does."""
 
+    @property
+    def last_latency_ms(self) -> float | None:
+        """The runtime's own latency of the last call where it has a clock (``own_clock``), else None."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """What actually ran: runtime, version, threads, precision."""
         return {"runtime": self.runtime, "threads": self.options.threads}
@@ -41,8 +67,13 @@ class Runner:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> Runner:
+    def __enter__(self) -> Runtime:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# The names the runtimes had while they lived in benchmarks/runners.
+Runner = Runtime
+RunnerOptions = RuntimeOptions

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.runners.base import Runner
 from edgetl.errors import InputFileError, MissingDependencyError
+from edgetl.runtimes.base import Runtime
 
 
-class ExecuTorchRunner(Runner):
+class ExecuTorchRunner(Runtime):
     runtime = "executorch"
 
     def __init__(self, artifact, options) -> None:
         super().__init__(artifact, options)
         try:
             import torch
-            from executorch.runtime import Runtime
+            from executorch.runtime import Runtime as EtRuntime
         except ImportError:
             raise MissingDependencyError("executorch", "mobile", "running ExecuTorch programs") from None
         self._torch = torch
         try:
-            program = Runtime.get().load_program(str(artifact.path))
+            program = EtRuntime.get().load_program(str(artifact.path))
             self.method = program.load_method("forward")
         except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError / ValueError
             raise InputFileError(f"{artifact.path}: ExecuTorch cannot load it ({str(e).splitlines()[0][:300]})") from None

@@ -10,8 +10,8 @@ import importlib
 
 import numpy as np
 
-from benchmarks.runners.base import Runner
 from edgetl.errors import InputFileError, MissingDependencyError
+from edgetl.runtimes.base import Runtime
 
 _INTERPRETERS = (("ai_edge_litert.interpreter", "Interpreter"), ("tflite_runtime.interpreter", "Interpreter"),
                  ("tensorflow.lite", "Interpreter"))
@@ -26,7 +26,7 @@ def _interpreter_class():
     raise MissingDependencyError("ai-edge-litert", "mobile", "running .tflite models (pip install ai-edge-litert)")
 
 
-class LiteRtRunner(Runner):
+class LiteRtRunner(Runtime):
     runtime = "litert"
 
     def __init__(self, artifact, options) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from benchmarks.runners.base import Runner
 from edgetl.errors import ConfigError, InputFileError, MissingDependencyError
+from edgetl.runtimes.base import Runtime
 
 
-class OnnxRuntimeRunner(Runner):
+class OnnxRuntimeRunner(Runtime):
     runtime = "onnxruntime"
 
     def __init__(self, artifact, options) -> None:

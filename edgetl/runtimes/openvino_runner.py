@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from benchmarks.runners.base import Runner
 from edgetl.errors import ConfigError, InputFileError, MissingDependencyError
+from edgetl.runtimes.base import Runtime
 
 HINTS = ("latency", "throughput", "none")
 
 
-class OpenVinoRunner(Runner):
+class OpenVinoRunner(Runtime):
     runtime = "openvino"
+    own_clock = True  # request.latency: the C++ side's latency, as benchmark_app reports it
 
     def __init__(self, artifact, options) -> None:
         super().__init__(artifact, options)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.runners.base import Runner
 from edgetl.errors import InputFileError, MissingDependencyError, ModelError
+from edgetl.runtimes.base import Runtime
 
 
 def _check(result):
@@ -114,7 +114,7 @@ def _device_memory():
                                      "CUDA buffers for TensorRT (or a torch build with CUDA)") from None
 
 
-class TensorRtRunner(Runner):
+class TensorRtRunner(Runtime):
     runtime = "tensorrt"
 
     def __init__(self, artifact, options) -> None:
@@ -182,5 +182,5 @@ class TensorRtRunner(Runner):
 
     def close(self) -> None:
         self._buffers = {}
-        if hasattr(self.mem, "close"):
+        if hasattr(self.mem, "close"):  # _CudaPython frees its buffers; torch's allocator needs nothing
             self.mem.close()

@@ -5,11 +5,11 @@ Compilation happens on the first call, so the harness counts it in the cold star
 
 from __future__ import annotations
 
-from benchmarks.runners.base import Runner
 from edgetl.errors import ModelError
+from edgetl.runtimes.base import Runtime
 
 
-class TorchRunner(Runner):
+class TorchRunner(Runtime):
     runtime = "torch"
 
     def __init__(self, artifact, options) -> None:

@@ -1,0 +1,6 @@
+"""Moved to :mod:`edgetl.runtimes.openvino_runner`; this name stays for old imports (every public name re-exported)."""
+
+import importlib as _importlib
+
+globals().update({k: v for k, v in vars(_importlib.import_module("edgetl.runtimes.openvino_runner")).items()
+                  if not k.startswith("__")})
