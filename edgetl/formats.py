@@ -33,7 +33,8 @@ from edgetl.choice import Choice
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable
 
-__all__ = ["EXPORTS", "FORMAT_INFO", "SIDECAR_SUFFIX", "ExportSpec", "FormatInfo", "Precision", "export_function",
+__all__ = ["EXPORTS", "FORMAT_INFO", "SIDECAR_SUFFIX", "ExportSpec", "FormatInfo", "Precision", "artifact_size",
+           "companion_files", "export_function",
            "export_spec", "format_for_suffix", "format_info", "load_entry", "metadata_path", "sidecar_payload", "size_on_disk",
            "write_metadata"]
 
@@ -111,6 +112,15 @@ def runs_here(fmt: Format) -> bool:
     return bool(load_entry(info.runs_here)()) if info.runs_here else True
 
 
+def companion_files(path: str | Path) -> list[Path]:
+    """The files that travel with a model file: itself, its edgetl sidecar and its format's companions that exist."""
+    path = Path(path)
+    fmt = format_for_suffix(path.suffix)
+    extra = [path.with_name(path.name + SIDECAR_SUFFIX),
+             *(path.with_suffix(c) for c in (FORMAT_INFO[fmt].companions if fmt is not None else ()))]
+    return [path, *(c for c in extra if c.exists())]
+
+
 def size_on_disk(path: str | Path) -> int | None:
     """Bytes of a model file with its companions (OpenVINO .bin, ONNX external data), or of a bundle directory."""
     path = Path(path)
@@ -118,13 +128,7 @@ def size_on_disk(path: str | Path) -> int | None:
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     if not path.exists():
         return None
-    fmt = format_for_suffix(path.suffix)
-    size = path.stat().st_size
-    for c in FORMAT_INFO[fmt].companions if fmt is not None else ():
-        companion = path.with_suffix(c)
-        if companion.exists():
-            size += companion.stat().st_size
-    return size
+    return sum(p.stat().st_size for p in companion_files(path) if not p.name.endswith(SIDECAR_SUFFIX))
 
 
 def artifact_size(artifact: Artifact, source_path: Path | None = None) -> int | None:

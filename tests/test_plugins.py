@@ -245,3 +245,25 @@ def test_quantize_with_the_plugins_backend(plugin_dir, tiny_digits, tmp_path):
     assert ops & {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}, ops
     assert res["accuracy_before"] > 0.5 and res["drop_points"] < 10  # measured against fp32 on the val split
     assert Path(str(out) + ".edgetl.json").exists()  # reloadable with its metadata
+
+
+def test_a_plugin_cannot_replace_a_builtin_and_a_broken_one_is_named(tmp_path, monkeypatch):
+    from edgetl.errors import ConfigError
+    from edgetl.prune.criteria import LRPCriterion
+    from edgetl.registry import criteria, runtimes
+
+    site = tmp_path / "site"
+    (site / "badplug-2.0.dist-info").mkdir(parents=True)
+    (site / "badplug.py").write_text("NOT_A_RUNTIME = 42\n")
+    (site / "badplug-2.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: badplug\nVersion: 2.0\n")
+    (site / "badplug-2.0.dist-info" / "entry_points.txt").write_text(
+        "[edgetl.criteria]\nlrp = badplug:NOT_A_RUNTIME\n\n[edgetl.runtimes]\nbad = badplug:NOT_A_RUNTIME\n"
+        "missing = badplug_gone:Runtime\n")
+    monkeypatch.syspath_prepend(str(site))
+    shadow = criteria().entries()["lrp (badplug 2.0)"]
+    assert shadow.shadowed and criteria().load("lrp") is LRPCriterion  # the built-in still answers
+    with pytest.raises(ConfigError, match="must name a subclass of edgetl.runtimes.base.Runtime"):
+        runtimes().load("bad")
+    with pytest.raises(ConfigError, match=r"runtime plug-in 'missing' \(entry point .* of badplug 2.0\) cannot be "
+                                          "imported"):
+        runtimes().load("missing")

@@ -57,9 +57,9 @@ def runtime_formats(name: str) -> tuple[Format, ...]:
     from edgetl.registry import runtimes
 
     entry = runtimes().get(name)
-    if entry.name in RUNTIMES:
+    if entry.builtin:
         return RUNTIMES[entry.name].formats
-    return tuple(Format.parse(f) for f in getattr(entry.load(), "formats", ()))
+    return tuple(Format.parse(f) for f in runtimes().load(entry.name).formats)
 
 
 def runner_for(fmt: Format, runtime: str | None = None) -> str:
