@@ -48,3 +48,31 @@ def test_the_check_sees_imports_inside_functions(tmp_path):
     probe.write_text("def f():\n    from exporters.onnx import export_onnx\n    import benchmarks.harness\n")
     found = [line.split(" imports ")[1] for line in _forbidden_imports(probe, root=tmp_path)]
     assert found == ["exporters.onnx", "benchmarks.harness"]
+
+
+# Closed choices still parsed by hand, in files another change in flight owns; remove a line when it moves to
+# Choice (the test then keeps it there). Anything new outside this list fails.
+HAND_PARSED_ENUMS = {
+    "edgetl/distill/distiller.py": {"Optimizer", "Views"},
+    "benchmarks/harness.py": {"InputSource"},
+    "benchmarks/profiles.py": {"Precision", "Method", "Accelerator"},
+}
+
+
+def _plain_enums(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ClassDef):
+            bases = {ast.unparse(b) for b in node.bases}
+            if bases & {"enum.Enum", "Enum", "str"} and not bases & {"Choice"} and any("Enum" in b for b in bases):
+                found.add(node.name)
+    return found
+
+
+def test_closed_choices_parse_with_choice():
+    files = [p for d in ("edgetl", "exporters", "benchmarks") for p in (ROOT / d).rglob("*.py")
+             if "suites" not in p.parts and p.name != "choice.py"]
+    found = {str(p.relative_to(ROOT)): e for p in files if (e := _plain_enums(p))}
+    new = {f: e - HAND_PARSED_ENUMS.get(f, set()) for f, e in found.items()}
+    assert not {f: e for f, e in new.items() if e}, f"closed choices not built on edgetl.choice.Choice: {new}"
+    assert "Scope" not in str(found)  # prune's Scope moved to Choice.parse (its unknown-name message suggests)
