@@ -206,9 +206,20 @@ class _Session:
     stem: str
     options: ExportOptions
     intermediates: dict[Format, Artifact] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)  # export target -> file name in the output directory
+
+    def plan_names(self, specs: Sequence[FormatSpec]) -> None:
+        """One file name per target: ``STEM.SUFFIX``, or ``STEM_TARGET.SUFFIX`` when two targets share a suffix
+        (e.g. ``onnx`` and a plug-in's ``onnx-legacy``); the target named like its format keeps the plain name."""
+        taken: set[str] = set()
+        for spec in sorted(specs, key=lambda s: s.name != s.format.value):
+            plain = f"{self.stem}{spec.suffix}" if spec.suffix else f"{self.stem}_{spec.name}"
+            name = plain if plain not in taken else f"{self.stem}_{spec.name}{spec.suffix}"
+            self.names[spec.name] = name
+            taken.add(name)
 
     def out_path(self, spec: FormatSpec) -> Path:
-        return self.stage_dir / (f"{self.stem}{spec.suffix}" if spec.suffix else f"{self.stem}_{spec.name}")
+        return self.stage_dir / self.names[spec.name]
 
 
 def export(
@@ -247,6 +258,7 @@ def export(
     stem = name or _stem(artifact)
     with atomic_dir(out_dir, overwrite=overwrite) as stage:
         session = _Session(source=artifact, stage_dir=stage, stem=stem, options=opts)
+        session.plan_names(specs)
         # ONNX first when asked for: the ONNX-based formats then reuse the very file that is delivered.
         done, failures, errors = {}, {}, {}
         for spec in sorted(specs, key=lambda s: s.format is not Format.ONNX):

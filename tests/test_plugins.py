@@ -212,7 +212,10 @@ def test_export_with_the_plugins_exporter_is_parity_checked(plugin_dir, tiny_dig
     rows = {r["format"]: r for r in res["exports"]}
     assert set(rows) == {"onnx-legacy", "onnx"} and res["failed"] == {}
     legacy = rows["onnx-legacy"]
+    # two targets with one suffix: two files, the built-in keeps the plain name
+    assert Path(legacy["path"]).name == "tiny_onnx-legacy.onnx" and Path(rows["onnx"]["path"]).name == "tiny.onnx"
     assert legacy["artifact_format"] == "onnx" and Path(legacy["path"]).exists()
+    assert Path(legacy["path"]).read_bytes() != Path(rows["onnx"]["path"]).read_bytes()
     assert legacy["parity"]["checked"] and legacy["parity"]["runtime"] == "onnxruntime"
     assert legacy["parity"]["max_rel_error"] < 1e-4 and legacy["parity"]["top1_agreement"] == 1.0
     assert "digits" in legacy["parity"]["inputs"]  # real images, from the model's recorded dataset
