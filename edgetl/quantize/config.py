@@ -16,8 +16,10 @@ from typing import Any
 
 from edgetl.choice import Choice
 from edgetl.errors import ConfigError, UnknownNameError, check_names
+from edgetl.formats import Precision
 
-__all__ = ["AUTO_CALIBRATIONS", "Backend", "CalibrationMethod", "PluginBackend", "parse_backend", "OrtMode", "OrtTypes", "Preset", "QuantPrecision", "QuantizeConfig"]
+__all__ = ["AUTO_CALIBRATIONS", "QUANT_PRECISIONS", "Backend", "CalibrationMethod", "OrtMode", "OrtTypes", "PluginBackend",
+           "Preset", "QuantPrecision", "QuantizeConfig", "parse_backend", "parse_precision"]
 
 MIN_RECOMMENDED_CALIBRATION = 100
 # What calibration "auto" tries, in order of preference on a tie (see CalibrationMethod for measurements).
@@ -58,13 +60,17 @@ def parse_backend(value: Any) -> Backend | PluginBackend:
     return PluginBackend(name)
 
 
-class QuantPrecision(Choice):
-    INT8 = "int8"
-    FP16 = "fp16"
+# One Precision for the whole toolkit (edgetl.formats); quantization makes two of them.
+QuantPrecision = Precision
+QUANT_PRECISIONS = (Precision.INT8.value, Precision.FP16.value)
 
-    @classmethod
-    def _kind(cls) -> str:
-        return "quantization precision"
+
+def parse_precision(value: Any) -> Precision:
+    """int8 or fp16; a wrong name suggests the nearest of the two."""
+    name = str(value.value if isinstance(value, Precision) else value).strip().lower()
+    if name not in QUANT_PRECISIONS:
+        raise UnknownNameError("quantization precision", str(value), QUANT_PRECISIONS)
+    return Precision(name)
 
 
 class OrtMode(Choice):
@@ -139,7 +145,7 @@ class QuantizeConfig:
     """
 
     backend: Backend | PluginBackend = Backend.ONNXRUNTIME
-    precision: QuantPrecision = QuantPrecision.INT8
+    precision: Precision = Precision.INT8
     calib_samples: int = 300
     max_drop: float | None = None
     allow_drop: bool = False
@@ -158,7 +164,8 @@ class QuantizeConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backend", parse_backend(self.backend))
-        for name, cls in (("precision", QuantPrecision), ("mode", OrtMode),
+        object.__setattr__(self, "precision", parse_precision(self.precision))
+        for name, cls in (("mode", OrtMode),
                           ("ort_types", OrtTypes), ("preset", Preset), ("calibration", CalibrationMethod)):
             object.__setattr__(self, name, cls.parse(getattr(self, name)))
         object.__setattr__(self, "keep_float", tuple(str(k) for k in self.keep_float))

@@ -41,7 +41,7 @@ class Runtime:
     """Load once, then ``run`` float32 NCHW numpy batches; returns numpy logits."""
 
     runtime: ClassVar[str] = "base"  # the name it is registered under
-    formats: ClassVar[tuple[Format, ...]] = ()  # artifact formats it runs
+    formats: ClassVar[tuple[Format, ...]] = ()  # artifact formats it runs (plug-ins; built-ins: the RUNTIMES rows)
     own_clock: ClassVar[bool] = False  # True: ``last_latency_ms`` is the runtime's own latency of the last call
     fixed_batch: int | None = None  # the only batch size the loaded model accepts, if it is static
 
