@@ -3,8 +3,7 @@
 What the latency harness, evaluation and the parity check need to know about a runtime is declared here, not
 sniffed: ``fixed_batch`` (the only batch the loaded model accepts, ``None`` if any), ``own_clock`` (whether
 ``last_latency_ms``, defined only then, is the runtime's own measurement of the last call, as its C++ benchmark
-tool reports it)
-and :meth:`Runtime.describe` (what actually ran).
+tool reports it) and :meth:`Runtime.describe` (what actually ran).
 
 Example::
 
