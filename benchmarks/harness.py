@@ -530,7 +530,7 @@ def measure(artifact: Artifact, config: BenchConfig | None = None, *, profile=No
     ``reload`` loads the artifact again from its file inside the cold-start timing (PyTorch checkpoints,
     whose load is the file read; exported formats are loaded by their runner anyway).
     """
-    from benchmarks.runners import RunnerOptions, open_runner, runner_for
+    from edgetl.runtimes import RunnerOptions, open_runner, runner_for
 
     config = config or BenchConfig()
     runtime = config.runtime or (profile.runtime_for(artifact.format) if profile is not None else None)
@@ -553,7 +553,7 @@ def measure(artifact: Artifact, config: BenchConfig | None = None, *, profile=No
     runner = open_runner(artifact, runtime=runtime, options=options)
     try:
         t1 = time.perf_counter_ns()
-        fixed = getattr(runner, "fixed_batch", None)
+        fixed = runner.fixed_batch
         if fixed and fixed != config.batch:
             raise ConfigError(f"{artifact.name} has a static batch of {fixed}; bench it with --batch {fixed}, or "
                               "export it with a dynamic batch")
@@ -565,7 +565,7 @@ def measure(artifact: Artifact, config: BenchConfig | None = None, *, profile=No
             raise ModelError(f"{artifact.name} returned {out.shape[0]} rows for a batch of {config.batch}")
         finite = bool(np.isfinite(out).all())
 
-        runtime_side = hasattr(runner, "last_latency_ms")
+        runtime_side = runner.own_clock
         n_in = len(inputs)
         # Warm-up: caches, allocator pools, JIT and frequency ramp-up settle before anything counts.
         i, start = 0, time.perf_counter()

@@ -178,17 +178,13 @@ class _Board:
 
 # --------------------------------------------------------------------------- files
 def companion_files(path: Path) -> list[Path]:
-    """The files that travel with a model: itself, its edgetl sidecar, OpenVINO's .bin, ONNX external data."""
-    from edgetl.models import SIDECAR_SUFFIX
+    """The files that travel with a model: itself, its edgetl sidecar, its format's companions (the format table's:
+    OpenVINO's .bin, ONNX external data)."""
+    from edgetl.formats import companion_files as companions
 
     if not path.exists():
         raise InputFileError(f"artifact not found: {path}")
-    files = [path]
-    for c in (path.with_name(path.name + SIDECAR_SUFFIX), path.with_suffix(".bin") if path.suffix == ".xml" else None,
-              path.with_suffix(".onnx.data") if path.suffix == ".onnx" else None):
-        if c is not None and c.exists():
-            files.append(c)
-    return files
+    return companions(path)
 
 
 def _bench_flags(config: BenchConfig) -> list[str]:

@@ -11,6 +11,7 @@ Exception tree::
     ├── MissingDependencyError       an optional backend is not installed; names the extra
     ├── ModelError                   a model that cannot go through a stage
     ├── ExportError                  a format conversion failed
+    │   └── PartialExportError       some formats failed; the others were delivered (``results``, ``failures``)
     ├── ParityError                  an export computes something else than its source
     ├── BudgetError                  an accuracy or latency budget cannot be met
     └── RemoteError                  a board that cannot be reached, verified, or that dropped mid-run
@@ -33,6 +34,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelError",
     "ParityError",
+    "PartialExportError",
     "RemoteError",
     "UnknownNameError",
     "UnsafeCheckpointError",
@@ -122,6 +124,15 @@ class ParityError(ExportError):
     def __init__(self, message: str, *, metrics: dict | None = None) -> None:
         super().__init__(message)
         self.metrics = dict(metrics or {})
+
+
+class PartialExportError(ExportError):
+    """Some formats of one export failed: ``results`` are the delivered artifacts, ``failures`` format -> error."""
+
+    def __init__(self, message: str, *, results: list | None = None, failures: dict | None = None) -> None:
+        super().__init__(message)
+        self.results = list(results or [])
+        self.failures = dict(failures or {})
 
 
 class BudgetError(EdgetlError):

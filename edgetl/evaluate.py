@@ -11,14 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from edgetl.artifact import Artifact, Format
+from edgetl.artifact import Artifact
 from edgetl.data import DataSplits, check_classes, iterate
 from edgetl.progress import task
 
 __all__ = ["evaluate", "predict"]
 
 
-def predict(artifact: Artifact, images, *, batch_size: int = 64, threads: int | None = None) -> np.ndarray:
+def predict(artifact: Artifact, images, *, batch_size: int = 64, threads: int | None = None,
+            runtime: str | None = None) -> np.ndarray:
     """Logits of ``artifact`` for uint8/float images (prepared to its input spec)."""
     import torch
 
@@ -26,21 +27,22 @@ def predict(artifact: Artifact, images, *, batch_size: int = 64, threads: int | 
 
     data = ImageSet(images, torch.zeros(len(images), dtype=torch.int64))
     outs = []
-    with _runner(artifact, batch_size, threads) as r:
+    with _runner(artifact, batch_size, threads, runtime) as r:
         for x, _ in iterate(data, artifact.input_spec, batch_size=batch_size):
             outs.append(_run_padded(r, x.numpy()))
     return np.concatenate(outs) if outs else np.zeros((0, artifact.num_classes), np.float32)
 
 
-def _runner(artifact: Artifact, batch_size: int, threads: int | None):
-    from benchmarks.runners import open_runner
+def _runner(artifact: Artifact, batch_size: int, threads: int | None, runtime: str | None = None):
+    from edgetl.runtimes import open_runtime, runner_for
 
-    extra = {"batch": batch_size} if artifact.format is Format.OPENVINO else {}
-    return open_runner(artifact, threads=threads, extra=extra)
+    name = runner_for(artifact.format, runtime)
+    extra = {"batch": batch_size} if name == "openvino" else {}
+    return open_runtime(artifact, runtime=name, threads=threads, extra=extra)
 
 
 def _run_padded(runner, x: np.ndarray) -> np.ndarray:
-    fb = getattr(runner, "fixed_batch", None)
+    fb = runner.fixed_batch
     if not fb or fb == x.shape[0]:
         return np.asarray(runner.run(np.ascontiguousarray(x, dtype=np.float32)))
     outs = []
@@ -54,13 +56,14 @@ def _run_padded(runner, x: np.ndarray) -> np.ndarray:
 
 
 def evaluate(artifact: Artifact, data: DataSplits, *, split: str = "test", batch_size: int = 64,
-             threads: int | None = None, limit: int | None = None) -> dict[str, Any]:
-    """Top-1 accuracy (0..1), mean cross-entropy and sample count of ``artifact`` on ``split``."""
+             threads: int | None = None, limit: int | None = None, runtime: str | None = None) -> dict[str, Any]:
+    """Top-1 accuracy (0..1), mean cross-entropy and sample count of ``artifact`` on ``split``, run by
+    ``runtime`` (default: the format's own, see :mod:`edgetl.formats`)."""
     check_classes(artifact.labels, data)
     subset = data.split(split)
     n_total = len(subset) if limit is None else min(limit, len(subset))
     correct, loss, n = 0, 0.0, 0
-    with _runner(artifact, batch_size, threads) as r, task(f"evaluate {split}", n_total) as bar:
+    with _runner(artifact, batch_size, threads, runtime) as r, task(f"evaluate {split}", n_total) as bar:
         for x, y in iterate(subset, artifact.input_spec, batch_size=batch_size, limit=limit):
             logits = _run_padded(r, x.numpy()).astype(np.float64)
             yv = y.numpy()

@@ -31,6 +31,15 @@ from typing import Any
 from edgetl.artifact import IMAGENET_MEAN, IMAGENET_STD, Artifact, Format, InputSpec
 from edgetl.errors import InputFileError, ModelError, UnknownNameError, UnsafeCheckpointError
 from edgetl.fileio import atomic_path
+from edgetl.formats import SIDECAR_SUFFIX, format_for_suffix
+from edgetl.model_files import (
+    _first_line,
+    _from_exported_file,
+    _from_exported_program,
+    _from_tensorrt_bundle,
+    _plain_module_artifact,
+    read_sidecar,
+)
 
 __all__ = [
     "ArchSpec",
@@ -50,7 +59,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "edgetl-model"
 CHECKPOINT_VERSION = 1
-SIDECAR_SUFFIX = ".edgetl.json"
 
 # Module attributes that describe layer widths; recorded so that pruned models rebuild exactly.
 _WIDTH_ATTRS = (
@@ -144,7 +152,7 @@ register_arch(
 def list_archs() -> dict[str, ArchSpec]:
     """All architectures the zoo can build, by name."""
     _torchvision_archs()
-    import edgetl.distill.students  # noqa: F401 - registers edgetl's own students (lazy: no import cycle)
+    import edgetl.students  # noqa: F401 - registers edgetl's own students (lazy: no import cycle)
 
     return dict(sorted(_ARCHS.items()))
 
@@ -245,29 +253,6 @@ def save_model(artifact: Artifact, path: str | Path, *, unsafe_pickle: bool = Fa
 
 
 # --------------------------------------------------------------------------- load
-def read_sidecar(path: Path) -> dict[str, Any] | None:
-    """The ``NAME.edgetl.json`` metadata written beside an exported file, if any."""
-    side = path.with_name(path.name + SIDECAR_SUFFIX)
-    if not side.exists():
-        return None
-    try:
-        return json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputFileError(f"{side}: unreadable metadata sidecar ({e}); delete or re-export it") from None
-
-
-_FILE_FORMATS = {
-    ".onnx": Format.ONNX,
-    ".xml": Format.OPENVINO,
-    ".ort": Format.ORT,
-    ".pte": Format.EXECUTORCH,
-    ".tflite": Format.TFLITE,
-    ".engine": Format.TENSORRT,
-    ".plan": Format.TENSORRT,
-    ".pt2": Format.EXPORTED_PROGRAM,
-}
-
-
 def load_model(
     source: str | Path,
     *,
@@ -294,11 +279,11 @@ def load_model(
             path = xmls[0]
         else:
             raise InputFileError(f"{path} is a directory; give the model file inside it (.pt, .onnx, .xml, ...)")
-    suffix = path.suffix.lower()
-    if suffix in _FILE_FORMATS and _FILE_FORMATS[suffix] is not Format.EXPORTED_PROGRAM:
-        return _from_exported_file(path, _FILE_FORMATS[suffix], input_spec=input_spec, labels=labels)
-    if suffix == ".pt2":
+    fmt = format_for_suffix(path.suffix)
+    if fmt is Format.EXPORTED_PROGRAM:
         return _from_exported_program(path, input_spec=input_spec, labels=labels)
+    if fmt is not None:
+        return _from_exported_file(path, fmt, input_spec=input_spec, labels=labels)
     return _from_torch_file(path, arch=arch, num_classes=num_classes, unsafe_pickle=unsafe_pickle,
                             input_spec=input_spec, labels=labels)
 
@@ -438,99 +423,6 @@ def _from_pickle(path: Path, *, input_spec, labels) -> Artifact:
     return _plain_module_artifact(obj.eval(), path, Format.TORCH, input_spec, labels, extra={"unsafe_pickle": True})
 
 
-def _from_exported_program(path: Path, *, input_spec, labels) -> Artifact:
-    import torch
-
-    try:
-        ep = torch.export.load(str(path))
-    except Exception as e:  # noqa: BLE001
-        raise InputFileError(f"{path}: not a readable torch.export program ({type(e).__name__}: {_first_line(e)})") from None
-    module = ep.module()
-    return _plain_module_artifact(module, path, Format.TORCH, input_spec, labels, extra={"exported_program": True},
-                                  example_shape=_ep_input_shape(ep))
-
-
-def _ep_input_shape(ep) -> tuple[int, ...] | None:
-    try:
-        for spec in ep.graph_signature.input_specs:
-            if spec.kind.name == "USER_INPUT":
-                node = next(n for n in ep.graph.nodes if n.name == spec.arg.name)
-                return tuple(int(s) for s in node.meta["val"].shape)
-    except Exception:  # noqa: BLE001 - shape is a convenience only
-        return None
-    return None
-
-
-def _plain_module_artifact(model, path: Path, fmt: Format, input_spec, labels, *, extra, example_shape=None):
-    """A module of unknown architecture: input spec from the user, the sidecar, or the example shape."""
-    side = read_sidecar(path) or {}
-    spec = input_spec or (InputSpec.from_dict(side["input_spec"]) if "input_spec" in side else None)
-    if spec is None and example_shape is not None and len(example_shape) == 4:
-        spec = InputSpec(shape=tuple(example_shape[1:]))
-    if spec is None:
-        spec = InputSpec(shape=(3, 224, 224))
-        log.warning("%s carries no input spec; assuming 3x224x224 with ImageNet normalisation", path)
-    labs = labels or side.get("labels")
-    if labs is None:
-        import torch
-
-        with torch.no_grad():
-            out = model(torch.zeros(spec.batch_shape(1)))
-        labs = [str(i) for i in range(out.shape[-1])]
-    return Artifact(format=fmt, model=model, arch=side.get("arch") if side else None, input_spec=spec,
-                    labels=tuple(labs), extra=extra)
-
-
-def _from_exported_file(path: Path, fmt: Format, *, input_spec, labels) -> Artifact:
-    from edgetl.artifact import StageRecord
-
-    side = read_sidecar(path) or {}
-    spec = input_spec or (InputSpec.from_dict(side["input_spec"]) if "input_spec" in side else None)
-    if spec is None and fmt is Format.ONNX:
-        spec = _onnx_spec(path)
-    if spec is None:
-        raise InputFileError(f"{path} has no {path.name}{SIDECAR_SUFFIX} metadata; pass the input shape "
-                             "(--input-shape C,H,W) so edgetl knows what to feed it")
-    labs = labels or side.get("labels")
-    if labs is None:
-        raise InputFileError(f"{path}: unknown number of classes (no {SIDECAR_SUFFIX} sidecar); pass --labels")
-    history = [StageRecord.from_dict(d) for d in side.get("history", [])]
-    return Artifact(format=fmt, path=path, arch=side.get("arch"), input_spec=spec, labels=tuple(labs),
-                    history=history, extra=side.get("extra", {}))
-
-
-def _from_tensorrt_bundle(path: Path, sidecar: Path) -> Artifact:
-    """A TensorRT build bundle (ONNX + build.sh, built into an engine on the device): described by its
-    engine's metadata sidecar; it runs nowhere until ``build.sh`` has made the engine on the target."""
-    from edgetl.artifact import StageRecord
-
-    try:
-        side = json.loads(sidecar.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputFileError(f"{sidecar}: unreadable bundle metadata ({e}); re-export the bundle") from None
-    return Artifact(format=Format.TENSORRT_BUNDLE, path=path, arch=side.get("arch"),
-                    input_spec=InputSpec.from_dict(side["input_spec"]), labels=tuple(side["labels"]),
-                    history=[StageRecord.from_dict(d) for d in side.get("history", [])], extra=side.get("extra", {}))
-
-
-def _onnx_spec(path: Path) -> InputSpec | None:
-    try:
-        import onnx
-    except ImportError:
-        return None
-    try:
-        m = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001
-        raise InputFileError(f"{path}: not a readable ONNX model ({_first_line(e)})") from None
-    meta = {p.key: p.value for p in m.metadata_props}
-    if "edgetl" in meta:
-        return InputSpec.from_dict(json.loads(meta["edgetl"])["input_spec"])
-    dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
-    if len(dims) == 4 and all(d > 0 for d in dims[1:]):
-        return InputSpec(shape=tuple(dims[1:]))
-    return None
-
-
 def conform_to_state_dict(model, state: dict, *, structure: dict | None = None) -> None:
     """Resize the modules of a freshly built ``model`` so that ``state`` (e.g. a pruned one) loads into it.
 
@@ -579,8 +471,3 @@ def _infer_widths(mod) -> None:
         mod.num_features = mod.weight.shape[0]
     elif isinstance(mod, nn.Linear):
         mod.out_features, mod.in_features = mod.weight.shape
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return s[0][:300] if s else type(e).__name__

@@ -352,10 +352,10 @@ def _bench_candidates(ctx: _Context, out: Path) -> list[tuple[str, Artifact]]:
         cands.append(("compressed", ctx.current))
     if ctx.quantized is not None:
         cands.append(("quantized", ctx.quantized))
-    from benchmarks.runners import DEFAULT_RUNTIME
+    from edgetl.formats import FORMAT_INFO
 
     # A TensorRT bundle becomes an engine only on its device: it is measured there (edgetl bench --host).
-    cands += [(f"export:{a.format.value}", a) for a in ctx.exports if a.format in DEFAULT_RUNTIME]
+    cands += [(f"export:{a.format.value}", a) for a in ctx.exports if FORMAT_INFO[a.format].runtime]
     if "teacher-int8" in ctx.recipe.baselines:
         cands.append(("baseline:teacher-int8", _teacher_int8(ctx, out)))
     return cands

@@ -1,15 +1,18 @@
-"""One exporter interface and ONE table of formats, which drives validation, dependencies and dispatch.
+"""One exporter interface, driven by the export table of :mod:`edgetl.formats` (validation, dependencies, dispatch).
 
-Every format is a :class:`FormatSpec` row in :data:`FORMATS`: its name, file suffix, the artifact formats it
+Every export target is an :class:`~edgetl.formats.ExportSpec` row (:data:`FORMATS` here, ``EXPORTS`` there, plus
+plug-ins from the ``edgetl.exporters`` entry point group): its name, file suffix, the artifact formats it
 converts from (a PyTorch artifact reaches ``ort`` and ``tensorrt`` through ONNX), the options that apply to it,
-the precisions it can produce and the pip extra that brings its backend. The exporter itself is named by module
-and function and imported only when that format is used, so ``import exporters`` imports no backend.
+the precisions it can produce and the pip extra that brings its backend. The exporter itself is named as
+``"module:function"`` and imported only when that format is used, so ``import exporters`` imports no backend.
 
 An exporter is ``exporter(artifact, out, options) -> Artifact``: it writes the model to ``out`` (a file path with
 the format's suffix, or a directory for bundles) and returns the exported artifact, one ``export`` stage further
 on. :func:`export` validates everything first (names, options, extras, the output directory), writes every
 format into a staging directory, checks each against the source model (:mod:`exporters.parity`) and only then
-moves the directory into place: a failure leaves nothing behind.
+moves the directory into place. A format that fails does not discard the others: they are delivered, the
+manifest records the failure, and :class:`~edgetl.errors.PartialExportError` says which failed and why (when
+every format fails, nothing is written and the error is raised as it is).
 
 Example::
 
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import importlib
 import importlib.util
 import logging
 import shutil
@@ -33,8 +35,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edgetl.artifact import Artifact, Format, StageRecord
-from edgetl.choice import Choice
-from edgetl.errors import ConfigError, MissingDependencyError, UnknownNameError, check_names
+from edgetl.errors import ConfigError, EdgetlError, MissingDependencyError, PartialExportError, check_names
+from edgetl.formats import EXPORTS as FORMATS
+from edgetl.formats import ExportSpec as FormatSpec
+from edgetl.formats import Precision, metadata_path, sidecar_payload, write_metadata
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgetl.data import DataSplits
@@ -49,6 +53,7 @@ __all__ = [
     "format_spec",
     "check_request",
     "plan_export",
+    "sidecar_payload",
     "write_metadata",
 ]
 
@@ -56,15 +61,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "export.json"
 _SCRATCH = ".intermediate"
-
-
-class Precision(Choice):
-    """The arithmetic the exported model is meant to run in on its target."""
-
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
-
 
 
 @dataclass(frozen=True)
@@ -117,65 +113,11 @@ class Exporter(Protocol):
     def __call__(self, artifact: Artifact, out: Path, options: ExportOptions) -> Artifact: ...
 
 
-@dataclass(frozen=True)
-class FormatSpec:
-    """One row of the format table."""
-
-    name: str
-    format: Format
-    suffix: str  # file suffix, or "" for a directory bundle
-    accepts: tuple[Format, ...]  # artifact formats the exporter converts directly
-    via: Format | None  # what a PyTorch source is converted to first, if it is not accepted directly
-    options: frozenset[str]
-    precisions: tuple[Precision, ...]
-    extra: str  # pip install 'edgetl[EXTRA]'
-    requires: tuple[str, ...]  # importable modules the exporter needs
-    module: str
-    function: str = "exporter"
-    description: str = ""
-
-    def sources(self) -> tuple[Format, ...]:
-        return (*self.accepts, Format.TORCH) if self.via is not None else self.accepts
-
-    def load(self) -> Exporter:
-        return getattr(importlib.import_module(self.module), self.function)
-
-
-_ALL = Precision.FP32, Precision.FP16, Precision.INT8
-
-FORMATS: dict[str, FormatSpec] = {
-    s.name: s
-    for s in (
-        FormatSpec("onnx", Format.ONNX, ".onnx", (Format.TORCH,), None,
-                   frozenset({"opset", "dynamic_batch"}), (Precision.FP32,),
-                   "onnx", ("onnx", "onnxscript", "onnxslim"), "exporters.onnx",
-                   description="ONNX via torch.onnx (dynamo, TorchScript fallback), simplified and checked"),
-        FormatSpec("openvino", Format.OPENVINO, ".xml", (Format.TORCH, Format.ONNX), None,
-                   frozenset({"dynamic_batch", "precision"}), (Precision.FP32, Precision.FP16),
-                   "openvino", ("openvino",), "exporters.openvino",
-                   description="OpenVINO IR (.xml + .bin), static input shape unless --dynamic-batch"),
-        FormatSpec("ort", Format.ORT, ".ort", (Format.ONNX,), Format.ONNX,
-                   frozenset({"opset", "dynamic_batch"}), (Precision.FP32,),
-                   "onnx", ("onnx", "onnxruntime"), "exporters.ort",
-                   description="ONNX Runtime's ORT format for mobile / minimal builds"),
-        FormatSpec("executorch", Format.EXECUTORCH, ".pte", (Format.TORCH,), None,
-                   frozenset({"dynamic_batch", "max_batch"}), (Precision.FP32,),
-                   "mobile", ("executorch",), "exporters.executorch",
-                   description="ExecuTorch program lowered to XNNPACK"),
-        FormatSpec("tensorrt", Format.TENSORRT_BUNDLE, "", (Format.ONNX,), Format.ONNX,
-                   frozenset({"opset", "dynamic_batch", "max_batch", "precision", "dla_core", "workspace_mib"}),
-                   _ALL, "tensorrt", ("onnx",), "exporters.tensorrt",
-                   description="TensorRT engine where TensorRT and a GPU exist, else a trtexec build bundle"),
-    )
-}
-
-
 def format_spec(name: str) -> FormatSpec:
-    """The table row for ``name`` (case-insensitive); an unknown name suggests the nearest."""
-    key = str(name).strip().lower()
-    if key not in FORMATS:
-        raise UnknownNameError("export format", str(name), FORMATS)
-    return FORMATS[key]
+    """The table row for ``name`` (case-insensitive, plug-ins included); an unknown name suggests the nearest."""
+    from edgetl.formats import export_spec
+
+    return export_spec(name)
 
 
 # --------------------------------------------------------------------------- validation
@@ -254,25 +196,6 @@ def export_record(spec: FormatSpec, options: ExportOptions, *, seconds: float,
                        metrics=dict(metrics or {}), seconds=seconds)
 
 
-def sidecar_payload(artifact: Artifact) -> dict[str, Any]:
-    """What ``NAME.edgetl.json`` holds; :func:`edgetl.models.load_model` reads it back."""
-    return {**artifact.metadata(), "extra": artifact.extra}
-
-
-def write_metadata(artifact: Artifact, path: Path | None = None) -> Path:
-    """Write the sidecar of an exported file (and refresh the ONNX ``metadata_props`` for ``.onnx``)."""
-    from edgetl.fileio import write_json
-    from edgetl.models import SIDECAR_SUFFIX
-
-    path = Path(path or artifact.path)
-    payload = sidecar_payload(artifact)
-    if path.suffix == ".onnx":
-        from exporters.onnx import embed_metadata
-
-        embed_metadata(path, payload)
-    return write_json(path.with_name(path.name + SIDECAR_SUFFIX), payload)
-
-
 # --------------------------------------------------------------------------- the entry point
 @dataclass
 class _Session:
@@ -283,9 +206,20 @@ class _Session:
     stem: str
     options: ExportOptions
     intermediates: dict[Format, Artifact] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)  # export target -> file name in the output directory
+
+    def plan_names(self, specs: Sequence[FormatSpec]) -> None:
+        """One file name per target: ``STEM.SUFFIX``, or ``STEM_TARGET.SUFFIX`` when two targets share a suffix
+        (e.g. ``onnx`` and a plug-in's ``onnx-legacy``); the target named like its format keeps the plain name."""
+        taken: set[str] = set()
+        for spec in sorted(specs, key=lambda s: s.name != s.format.value):
+            plain = f"{self.stem}{spec.suffix}" if spec.suffix else f"{self.stem}_{spec.name}"
+            name = plain if plain not in taken else f"{self.stem}_{spec.name}{spec.suffix}"
+            self.names[spec.name] = name
+            taken.add(name)
 
     def out_path(self, spec: FormatSpec) -> Path:
-        return self.stage_dir / (f"{self.stem}{spec.suffix}" if spec.suffix else f"{self.stem}_{spec.name}")
+        return self.stage_dir / self.names[spec.name]
 
 
 def export(
@@ -324,20 +258,38 @@ def export(
     stem = name or _stem(artifact)
     with atomic_dir(out_dir, overwrite=overwrite) as stage:
         session = _Session(source=artifact, stage_dir=stage, stem=stem, options=opts)
+        session.plan_names(specs)
         # ONNX first when asked for: the ONNX-based formats then reuse the very file that is delivered.
-        done = {spec.name: _export_one(session, spec, inputs)
-                for spec in sorted(specs, key=lambda s: s.format is not Format.ONNX)}
-        results = [done[spec.name] for spec in specs]
+        done, failures, errors = {}, {}, {}
+        for spec in sorted(specs, key=lambda s: s.format is not Format.ONNX):
+            try:
+                done[spec.name] = _export_one(session, spec, inputs)
+            except EdgetlError as e:
+                if len(specs) == 1:
+                    raise
+                log.warning("%s export failed: %s", spec.name, e)
+                errors[spec.name] = e
+                failures[spec.name] = {"error": str(e), "error_type": type(e).__name__,
+                                       **({"metrics": e.metrics} if getattr(e, "metrics", None) else {})}
+        if not done:  # nothing to deliver: the first failure is the answer, and nothing is written
+            raise errors[next(s.name for s in specs if s.name in errors)]
+        results = [done[spec.name] for spec in specs if spec.name in done]
         shutil.rmtree(stage / _SCRATCH, ignore_errors=True)
         write_json(stage / MANIFEST, {
             "source": {"name": artifact.name, "format": artifact.format.value, "arch": artifact.arch},
             "options": opts.to_dict(),
             "parity_inputs": inputs.source if inputs is not None else None,
-            "exports": [{"format": spec.name, "path": str(a.path.relative_to(stage)),
-                         "parity": a.history[-1].metrics.get("parity")} for spec, a in zip(specs, results, strict=True)],
+            "exports": [{"format": name, "path": str(a.path.relative_to(stage)),
+                         "parity": a.history[-1].metrics.get("parity")} for name, a in done.items()],
+            "failed": failures,
         })
         _readable(stage)
-    return [_relocate(a, stage, out_dir) for a in results]
+    delivered = [_relocate(a, stage, out_dir) for a in results]
+    if failures:
+        why = "; ".join(f"{name}: {f['error']}" for name, f in failures.items())
+        raise PartialExportError(f"{len(failures)} of {len(specs)} formats failed ({why}); the others were written "
+                                 f"to {out_dir}", results=delivered, failures=failures)
+    return delivered
 
 
 def _export_one(session: _Session, spec: FormatSpec, inputs) -> Artifact:
@@ -353,7 +305,7 @@ def _export_one(session: _Session, spec: FormatSpec, inputs) -> Artifact:
     if inputs is not None:
         record.metrics["parity"] = check_parity(session.source, exported, inputs,
                                                 precision=Precision(record.options.get("precision", "fp32")))
-    write_metadata(exported, _metadata_path(exported))
+    write_metadata(exported, metadata_path(exported))
     if spec.format is Format.ONNX:
         session.intermediates[Format.ONNX] = exported
     return exported
@@ -377,12 +329,6 @@ def _only(options: ExportOptions, spec: FormatSpec) -> ExportOptions:
     """The options with everything that does not apply to ``spec`` reset to its default."""
     defaults = ExportOptions()
     return dataclasses.replace(options, **{k: getattr(defaults, k) for k in options.given() if k not in spec.options})
-
-
-def _metadata_path(art: Artifact) -> Path:
-    """Where the sidecar goes: beside the file, or for a bundle beside the engine its build script creates."""
-    path = Path(art.path)
-    return path / art.extra["engine"] if path.is_dir() and "engine" in art.extra else path
 
 
 def _readable(root: Path) -> None:

@@ -135,7 +135,7 @@ def lower_to_pte(program, path: str | Path) -> dict[str, Any]:
 def _planned_batch(path: Path) -> int:
     from executorch.runtime import Runtime
 
-    from benchmarks.runners.executorch_runner import planned_batch
+    from edgetl.runtimes.executorch_runner import planned_batch
 
     return planned_batch(Runtime.get().load_program(str(path)))
 

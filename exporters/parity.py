@@ -25,10 +25,10 @@ import numpy as np
 
 from edgetl.artifact import Artifact, Format
 from edgetl.errors import EdgetlError, ParityError
+from edgetl.formats import FORMAT_INFO, Precision, runs_here
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgetl.data import DataSplits
-    from exporters.base import Precision
 
 __all__ = ["THRESHOLDS", "ParityInputs", "ParityThresholds", "check_parity", "compare", "parity_inputs"]
 
@@ -130,10 +130,10 @@ def reference_outputs(source: Artifact, inputs: ParityInputs) -> np.ndarray:
 
 def run_artifact(artifact: Artifact, batch: np.ndarray) -> np.ndarray:
     """Logits of any runnable artifact for a prepared batch (a static-batch model runs in chunks)."""
-    from benchmarks.runners import open_runner
+    from edgetl.runtimes import open_runtime as open_runner
 
     with open_runner(artifact, threads=None) as runner:
-        fixed = getattr(runner, "fixed_batch", None)
+        fixed = runner.fixed_batch
         step = fixed or len(batch)
         outs = []
         for i in range(0, len(batch), step):
@@ -179,8 +179,6 @@ def compare(reference: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
 def check_parity(source: Artifact, exported: Artifact, inputs: ParityInputs, *,
                  precision: Precision | str = "fp32", thresholds: ParityThresholds | None = None) -> dict[str, Any]:
     """Run ``exported`` and ``source`` on ``inputs``; return the metrics or raise :class:`ParityError`."""
-    from exporters.base import Precision
-
     prec = Precision.parse(precision)
     runnable = _runnable(exported)
     if runnable is None:
@@ -218,26 +216,17 @@ def check_parity(source: Artifact, exported: Artifact, inputs: ParityInputs, *,
 
 
 def _runnable(art: Artifact) -> Artifact | None:
-    """The artifact a runner here can execute: itself, or for a TensorRT bundle the ONNX inside it."""
-    from benchmarks.runners import DEFAULT_RUNTIME
-
-    if art.format is Format.TENSORRT:
-        from exporters.tensorrt import tensorrt_available
-
-        if tensorrt_available():
-            return art
-    elif art.format in DEFAULT_RUNTIME:
+    """The artifact a runtime here can execute: itself, or its parity proxy (a TensorRT bundle's ONNX)."""
+    if runs_here(art.format):
         return art
-    inner = art.extra.get("parity_proxy")
-    if inner:
+    proxy, inner = FORMAT_INFO[art.format].parity_proxy, art.extra.get("parity_proxy")
+    if proxy is not None and inner:
         from dataclasses import replace
 
         bundle = art.path if art.path.is_dir() else art.path.parent
-        return replace(art, format=Format.ONNX, path=bundle / inner)
+        return replace(art, format=proxy, path=bundle / inner)
     return None
 
 
 def _runtime_name(art: Artifact) -> str:
-    from benchmarks.runners import DEFAULT_RUNTIME
-
-    return DEFAULT_RUNTIME.get(art.format, "?")
+    return FORMAT_INFO[art.format].runtime or "?"

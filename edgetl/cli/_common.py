@@ -168,11 +168,12 @@ def execute(body: Callable[[], tuple[dict[str, Any], Render | None]], *, json_: 
               type(e).__name__, 1, json_=json_, debug=debug)
     finally:
         progress.set_reporter(previous)
+    code = int(result.pop("exit_code", 0))  # a command that did part of its work says so (e.g. export)
     if json_:
-        sys.stdout.write(json.dumps({"ok": True, **result}, default=_default) + "\n")
+        sys.stdout.write(json.dumps({"ok": code == 0, **result}, default=_default) + "\n")
     elif render is not None:
         render(_console())
-    raise typer.Exit(0)
+    raise typer.Exit(code)
 
 
 def _fail(message: str, kind: str, code: int, *, json_: bool, debug: bool):

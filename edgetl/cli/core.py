@@ -82,6 +82,8 @@ def eval_cmd(
     arch: ArchOpt = None,
     unsafe_pickle: UnsafeOpt = False,
     threads: Annotated[Optional[int], typer.Option(help="Runtime threads.")] = None,
+    runtime: Annotated[Optional[str], typer.Option(help="Run it in this runtime (default: the format's own; "
+                                                   "see `edgetl plugins`).")] = None,
     seed: SeedOpt = 0,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
@@ -99,7 +101,7 @@ def eval_cmd(
             raise UnknownNameError("split", split, SPLITS)
         art = load_model(model, arch=arch, unsafe_pickle=unsafe_pickle)
         splits = load_data(data, seed=seed)
-        r = evaluate(art, splits, split=split, threads=threads)
+        r = evaluate(art, splits, split=split, threads=threads, runtime=runtime)
         result = {"model": model, "format": art.format.value, "data": splits.name, **r}
 
         def render(console):

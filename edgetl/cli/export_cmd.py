@@ -23,7 +23,7 @@ def export_cmd(
     model: Annotated[str, typer.Argument(help="Model to export: edgetl checkpoint (.pt), state dict with --arch, "
                                          ".pt2, or an ONNX file (for ort / tensorrt / openvino).")],
     format_: Annotated[str, typer.Option("--format", "-f", help="Comma-separated formats: onnx, openvino, ort, "
-                                         "executorch, tensorrt.")],
+                                         "executorch, tensorrt, or a plug-in's (see `edgetl plugins`).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory (must not exist unless "
                                          "--overwrite).")],
     opset: Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default 18; 17 for TensorRT 8.5 "
@@ -77,34 +77,53 @@ def export_cmd(
             from edgetl.data import load_data
 
             splits = load_data(data, seed=seed)
-        exported = export(art, format_, output, options=options, data=splits, overwrite=overwrite,
-                          name=Path(model).stem if Path(model).exists() else None)
-        rows = []
-        for a in exported:
-            rec = a.history[-1]
-            rows.append({"format": rec.options.get("format"), "artifact_format": a.format.value,
-                         "path": str(a.path), "precision": rec.options.get("precision"),
-                         "seconds": rec.seconds, "parity": rec.metrics.get("parity")})
-        first = next((r["parity"] for r in rows if r["parity"]), None)
-        result = {"output": str(output), "model": model, "exports": rows,
-                  "parity_inputs": first.get("inputs") if first else None}
+        from edgetl.errors import PartialExportError
 
-        def render(console):
-            table(console, f"export of {model}", ["format", "file", "precision", "max abs err", "max rel err",
-                                                  "top-1 agree", "checked with"],
-                  [[r["format"], Path(r["path"]).name, r["precision"] or "-", *_parity_cells(r["parity"])]
-                   for r in rows])
-            if result["parity_inputs"]:
-                console.print(f"parity inputs: {result['parity_inputs']}")
-            for r in rows:
-                note = (r["parity"] or {}).get("note")
-                if note:
-                    console.print(f"{r['format']}: {note}")
-            console.print(f"wrote {output}")
-
-        return result, render
+        try:
+            exported = export(art, format_, output, options=options, data=splits, overwrite=overwrite,
+                              name=Path(model).stem if Path(model).exists() else None)
+            failed: dict = {}
+        except PartialExportError as e:
+            if not e.results:
+                raise
+            exported, failed = e.results, e.failures
+        return _report(model, output, exported, failed)
 
     execute(body, json_=json_, debug=debug)
+
+
+def _report(model: str, output: Path, exported: list, failed: dict):
+    """The result (each format's row, or its error) and its rendering."""
+    rows = [_row(a) for a in exported]
+    first = next((r["parity"] for r in rows if r["parity"]), None)
+    result = {"output": str(output), "model": model, "exports": rows, "failed": failed,
+              "parity_inputs": first.get("inputs") if first else None}
+    if failed:
+        result["exit_code"] = 1  # some formats failed: the others are delivered, the command did not succeed
+
+    def render(console):
+        from rich.markup import escape
+
+        table(console, f"export of {model}", ["format", "file", "precision", "max abs err", "max rel err",
+                                              "top-1 agree", "checked with"],
+              [[r["format"], Path(r["path"]).name, r["precision"] or "-", *_parity_cells(r["parity"])] for r in rows])
+        if result["parity_inputs"]:
+            console.print(f"parity inputs: {result['parity_inputs']}")
+        for r in rows:
+            note = (r["parity"] or {}).get("note")
+            if note:
+                console.print(f"{r['format']}: {note}")
+        for name, f in failed.items():
+            console.print(f"[bold red]{name} failed:[/] {escape(f['error_type'] + ': ' + f['error'])}")
+        console.print(f"wrote {output}" + (f" without {', '.join(failed)}" if failed else ""))
+
+    return result, render
+
+
+def _row(a) -> dict:
+    rec = a.history[-1]
+    return {"format": rec.options.get("format"), "artifact_format": a.format.value, "path": str(a.path),
+            "precision": rec.options.get("precision"), "seconds": rec.seconds, "parity": rec.metrics.get("parity")}
 
 
 def _parity_cells(p: dict | None) -> list[str]:

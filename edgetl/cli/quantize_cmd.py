@@ -111,13 +111,13 @@ def _render(console, model: str, cfg, m: dict, result: dict, path) -> None:
 
 def _check_suffix(cfg, output: Path) -> None:
     from edgetl.errors import ConfigError
-    from edgetl.quantize import Backend, QuantPrecision
+    from edgetl.quantize import Backend, QuantPrecision, default_suffix
 
-    want = {Backend.ONNXRUNTIME: ".onnx", Backend.OPENVINO: ".xml", Backend.PYTORCH: ".pte"}.get(cfg.backend)
-    if want and output.suffix != want:
-        raise ConfigError(f"-o for backend {cfg.backend.value} must end in {want}, got {output.name}")
     if cfg.backend is Backend.TENSORRT and cfg.precision is QuantPrecision.FP16 and output.suffix:
         raise ConfigError("TensorRT fp16 is a builder flag: give -o a directory for the trtexec build bundle")
+    want = default_suffix(cfg)  # tensorrt int8: a Q/DQ .onnx, or any other name for a build bundle
+    if want and cfg.backend is not Backend.TENSORRT and output.suffix != want:
+        raise ConfigError(f"-o for backend {cfg.backend.value} must end in {want}, got {output.name}")
 
 
 def _mb(n) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from edgetl.choice import Choice
-from edgetl.errors import ConfigError, UnknownNameError
+from edgetl.errors import ConfigError
 from edgetl.stages import option
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,7 +99,9 @@ class PruneConfig:
         from edgetl.prune.relevance import Composite
 
         if self.criterion.lower() not in CRITERIA:
-            raise UnknownNameError("criterion", self.criterion, CRITERIA)
+            from edgetl.registry import criteria
+
+            criteria().get(self.criterion)  # a plug-in's, or UnknownNameError naming built-ins and plug-ins
         object.__setattr__(self, "criterion", self.criterion.lower())
         object.__setattr__(self, "composite", Composite.parse(self.composite))
         object.__setattr__(self, "normalize", Normalization.parse(self.normalize))

@@ -24,12 +24,12 @@ import torch_pruning as tp
 from torch_pruning.pruner import function as tpf
 
 from edgetl.choice import Choice
-from edgetl.errors import UnknownNameError
 from edgetl.prune.relevance import Composite, ReferenceSet, activation_gradient_scores, relevance_scores
 
 __all__ = [
     "CRITERIA",
     "Criterion",
+    "ImportanceCriterion",
     "L1Criterion",
     "L2Criterion",
     "LRPCriterion",
@@ -176,13 +176,39 @@ CRITERIA: dict[str, type[Criterion]] = {c.name: c for c in
                                         (LRPCriterion, L1Criterion, L2Criterion, TaylorCriterion, RandomCriterion)}
 
 
+class ImportanceCriterion(Criterion):
+    """Any torch-pruning ``Importance`` (a plug-in's, say) used as an edgetl criterion; it needs no reference set.
+
+    Its scores are normalised per group like edgetl's own when ``normalize`` asks for it.
+    """
+
+    def __init__(self, importance: tp.importance.Importance, *, name: str,
+                 normalize: Normalization | str = Normalization.NONE) -> None:
+        super().__init__(normalize=normalize)
+        self.importance, self.name = importance, name
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor | None:
+        scores = self.importance(group)
+        if scores is None or self.normalizer is None:
+            return scores
+        return self._normalize(scores, self.normalizer)
+
+
 def make_criterion(name: str, *, normalize: Normalization | str = Normalization.NONE,
                    composite: Composite | str = Composite.EPSILON_PLUS_FLAT, seed: int = 0,
                    batch_size: int = 64) -> Criterion:
-    """A criterion by name (``lrp``, ``l1``, ``l2``, ``taylor``, ``random``); a wrong name suggests the nearest."""
+    """A criterion by name: ``lrp``, ``l1``, ``l2``, ``taylor``, ``random`` or a plug-in's (``edgetl.criteria``
+    entry point: an edgetl :class:`Criterion` or any torch-pruning ``Importance``); a wrong name suggests the
+    nearest."""
     key = name.lower()
     if key not in CRITERIA:
-        raise UnknownNameError("criterion", name, CRITERIA)
+        from edgetl.registry import criteria
+
+        kind = criteria().load(key)
+        if issubclass(kind, Criterion):
+            return kind(normalize=normalize)
+        return ImportanceCriterion(kind(), name=key, normalize=normalize)
     kind = CRITERIA[key]
     if kind is LRPCriterion:
         return LRPCriterion(composite=composite, batch_size=batch_size, normalize=normalize)

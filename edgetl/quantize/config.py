@@ -16,10 +16,14 @@ from typing import Any
 
 from edgetl.choice import Choice
 from edgetl.errors import ConfigError, UnknownNameError, check_names
+from edgetl.formats import Precision
 
-__all__ = ["Backend", "CalibrationMethod", "OrtMode", "OrtTypes", "Preset", "QuantPrecision", "QuantizeConfig"]
+__all__ = ["AUTO_CALIBRATIONS", "QUANT_PRECISIONS", "Backend", "CalibrationMethod", "OrtMode", "OrtTypes", "PluginBackend",
+           "Preset", "QuantPrecision", "QuantizeConfig", "parse_backend", "parse_precision"]
 
 MIN_RECOMMENDED_CALIBRATION = 100
+# What calibration "auto" tries, in order of preference on a tie (see CalibrationMethod for measurements).
+AUTO_CALIBRATIONS = ("percentile", "mean-minmax")
 
 
 class Backend(Choice):
@@ -35,13 +39,38 @@ class Backend(Choice):
         return "quantization backend"
 
 
-class QuantPrecision(Choice):
-    INT8 = "int8"
-    FP16 = "fp16"
+class PluginBackend(str):
+    """A quantization backend from another package (``edgetl.quantizers`` entry point), by its name."""
 
-    @classmethod
-    def _kind(cls) -> str:
-        return "quantization precision"
+    @property
+    def value(self) -> str:
+        return str(self)
+
+
+def parse_backend(value: Any) -> Backend | PluginBackend:
+    """A built-in :class:`Backend`, else a registered plug-in's name; a wrong name suggests the nearest."""
+    if isinstance(value, (Backend, PluginBackend)):
+        return value
+    name = str(value).strip().lower()
+    if name in {b.value for b in Backend}:
+        return Backend.parse(name)
+    from edgetl.registry import quantizers
+
+    quantizers().get(name)  # raises UnknownNameError listing built-ins and plug-ins
+    return PluginBackend(name)
+
+
+# One Precision for the whole toolkit (edgetl.formats); quantization makes two of them.
+QuantPrecision = Precision
+QUANT_PRECISIONS = (Precision.INT8.value, Precision.FP16.value)
+
+
+def parse_precision(value: Any) -> Precision:
+    """int8 or fp16; a wrong name suggests the nearest of the two."""
+    name = str(value.value if isinstance(value, Precision) else value).strip().lower()
+    if name not in QUANT_PRECISIONS:
+        raise UnknownNameError("quantization precision", str(value), QUANT_PRECISIONS)
+    return Precision(name)
 
 
 class OrtMode(Choice):
@@ -115,8 +144,8 @@ class QuantizeConfig:
     ``keep_float`` names layers (ONNX node / OpenVINO op names) the user wants kept in floating point.
     """
 
-    backend: Backend = Backend.ONNXRUNTIME
-    precision: QuantPrecision = QuantPrecision.INT8
+    backend: Backend | PluginBackend = Backend.ONNXRUNTIME
+    precision: Precision = Precision.INT8
     calib_samples: int = 300
     max_drop: float | None = None
     allow_drop: bool = False
@@ -134,7 +163,9 @@ class QuantizeConfig:
     eval_samples: int | None = None
 
     def __post_init__(self) -> None:
-        for name, cls in (("backend", Backend), ("precision", QuantPrecision), ("mode", OrtMode),
+        object.__setattr__(self, "backend", parse_backend(self.backend))
+        object.__setattr__(self, "precision", parse_precision(self.precision))
+        for name, cls in (("mode", OrtMode),
                           ("ort_types", OrtTypes), ("preset", Preset), ("calibration", CalibrationMethod)):
             object.__setattr__(self, name, cls.parse(getattr(self, name)))
         object.__setattr__(self, "keep_float", tuple(str(k) for k in self.keep_float))

@@ -92,8 +92,9 @@ def capture_dynamic(model, artifact: Artifact, batch: int):
     import torch
 
     from edgetl.errors import ExportError
-    from exporters.executorch import capture
+    from edgetl.formats import export_function
 
+    capture = export_function("executorch", "capture")
     example = torch.zeros(artifact.input_spec.batch_shape(2))
     try:
         shapes = ({0: torch.export.Dim("batch", min=1, max=max(int(batch), 2))},)
@@ -153,8 +154,9 @@ def write_pte(converted, artifact: Artifact, path: str | Path) -> dict[str, Any]
     """Re-capture the converted module at batch 1 and lower it to an XNNPACK ``.pte`` (shared with the exporter)."""
     import torch
 
-    from exporters.executorch import capture, lower_to_pte
+    from edgetl.formats import export_function
 
+    capture, lower_to_pte = export_function("executorch", "capture"), export_function("executorch", "lower_to_pte")
     program = capture(converted, artifact, torch.zeros(artifact.input_spec.batch_shape(1)))
     lowered = lower_to_pte(program, path)
     return {"format": "ExecuTorch .pte (XNNPACK delegate)", "executorch": lowered["executorch"],

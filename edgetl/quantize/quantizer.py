@@ -24,7 +24,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -36,39 +35,17 @@ import numpy as np
 from edgetl.artifact import Artifact, Format, StageRecord
 from edgetl.errors import BudgetError, ConfigError
 from edgetl.progress import task
+from edgetl.quantize.backends import QuantizerBackend, backend_class, default_suffix
 from edgetl.quantize.calibration import CalibrationSet, select_calibration
-from edgetl.quantize.config import Backend, CalibrationMethod, OrtMode, QuantizeConfig, QuantPrecision
+from edgetl.quantize.config import AUTO_CALIBRATIONS, QuantizeConfig, QuantPrecision
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgetl.data import DataSplits
     from edgetl.stages import StageContext
 
-__all__ = ["Attempt", "default_suffix", "quantize"]
+__all__ = ["AUTO_CALIBRATIONS", "Attempt", "QuantizerBackend", "default_suffix", "quantize"]
 
 log = logging.getLogger(__name__)
-
-_SOURCES = {
-    Backend.ONNXRUNTIME: (Format.TORCH, Format.ONNX),
-    Backend.TENSORRT: (Format.TORCH, Format.ONNX),
-    Backend.OPENVINO: (Format.TORCH, Format.ONNX, Format.OPENVINO),
-    Backend.PYTORCH: (Format.TORCH,),
-}
-
-
-def default_suffix(config: QuantizeConfig) -> str:
-    """The output file suffix of a backend ('' for a TensorRT fp16 bundle directory)."""
-    if config.backend is Backend.OPENVINO:
-        return ".xml"
-    if config.backend is Backend.PYTORCH:
-        return ".pte"
-    if config.backend is Backend.TENSORRT and config.precision is QuantPrecision.FP16:
-        return ""
-    return ".onnx"
-
-
-# What calibration "auto" tries, in order of preference on a tie (see CalibrationMethod for measurements).
-AUTO_CALIBRATIONS = ("percentile", "mean-minmax")
-
 
 @dataclass
 class Attempt:
@@ -91,160 +68,6 @@ def _points(x: float) -> float:
     return round(100.0 * x, 4)
 
 
-# --------------------------------------------------------------------------- backends
-class _OnnxBackend:
-    """ONNX Runtime static / dynamic int8 or fp16 from a float ONNX."""
-
-    def __init__(self, fp32: Path, work: Path, config: QuantizeConfig, calib: np.ndarray) -> None:
-        from edgetl.quantize import onnxruntime as qo
-
-        self.qo, self.config, self.work, self.calib = qo, config, work, calib
-        self.pre = work / "fp32.pre.onnx"
-        self.pre_info = qo.preprocess(fp32, self.pre)
-        self.reference = self.pre
-        self.types = qo.choose_ort_types(forced=config.ort_types.value)
-        self.method = config.calibration.value
-        self.n = 0
-
-    def calibrations(self) -> list[str | None]:
-        """The range estimators to try for the first candidate (None: this build calibrates nothing)."""
-        cfg = self.config
-        if cfg.precision is QuantPrecision.FP16 or cfg.mode is OrtMode.DYNAMIC:
-            return [None]
-        return list(AUTO_CALIBRATIONS) if cfg.calibration is CalibrationMethod.AUTO else [cfg.calibration.value]
-
-    def layers(self) -> list[dict[str, str]]:
-        return self.qo.compute_nodes(self.pre)
-
-    def build(self, exclude: list[str]) -> tuple[Path, dict[str, Any]]:
-        self.n += 1
-        out = self.work / f"candidate{self.n}.onnx"
-        cfg = self.config
-        if cfg.precision is QuantPrecision.FP16:
-            return out, self.qo.convert_fp16(self.pre, out)
-        if cfg.mode is OrtMode.DYNAMIC:
-            info = self.qo.quantize_dynamic_onnx(self.pre, out, per_channel=cfg.per_channel, exclude=exclude)
-        else:
-            cache = self.work / f"calibration-{self.method}.json"  # ranges kept per estimator between candidates
-            calib = None if cache.exists() else self.calib
-            info = self.qo.quantize_static_onnx(self.pre, out, calib, types=self.types, per_channel=cfg.per_channel,
-                                                exclude=exclude, calibration=self.method, cache=cache)
-            info["type_choice"] = self.types.to_dict()
-        return out, {**self.pre_info, **info}
-
-    def unquantized(self, path: Path) -> list[dict[str, str]]:
-        return self.qo.unquantized_nodes(self.pre, path)
-
-    def ranking(self, path: Path, batch: np.ndarray) -> list[dict[str, Any]]:
-        return self.qo.layer_errors(self.pre, path, batch, self.layers())
-
-
-class _TensorRtBackend(_OnnxBackend):
-    """TensorRT-ready symmetric Q/DQ ONNX (checked here in ONNX Runtime); fp16 is a builder flag."""
-
-    def __init__(self, fp32: Path, work: Path, config: QuantizeConfig, calib: np.ndarray) -> None:
-        from edgetl.quantize import onnxruntime as qo
-
-        self.qo, self.config, self.work, self.calib = qo, config, work, calib
-        self.pre = self.reference = fp32  # no ORT-specific optimisation: TensorRT parses this graph
-        self.pre_info = {}
-        self.method = config.calibration.value
-        self.n = 0
-
-    def build(self, exclude: list[str]) -> tuple[Path, dict[str, Any]]:
-        from edgetl.quantize.tensorrt import make_qdq
-
-        if self.config.precision is QuantPrecision.FP16:
-            return self.pre, {"format": "fp32 ONNX; fp16 is the TensorRT builder flag --fp16"}
-        self.n += 1
-        out = self.work / f"candidate{self.n}.onnx"
-        return out, make_qdq(self.pre, out, self.calib, exclude=exclude, calibration=self.method)
-
-    def unquantized(self, path: Path) -> list[dict[str, str]]:
-        if path == self.pre:
-            return []
-        return self.qo.unquantized_nodes(self.pre, path)
-
-
-class _OpenVinoBackend:
-    """NNCF int8 or fp16 weight compression on an OpenVINO model."""
-
-    def __init__(self, fp32_xml: Path, work: Path, config: QuantizeConfig, calib: np.ndarray) -> None:
-        import openvino as ov
-
-        from edgetl.quantize import openvino as qv
-
-        self.qv, self.config, self.work, self.calib = qv, config, work, calib
-        self.reference = fp32_xml
-        self.fp32_model = ov.Core().read_model(str(fp32_xml))
-        self.n = 0
-
-    def calibrations(self) -> list[str | None]:
-        return [None]  # NNCF estimates ranges itself (its preset decides how)
-
-    def layers(self) -> list[dict[str, str]]:
-        return self.qv.compute_ops(self.fp32_model)
-
-    def build(self, exclude: list[str]) -> tuple[Path, dict[str, Any], Any]:
-        import openvino as ov
-
-        self.n += 1
-        out = self.work / f"candidate{self.n}.xml"
-        if self.config.precision is QuantPrecision.FP16:
-            ov.save_model(self.fp32_model, str(out), compress_to_fp16=True)
-            return out, {"format": "IR", "weights": "fp16 (compress_to_fp16)"}, self.fp32_model
-        q, info = self.qv.quantize_ov(self.fp32_model.clone(), self.calib, preset=self.config.preset.value,
-                                      target_device=self.config.target_device, ignored=exclude)
-        ov.save_model(q, str(out), compress_to_fp16=False)
-        return out, info, q
-
-    def unquantized(self, model) -> list[dict[str, str]]:
-        if self.config.precision is QuantPrecision.FP16:
-            return []
-        return self.qv.unquantized_ops(model, self.layers())
-
-    def ranking(self, model, batch: np.ndarray) -> list[dict[str, Any]]:
-        return self.qv.layer_errors(self.fp32_model, model, batch, self.layers())
-
-
-class _Pt2eBackend:
-    """PT2E static int8 (XNNPACKQuantizer) on the PyTorch model, lowered to an XNNPACK ``.pte``.
-
-    Checked against the fp32 ``.pte`` from the same lowering, both run by the ExecuTorch runtime.
-    """
-
-    def __init__(self, source: Artifact, fp32_pte: Path, work: Path, config: QuantizeConfig,
-                 calib: np.ndarray) -> None:
-        from edgetl.quantize import pt2e
-
-        self.pt2e, self.source, self.config, self.work, self.calib = pt2e, source, config, work, calib
-        self.reference = fp32_pte
-        self._layers: list[dict[str, str]] | None = None
-        self.n = 0
-
-    def calibrations(self) -> list[str | None]:
-        return [None]  # the XNNPACK config's HistogramObserver estimates activation ranges itself
-
-    def layers(self) -> list[dict[str, str]]:
-        if self._layers is None:
-            self._layers = self.pt2e.quantizable_layers(self.source.model, self.source)
-        return self._layers
-
-    def build(self, exclude: list[str]) -> tuple[Path, dict[str, Any], Any]:
-        self.n += 1
-        out = self.work / f"candidate{self.n}.pte"
-        converted, info = self.pt2e.quantize_module(self.source.model, self.calib, artifact=self.source,
-                                                    exclude=exclude, per_channel=self.config.per_channel)
-        lowered = self.pt2e.write_pte(converted, self.source, out)
-        return out, {**lowered, **info}, converted
-
-    def unquantized(self, converted) -> list[dict[str, str]]:
-        return self.pt2e.unquantized_layers(converted, self.layers())
-
-    def ranking(self, converted, batch: np.ndarray) -> list[dict[str, Any]]:
-        return self.pt2e.layer_errors(self.source.model, converted, batch, self.layers(), artifact=self.source)
-
-
 # --------------------------------------------------------------------------- the stage
 def quantize(artifact: Artifact, config: QuantizeConfig, *, data: DataSplits | None = None,
              ctx: StageContext | None = None) -> Artifact:
@@ -263,14 +86,8 @@ def quantize(artifact: Artifact, config: QuantizeConfig, *, data: DataSplits | N
 
     if not isinstance(config, QuantizeConfig):
         raise ConfigError(f"quantize takes a QuantizeConfig, got {type(config).__name__}")
-    if artifact.format not in _SOURCES[config.backend]:
-        hint = ("the PyTorch checkpoint (.pt): PT2E quantizes the PyTorch graph" if config.backend is Backend.PYTORCH
-                else "the PyTorch checkpoint (or its fp32 ONNX)")
-        raise ConfigError(f"backend {config.backend.value} quantizes a "
-                          f"{' or '.join(f.value for f in _SOURCES[config.backend])} model, not a "
-                          f"{artifact.format.value} one; give {hint}")
-    if config.backend is Backend.PYTORCH and artifact.model is None:
-        raise ConfigError("backend pytorch needs the PyTorch model in memory; load the checkpoint with load_model")
+    kind = backend_class(config.backend)
+    kind.check_source(artifact)
     if artifact.format is not Format.TORCH and artifact.path is not None and _is_quantized(artifact):
         raise ConfigError(f"{artifact.path.name} is already quantized; quantize its fp32 source instead")
     check_classes(artifact.labels, data)
@@ -282,12 +99,12 @@ def quantize(artifact: Artifact, config: QuantizeConfig, *, data: DataSplits | N
     with tempfile.TemporaryDirectory(prefix=".quantize.", dir=out_path.parent) as scratch, ctx.reporting():
         work = Path(scratch)
         with task(f"quantize {config.backend.value} {config.precision.value}", None) as bar:
-            fp32_art = _fp32_for_backend(artifact, config, work)
+            fp32_art = kind.fp32(artifact, config, work)
             bar.advance(1, step="fp32 model ready")
             batch = calib.batch(artifact.input_spec)
-            backend = _make_backend(config, artifact, fp32_art, work, batch)
+            backend = kind(config, artifact, fp32_art, work, batch)
             chosen, attempts, fp32_acc, ranking, unsupported = _search(backend, config, fp32_art, data, calib, bar)
-        metrics = _metrics(config, calib, fp32_acc, chosen, attempts, ranking, unsupported)
+        metrics = _metrics(config, calib, fp32_acc, chosen, attempts, ranking, unsupported, backend.note())
         metrics["fp32_size_bytes"] = _size(fp32_art)
         drop = fp32_acc - chosen.accuracy
         within = config.max_drop is None or _points(drop) <= config.max_drop + 1e-9
@@ -296,8 +113,8 @@ def quantize(artifact: Artifact, config: QuantizeConfig, *, data: DataSplits | N
             raise _budget_error(config, fp32_acc, chosen)
         record = StageRecord(stage="quantize", options=_options(config, calib), metrics=metrics,
                              seconds=time.perf_counter() - start)
-        result = _deliver(artifact, fp32_art, config, chosen, record, out_path)
-    # the size of what was delivered, in a new record: the one handed to _deliver is not changed after the fact
+        result = backend.deliver(chosen, record, out_path)
+    # the size of what was delivered, in a new record: the one handed to deliver is not changed after the fact
     last = result.history[-1]
     sized = replace(last, metrics={**last.metrics, "size_bytes": _size(result)})
     return replace(result, history=[*result.history[:-1], sized])
@@ -305,39 +122,10 @@ def quantize(artifact: Artifact, config: QuantizeConfig, *, data: DataSplits | N
 
 def _is_quantized(artifact: Artifact) -> bool:
     if artifact.format is Format.ONNX:
-        from exporters.onnx import is_qdq
+        from edgetl.formats import export_function
 
-        return is_qdq(artifact.path)
+        return export_function("onnx", "is_qdq")(artifact.path)
     return any(r.stage == "quantize" for r in artifact.history)
-
-
-def _fp32_for_backend(artifact: Artifact, config: QuantizeConfig, work: Path) -> Artifact:
-    """The fp32 model in the backend's format (exported by the exporters when needed)."""
-    if config.backend is Backend.OPENVINO:
-        if artifact.format is Format.OPENVINO:
-            return artifact
-        from exporters.openvino import export_openvino
-
-        return export_openvino(artifact, work / "fp32.xml")
-    if config.backend is Backend.PYTORCH:
-        from exporters.executorch import export_executorch
-
-        return export_executorch(artifact, work / "fp32.pte")  # the fp32 reference, lowered like the int8 model
-    if artifact.format is Format.ONNX:
-        return artifact
-    from exporters.onnx import export_onnx
-
-    return export_onnx(artifact, work / "fp32.onnx")
-
-
-def _make_backend(config: QuantizeConfig, source: Artifact, fp32_art: Artifact, work: Path, batch: np.ndarray):
-    if config.backend is Backend.PYTORCH:
-        return _Pt2eBackend(source, fp32_art.path, work, config, batch)
-    if config.backend is Backend.OPENVINO:
-        return _OpenVinoBackend(fp32_art.path, work, config, batch)
-    if config.backend is Backend.TENSORRT:
-        return _TensorRtBackend(fp32_art.path, work, config, batch)
-    return _OnnxBackend(fp32_art.path, work, config, batch)
 
 
 def _build(backend, exclude: list[str]) -> tuple[Path, dict[str, Any], Any]:
@@ -347,8 +135,9 @@ def _build(backend, exclude: list[str]) -> tuple[Path, dict[str, Any], Any]:
 
 def _logits(artifact_like: Artifact, path: Path, images) -> np.ndarray:
     from edgetl.evaluate import predict
+    from edgetl.formats import format_for_suffix
 
-    fmt = {".xml": Format.OPENVINO, ".pte": Format.EXECUTORCH}.get(path.suffix, Format.ONNX)
+    fmt = format_for_suffix(path.suffix) or Format.ONNX
     art = replace(artifact_like, format=fmt, path=path, model=None)
     return predict(art, images, threads=2)
 
@@ -419,7 +208,7 @@ def _search(backend, config: QuantizeConfig, fp32_art: Artifact, data: DataSplit
     return best, attempts, fp32_acc, ranking, unsupported
 
 
-def _metrics(config, calib, fp32_acc, chosen: Attempt, attempts, ranking, unsupported) -> dict[str, Any]:
+def _metrics(config, calib, fp32_acc, chosen: Attempt, attempts, ranking, unsupported, note) -> dict[str, Any]:
     return {
         "precision": config.precision.value,
         "backend": config.backend.value,
@@ -437,9 +226,7 @@ def _metrics(config, calib, fp32_acc, chosen: Attempt, attempts, ranking, unsupp
         "calibration": calib.record(),
         "warnings": list(calib.warnings),
         "backend_info": chosen.info,
-        **({"note": "fp16 is applied by the TensorRT builder on the device; the accuracy here is the fp32 ONNX "
-                    "the engine is built from"}
-           if config.backend is Backend.TENSORRT and config.precision is QuantPrecision.FP16 else {}),
+        **({"note": note} if note else {}),
     }
 
 
@@ -461,60 +248,7 @@ def _budget_error(config: QuantizeConfig, fp32_acc: float, best: Attempt) -> Bud
     return err
 
 
-def _deliver(source: Artifact, fp32_art: Artifact, config: QuantizeConfig, chosen: Attempt, record: StageRecord,
-             out: Path) -> Artifact:
-    """Move the accepted candidate to ``out`` (atomically) with its metadata; return the final artifact."""
-    from edgetl.fileio import atomic_path
-    from exporters.base import write_metadata
-
-    extra = {"precision": config.precision.value, "quantized_for": config.backend.value}
-    if config.backend is Backend.OPENVINO:
-        from exporters.openvino import export_openvino
-
-        base = replace(source, format=Format.OPENVINO, path=fp32_art.path, model=None) \
-            if source.format is Format.TORCH else source
-        ir = export_openvino(base, out, ov_model=chosen.model, compress_to_fp16=config.precision is QuantPrecision.FP16)
-        result = base.with_stage(record, path=out, format=Format.OPENVINO, extra={**ir.extra, **extra})
-        write_metadata(result)
-        return result
-    base = fp32_art if source.format is Format.TORCH else source
-    if config.backend is Backend.PYTORCH:
-        with atomic_path(out) as tmp:
-            shutil.copyfile(chosen.path, tmp)
-        info = chosen.info
-        result = base.with_stage(record, path=out, format=Format.EXECUTORCH, extra={
-            **extra, "executorch_non_delegated_ops": info.get("non_delegated_ops", {}),
-            "executorch_delegated_ops": info.get("delegated_ops", {})})
-        write_metadata(result)
-        return result
-    if config.backend is Backend.TENSORRT and out.suffix != ".onnx":
-        import os
-
-        from exporters.tensorrt import export_tensorrt
-
-        staged = base.with_stage(record, path=chosen.path, format=Format.ONNX, extra=extra)
-        precision = "fp16" if config.precision is QuantPrecision.FP16 else None
-        scratch = chosen.path.parent / "bundle" / out.name
-        scratch.parent.mkdir()
-        bundle = export_tensorrt(staged, scratch, precision=precision)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(scratch, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(scratch, out)
-        moved = out / bundle.path.relative_to(scratch) if bundle.path != scratch else out
-        return replace(bundle, path=moved)
-    with atomic_path(out) as tmp:
-        shutil.copyfile(chosen.path, tmp)
-    result = base.with_stage(record, path=out, format=Format.ONNX, extra=extra)
-    write_metadata(result)
-    return result
-
-
 def _size(art: Artifact) -> int | None:
-    from benchmarks.harness import model_size
+    from edgetl.formats import artifact_size
 
-    return model_size(art)
+    return artifact_size(art)
