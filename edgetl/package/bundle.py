@@ -249,7 +249,8 @@ def _manifest(src: PackageSource, art: Artifact, source_art: Artifact | None, sh
     versions = mf.versions()
     runtimes = [r["runtime"] for r in runs] or [_mobile_runtime(shipped)]
     facts = board_facts(profile.name)
-    source_file = Path(src.source_model) if src.source_model else None
+    source_file = (Path(src.source_model) if src.source_model
+                   else src.artifact_path if art.format is Format.TORCH else None)
     return {
         "schema": mf.MANIFEST_SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
