@@ -244,7 +244,7 @@ def test_openvino_bundle_runs_in_a_fresh_venv_and_verifies_over_ssh(int8_openvin
         v = json.loads(r.stdout)
         assert v["ok"] and v["host"] == "board" and v["line"].startswith("verified on x86-cpu")
         assert {c["name"] for c in v["checks"]} == {"checksums on the device", "preprocessing", "reference outputs",
-                                                    "fidelity"}
+                                                    "source decisions", "fidelity"}
         assert v["fidelity"]["samples"] == 200 and v["fidelity"]["agreement"] >= 0.85
         [stored] = ResultsStore(db).results()
         assert stored.host == "board" and stored.device == "x86-cpu" and stored.runtime == "openvino"
@@ -334,3 +334,35 @@ def test_bad_input_is_one_line_and_exit_2(lite0_digits_path, tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists() and blocker.read_text() == "x"
+
+
+# --------------------------------------------------------------------------- from a run directory
+@pytest.mark.slow
+def test_run_directory_packages_its_recommended_artifact(lite0_digits_path, tmp_path):
+    import yaml
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "pkg", "data": "digits", "stages": [
+        {"quantize": {"backend": "openvino", "calib_samples": 100}},
+        {"bench": {"devices": ["x86-cpu"], "threads": 1, "min_time_s": 0.05, "min_count": 5, "warmup_runs": 1,
+                   "warmup_s": 0.0}}]}))
+    run_dir = tmp_path / "run"
+    r = run_cli("run", "--recipe", str(recipe), "--model", str(lite0_digits_path), "-o", str(run_dir), "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads((run_dir / "report.json").read_text())["recommendation"]
+    bundle = tmp_path / "bundle"
+    r = run_cli("package", str(run_dir), "--device", "x86-cpu", "-o", str(bundle))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert str(bundle) in r.stderr  # the path is printed
+    man = json.loads((bundle / "manifest.json").read_text())
+    assert man["measured"]["role"] == rec["role"] and man["measured"]["p90_ms"] == rec["p90_ms"]
+    assert man["source"]["sha256"] == hashlib.sha256(lite0_digits_path.read_bytes()).hexdigest()  # no prune/distill
+    if rec["role"] == "quantized":  # the NNCF IR the run measured, copied as it is
+        assert man["model"]["format"] == "openvino" and man["model"]["precision"] == "int8"
+        assert Path(man["model"]["packaged_from"]).name == rec["artifact"]
+        assert man["model"]["sha256"] == hashlib.sha256(Path(man["model"]["packaged_from"]).read_bytes()).hexdigest()
+    else:  # the eager teacher: exported for the device, and the manifest says its figures are the eager model's
+        assert rec["role"] == "teacher" and man["model"]["format"] == "onnx" and "measured as torch" in man["measured"]["note"]
+    r = run_cli("verify", str(bundle), "--no-store", "--json", *QUICK)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["ok"]

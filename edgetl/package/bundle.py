@@ -273,11 +273,22 @@ def _manifest(src: PackageSource, art: Artifact, source_art: Artifact | None, sh
                    "note": None if source_art is not None else "no PyTorch source given: reference outputs are the "
                    "shipped artifact's own, run on the packaging machine"},
         "history": mf.history(art),
-        "measured": src.measured or None,
+        "measured": _measured(src.measured, shipped),
         "reference": ref,
         "versions": versions,
         "requirements": requirements_for(runtimes, versions),
     }
+
+
+def _measured(measured: dict[str, Any], shipped: Artifact) -> dict[str, Any] | None:
+    """The run's figures for the recommended artifact, flagged when the bundle ships another format of it."""
+    if not measured:
+        return None
+    out = dict(measured)
+    if measured.get("format") and measured["format"] != shipped.format.value:
+        out["note"] = (f"measured as {measured['format']} in {measured.get('runtime')}; this bundle ships its "
+                       f"{shipped.format.value} export, whose own latency `edgetl verify` measures")
+    return out
 
 
 def _mobile_runtime(art: Artifact) -> str:

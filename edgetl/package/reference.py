@@ -71,6 +71,9 @@ def build_reference(shipped: Artifact, source: Artifact | None, splits, root: Pa
     with open(ref_dir / "sample.npz", "wb") as f:
         np.savez_compressed(f, **arrays)
     limits = THRESHOLDS.get(precision, THRESHOLDS["fp32"])
+    from exporters.parity import compare
+
+    here = compare(source_out, artifact_out) if artifact_out is not None and source is not None else None
     return {
         "images": names,
         "labels": [int(v) for v in test.labels[:k]],
@@ -84,6 +87,8 @@ def build_reference(shipped: Artifact, source: Artifact | None, splits, root: Pa
         "dataset": f"{splits.name}/{split_name}[0:{n}] (split seed {splits.seed})",
         "sample_accuracy": {"source": float((source_pred == sy).mean()),
                             "artifact_here": float((artifact_pred == sy).mean()) if artifact_pred is not None else None},
+        "artifact_vs_source_here": {k: here[k] for k in ("max_abs_error", "max_rel_error", "top1_agreement")}
+        if here else None,
         "precision": precision,
         "tolerance": {"max_rel_error": limits.max_rel_error, "min_top1_agreement": limits.min_top1_agreement},
         "preprocess_tolerance": 1e-5,
