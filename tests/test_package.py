@@ -366,3 +366,25 @@ def test_run_directory_packages_its_recommended_artifact(lite0_digits_path, tmp_
     r = run_cli("verify", str(bundle), "--no-store", "--json", *QUICK)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["ok"]
+
+
+# --------------------------------------------------------------------------- phones
+@pytest.mark.slow
+def test_phone_bundles_carry_the_manifest_reference_data_and_an_android_note(tiny_mnist, int8_onnx, tmp_path):
+    for src, fmt, lib in ((tiny_mnist, "executorch", "executorch-android"), (int8_onnx, "ort", "onnxruntime-android")):
+        bundle = tmp_path / fmt
+        out = _package(src, bundle, "--device", "android-arm64", "--sample", "32")
+        files = set(out["files"])
+        assert out["model"]["format"] == fmt and "ANDROID.md" in files and "run.py" not in files
+        assert {"manifest.json", "labels.txt", "reference/inputs.npy", "reference/source_outputs.npy",
+                "reference/sample.npz", "SHA256SUMS"} <= files
+        note = (bundle / "ANDROID.md").read_text()
+        assert out["model"]["file"] in note and lib in note
+        assert "torch" not in (bundle / "requirements.txt").read_text().replace("# ", "")
+        r = run_cli("verify", str(bundle), "--json")
+        assert r.returncode == 0, r.stderr[-2000:]
+        v = json.loads(r.stdout)
+        assert v["ok"] and v["on_device"] is False and v["result"] is None
+        assert v["line"].startswith("checked on this machine, NOT on android-arm64")
+    r = run_cli("verify", str(bundle), "--host", "board")
+    assert r.returncode == 2 and "phone bundle" in r.stderr

@@ -133,7 +133,8 @@ def verify_cmd(
                               f"{s.p99:.3f} ms over {s.count} calls")
                 for w in r.result.warnings:
                     console.print(f"[yellow]warning:[/] {w}", highlight=False)
-            console.print(f"verified on {r.device}" + (f"; stored in {store.path}" if store else ""))
+            head = f"verified on {r.device}" if r.on_device else r.line.split(":")[0]
+            console.print(head + (f"; stored in {store.path}" if store and r.result is not None else ""))
 
         return result, render
 

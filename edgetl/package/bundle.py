@@ -276,7 +276,7 @@ def _manifest(src: PackageSource, art: Artifact, source_art: Artifact | None, sh
         "measured": _measured(src.measured, shipped),
         "reference": ref,
         "versions": versions,
-        "requirements": requirements_for(runtimes, versions),
+        "requirements": requirements_for(runtimes, versions, mobile=mobile),
     }
 
 

@@ -59,11 +59,16 @@ MOBILE_FORMATS = (Format.EXECUTORCH, Format.ORT)
 _PIP = {"onnxruntime": "onnxruntime", "openvino": "openvino", "executorch": "executorch"}
 
 
-def requirements_for(runtimes: list[str], versions: dict[str, str]) -> list[str]:
+def requirements_for(runtimes: list[str], versions: dict[str, str], *, mobile: bool = False) -> list[str]:
     """requirements.txt lines: each runtime at least the version the bundle was checked with, numpy, pillow.
 
-    TensorRT is not on PyPI for Jetson (JetPack installs it); its CUDA buffers come from cuda-python.
+    TensorRT is not on PyPI for Jetson (JetPack installs it); its CUDA buffers come from cuda-python. A phone
+    bundle's runtime is an Android library (ANDROID.md names it): nothing of it comes from pip.
     """
+    if mobile:
+        return ["# a phone bundle: its runtime is the Android library named in ANDROID.md, not a pip package;",
+                "# numpy and pillow read the reference data (reference/*.npy, *.png) on a computer",
+                "numpy>=1.24", "pillow>=9"]
     lines = []
     for rt in dict.fromkeys(runtimes):
         if rt == "tensorrt":

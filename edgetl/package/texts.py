@@ -39,7 +39,14 @@ def board_readme(m: dict[str, Any], profile) -> str:
     lines = [f"# {model['file']} for {profile.name}", "",
              f"{model['format']} model ({model['precision']}) run by {model['runtime']}; {len(m['labels'])} labels in "
              "`labels.txt`; everything else (inputs, outputs, preprocessing, history, versions) in `manifest.json`.",
-             "", "On the board:", "", "```sh"]
+             ""]
+    if m.get("mobile"):
+        return "\n".join([*lines, "```sh", "sha256sum -c SHA256SUMS      # every file as packaged",
+                           "cat ANDROID.md               # the runtime library, the file to load, the tensor to feed",
+                           "edgetl verify BUNDLE         # on a computer: the reference outputs with edgetl's runner",
+                           "```", "", *_measured(m), "", "Preprocessing (reproduce it in the app exactly): "
+                           f"{_preprocessing(m['preprocessing'])}.", ""])
+    lines += ["On the board:", "", "```sh"]
     if m["device"].get("python_note"):
         lines.append(f"# {m['device']['python_note']}")
     lines += ["python3 -m venv venv && venv/bin/pip install -r requirements.txt   # the runtime, numpy, pillow: no "

@@ -65,16 +65,20 @@ class VerifyResult:
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
+    on_device: bool = True  # False for a phone bundle checked on this machine
+
     @property
     def line(self) -> str:
         where = "" if self.host == "local" else f" ({self.host})"
         lat = f", p90 {self.result.latency_ms.p90:.3f} ms" if self.result is not None else ""
-        return (f"verified on {self.device}{where}: " + "; ".join(c.detail for c in self.checks) + lat)
+        head = (f"verified on {self.device}{where}" if self.on_device else
+                f"checked on this machine, NOT on {self.device} (a phone bundle runs in the app)")
+        return f"{head}: " + "; ".join(c.detail for c in self.checks) + lat
 
     def to_dict(self) -> dict[str, Any]:
         return {"bundle": str(self.bundle), "device": self.device, "host": self.host, "ok": self.ok,
                 "line": self.line, "checks": [dataclasses.asdict(c) for c in self.checks],
-                "fidelity": self.fidelity, "parity": self.parity, "runner": self.runner,
+                "fidelity": self.fidelity, "parity": self.parity, "runner": self.runner, "on_device": self.on_device,
                 "result": self.result.to_dict() if self.result is not None else None}
 
 
@@ -267,7 +271,8 @@ def _mobile_payload(man: dict[str, Any], bundle: Path, sample) -> dict[str, Any]
 def _judge(bundle: Path, man: dict[str, Any], profile, payload: dict[str, Any], sample, host: str,
            bench) -> VerifyResult:
     ref = man["reference"]
-    checks = [Check("checksums on the device", not payload["bad_files"],
+    on_device = not man.get("mobile")
+    checks = [Check("checksums on the device" if on_device else "checksums", not payload["bad_files"],
                     "checksums ok" if not payload["bad_files"] else payload["bad_files"][0])]
     d = payload["preprocess_max_abs_diff"]
     checks.append(Check("preprocessing", d <= PREPROCESS_TOLERANCE,
@@ -284,8 +289,11 @@ def _judge(bundle: Path, man: dict[str, Any], profile, payload: dict[str, Any], 
     runner = {k: payload.get(k) for k in ("model", "runtime", "runtime_version", "note") if payload.get(k)}
     runner.update({"verified_on": profile.name, "bundle": str(bundle), "checks": [dataclasses.asdict(c) for c in checks]})
     result = _bench_result(man, profile, payload, host, bench, fidelity, runner, parity) if payload.get("latency") else None
+    if not on_device:
+        runner["verified_on"] = None
+        runner["checked_on"] = "the verifying machine"
     return VerifyResult(bundle=bundle, device=profile.name, host=host, checks=checks, fidelity=fidelity,
-                        parity=parity, result=result, runner=runner)
+                        parity=parity, result=result, runner=runner, on_device=on_device)
 
 
 def _agreement(m: dict[str, Any]) -> float:
