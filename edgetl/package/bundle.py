@@ -28,10 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgetl.artifact import Artifact, Format
-from edgetl.errors import ConfigError, ExportError, InputFileError
+from edgetl.errors import ConfigError, ExportError
 from edgetl.package import manifest as mf
 from edgetl.package.reference import build_reference
 from edgetl.package.source import PackageSource, resolve
@@ -297,7 +295,7 @@ def _mobile_runtime(art: Artifact) -> str:
 
 def _write_texts(tmp: Path, manifest: dict[str, Any], profile, mobile: bool) -> None:
     from edgetl.fileio import write_json
-    from edgetl.package.texts import android_note, board_readme
+    from edgetl.package.texts import android_note, board_readme, engine_readme
 
     write_json(tmp / MANIFEST, manifest)
     (tmp / "labels.txt").write_text("".join(f"{lab}\n" for lab in manifest["labels"]), encoding="utf-8")
@@ -307,6 +305,8 @@ def _write_texts(tmp: Path, manifest: dict[str, Any], profile, mobile: bool) -> 
     else:
         shutil.copyfile(Path(__file__).with_name("board_runner.py"), tmp / RUNNER)
     (tmp / "README.md").write_text(board_readme(manifest, profile), encoding="utf-8")
+    if any(r["runtime"] == "tensorrt" for r in manifest["runs"]):
+        (tmp / "model" / "README.md").write_text(engine_readme(manifest), encoding="utf-8")
     shutil.rmtree(tmp / ".work", ignore_errors=True)
 
 
@@ -326,18 +326,3 @@ def _readable(root: Path) -> None:
         executable = p.is_dir() or p.suffix in (".sh",) or p.name == RUNNER
         p.chmod((0o777 if executable else 0o666) & ~mask)
 
-
-def reference_arrays(bundle: Path) -> dict[str, np.ndarray]:
-    """The bundle's stored reference arrays, by name (inputs, source_outputs, artifact_outputs)."""
-    import json
-
-    man = json.loads((bundle / MANIFEST).read_text())
-    ref = man["reference"]
-    out = {}
-    for key in ("inputs", "source_outputs", "artifact_outputs"):
-        if ref.get(key):
-            p = bundle / ref[key]
-            if not p.exists():
-                raise InputFileError(f"{bundle}: {ref[key]} is missing; re-package the bundle")
-            out[key] = np.load(p)
-    return out

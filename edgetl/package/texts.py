@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-__all__ = ["android_note", "board_readme"]
+__all__ = ["android_note", "board_readme", "engine_readme"]
 
 
 def _measured(m: dict[str, Any]) -> list[str]:
@@ -47,9 +48,11 @@ def board_readme(m: dict[str, Any], profile) -> str:
                            "```", "", *_measured(m), "", "Preprocessing (reproduce it in the app exactly): "
                            f"{_preprocessing(m['preprocessing'])}.", ""])
     lines += ["On the board:", "", "```sh"]
+    venv = "python3 -m venv venv"
     if m["device"].get("python_note"):
         lines.append(f"# {m['device']['python_note']}")
-    lines += ["python3 -m venv venv && venv/bin/pip install -r requirements.txt   # the runtime, numpy, pillow: no "
+        venv = "python3 -m venv --system-site-packages venv"
+    lines += [f"{venv} && venv/bin/pip install -r requirements.txt   # the runtime, numpy, pillow: no "
               "torch, no edgetl",
               "sha256sum -c SHA256SUMS                                            # every file as packaged"]
     if trt:
@@ -67,6 +70,15 @@ def board_readme(m: dict[str, Any], profile) -> str:
     lines += [*_measured(m), "", f"Preprocessing (as `run.py` does it, reproducing edgetl's training pipeline): "
               f"{_preprocessing(m['preprocessing'])}.", ""]
     return "\n".join(lines)
+
+
+def engine_readme(m: dict[str, Any]) -> str:
+    """model/README.md of a TensorRT bundle (replaces the exporter's, which points at edgetl on the board)."""
+    engine = next(r["file"] for r in m["runs"] if r["runtime"] == "tensorrt")
+    return (f"`./build.sh` (run on the board) builds `{Path(engine).name}` from `model.onnx` with the board's trtexec; "
+            "the flags are in the script. Until it exists, `../run.py` runs `model.onnx` with ONNX Runtime on the "
+            "CPU and says so. The ONNX is opset <= "
+            f"{m['device'].get('max_onnx_opset')}, which JetPack {m['device'].get('jetpack')} parses.\n")
 
 
 def android_note(m: dict[str, Any]) -> str:

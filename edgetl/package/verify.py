@@ -408,6 +408,10 @@ def predict(target: str | Path, images: list[str | Path], *, top_k: int = 5, thr
         logits = run_artifact(art, x)
     except OSError as e:
         raise InputFileError(f"cannot read image: {e}") from None
+    except RuntimeError as e:  # run.py's "cannot run this bundle: <runtime> is not installed ..."
+        from edgetl.errors import ModelError
+
+        raise ModelError(str(e)) from None
     return {"model": str(target), "runtime": art.format.value,
             "results": [{"image": str(p), "top": br.top_classes(row, list(art.labels), top_k)}
                         for p, row in zip(images, logits, strict=True)]}
