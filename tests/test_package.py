@@ -370,6 +370,11 @@ def test_run_directory_packages_its_recommended_artifact(lite0_digits_path, tmp_
     r = run_cli("verify", str(bundle), "--no-store", "--json", *QUICK)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["ok"]
+    if rec["format"] == "openvino":  # a Jetson takes no OpenVINO IR: the fastest in budget that it takes, said so
+        out = _package(run_dir, tmp_path / "jetson", "--device", "jetson-orin-nano")
+        man = json.loads((tmp_path / "jetson" / "manifest.json").read_text())
+        assert rec["artifact"] in man["measured"]["substituted"] and out["model"]["format"] == "onnx"
+        assert man["measured"]["role"] != rec["role"]
 
 
 # --------------------------------------------------------------------------- phones

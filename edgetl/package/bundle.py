@@ -84,7 +84,7 @@ def package(source: str | Path, out: str | Path, *, device: str = "x86-cpu", dat
         raise ConfigError(f"--opset must be an ONNX opset between 7 and 30, got {opset}")
     if reference_count < 1 or sample_count < 1:
         raise ConfigError("reference and sample counts must be at least 1")
-    src = resolve(source, source_model=source_model, data=data)
+    src = resolve(source, source_model=source_model, data=data, can_ship=lambda f: _ships(f, profile))
     art, source_art = _load(src)
     splits = _dataset(src, art)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -169,6 +169,20 @@ def _deliverables(art: Artifact, profile, tmp: Path, splits, *, opset: int | Non
                           f"{', '.join(f.value for f in usable) or 'nothing run.py supports'}); export the PyTorch "
                           "model to one of these, or package for another --device")
     return shipped, [{"file": f"model/{shipped.path.name}", "runtime": RUNNER_RUNTIMES[shipped.format]}], False
+
+
+def _ships(fmt: str, profile) -> bool:
+    """Whether :func:`_deliverables` makes a bundle for ``profile`` from a ``fmt`` artifact."""
+    try:
+        f = Format.parse(fmt)
+    except Exception:  # noqa: BLE001 - an unknown format in a report ships nowhere
+        return False
+    if Format.TENSORRT_BUNDLE in profile.formats or Format.TENSORRT in profile.formats:
+        return f in (Format.TORCH, Format.ONNX)
+    if profile.formats[0] in MOBILE_FORMATS:
+        return f in (*MOBILE_FORMATS, Format.ONNX, Format.TORCH)
+    return f is Format.TORCH or (f in RUNNER_RUNTIMES and f in profile.formats and f is not Format.TENSORRT
+                                 and RUNNER_RUNTIMES[f] in profile.runtimes)
 
 
 def _mobile(art: Artifact, profile, model_dir: Path, splits) -> Artifact:

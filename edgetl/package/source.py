@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,14 @@ class PackageSource:
     run_dir: Path | None = None
 
 
-def resolve(source: str | Path, *, source_model: str | Path | None = None, data: str | None = None) -> PackageSource:
-    """A run directory (with ``report.json``) or an artifact file / TensorRT bundle / OpenVINO directory."""
+def resolve(source: str | Path, *, source_model: str | Path | None = None, data: str | None = None,
+            can_ship: Callable[[str], bool] = lambda fmt: True) -> PackageSource:
+    """A run directory (with ``report.json``) or an artifact file / TensorRT bundle / OpenVINO directory.
+
+    ``can_ship(format)`` says whether the target device takes a format; when the run's recommendation is not one
+    it takes, the fastest artifact within the run's accuracy budget that is, is packaged instead (and the
+    manifest says so).
+    """
     path = Path(source)
     if not path.exists():
         raise InputFileError(f"nothing to package at {source}: give an `edgetl run` directory (with {REPORT}) or "
@@ -45,7 +52,7 @@ def resolve(source: str | Path, *, source_model: str | Path | None = None, data:
     if given_source is not None and not given_source.exists():
         raise InputFileError(f"--source model not found: {source_model}")
     if path.is_dir() and (path / REPORT).exists():
-        src = _from_run_dir(path)
+        src = _from_run_dir(path, can_ship)
         return PackageSource(artifact_path=src.artifact_path, source_model=given_source or src.source_model,
                              data=data or src.data, measured=src.measured, run_dir=path)
     if path.is_dir() and not list(path.glob("*.xml")) and not (path / "build.sh").exists():
@@ -53,7 +60,7 @@ def resolve(source: str | Path, *, source_model: str | Path | None = None, data:
     return PackageSource(artifact_path=path, source_model=given_source, data=data)
 
 
-def _from_run_dir(run_dir: Path) -> PackageSource:
+def _from_run_dir(run_dir: Path, can_ship: Callable[[str], bool]) -> PackageSource:
     try:
         report = json.loads((run_dir / REPORT).read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -65,6 +72,13 @@ def _from_run_dir(run_dir: Path) -> PackageSource:
                           "edgetl package FILE --device ...")
     row = next((r for r in report.get("artifacts", []) if r.get("role") == rec["role"]
                 and r.get("device") == rec.get("device")), {})
+    note = None
+    if not can_ship(rec.get("format", "")):
+        row = _shippable(report, rec, can_ship)
+        note = (f"the run recommends {rec['artifact']} ({rec.get('format')}), which this device does not take; "
+                f"packaged {row['artifact']} ({row['format']}), the fastest within the run's accuracy budget that it "
+                "does")
+        rec = {**rec, "role": row["role"], "artifact": row["artifact"], "format": row["format"]}
     path = _measured_path(run_dir, report, rec)
     measured = {k: row.get(k) for k in ("role", "device", "artifact", "format", "runtime", "precision", "accuracy",
                                         "agreement", "p50_ms", "p90_ms", "p99_ms", "samples", "threads", "params",
@@ -72,8 +86,23 @@ def _from_run_dir(run_dir: Path) -> PackageSource:
     measured["teacher_accuracy"] = rec.get("teacher_accuracy")
     measured["recommendation"] = rec.get("line")
     measured["accuracy_budget_points"] = report.get("accuracy_budget_points")
+    if note:
+        measured["substituted"] = note
     return PackageSource(artifact_path=path, source_model=_fp32_model(run_dir, report, rec["role"]),
                          data=report.get("data"), measured=measured)
+
+
+def _shippable(report: dict[str, Any], rec: dict[str, Any], can_ship: Callable[[str], bool]) -> dict[str, Any]:
+    rows = [r for r in report.get("artifacts", []) if r.get("device") == rec.get("device")
+            and r.get("accuracy") is not None]
+    budget = float(report.get("accuracy_budget_points") or 1.0)
+    teacher = rec.get("teacher_accuracy")
+    ok = [r for r in rows if can_ship(r["format"]) and teacher is not None
+          and 100 * (teacher - r["accuracy"]) <= budget + 1e-9]
+    if not ok:
+        raise ConfigError(f"no artifact of the run is both within its accuracy budget and shippable to this device "
+                          f"(recommended: {rec['artifact']}, {rec.get('format')}); package a file instead")
+    return min(ok, key=lambda r: r["p90_ms"])
 
 
 def _measured_path(run_dir: Path, report: dict[str, Any], rec: dict[str, Any]) -> Path:
