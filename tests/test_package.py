@@ -294,6 +294,14 @@ def test_second_shape_from_pytorch_predicts_like_edgetl(tiny_mnist, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     v = json.loads(r.stdout)
     assert v["ok"] and v["device"] == "raspberry-pi-5" and v["host"] == "local"
+    # An edited run.py with consistently rewritten checksums is code this edgetl did not ship: not run here.
+    run_py = bundle / "run.py"
+    run_py.write_text(run_py.read_text() + "\nprint('side effect')\n")
+    sums = bundle / "SHA256SUMS"
+    sums.write_text("".join(f"{hashlib.sha256((bundle / ln.split(None, 1)[1]).read_bytes()).hexdigest()}  "
+                            f"{ln.split(None, 1)[1]}\n" for ln in sums.read_text().splitlines()))
+    r = run_cli("verify", str(bundle), "--no-store", *QUICK)
+    assert r.returncode == 1 and "not the runner this edgetl ships" in r.stderr
 
 
 @pytest.mark.slow

@@ -61,7 +61,7 @@ def board_readme(m: dict[str, Any], profile) -> str:
     lines += ["venv/bin/python run.py IMAGE.png                                   # top-5 with labels, as JSON",
               "```", "",
               "`from run import Model; Model().predict(['IMAGE.png'])` does the same in Python. From the machine that "
-              "packaged it, `edgetl verify BUNDLE --host user@board` copies the bundle, checks the checksums, the "
+              "packaged it, `edgetl verify BUNDLE --host user@board --python '~/venv/bin/python'` (the board's venv) copies the bundle, checks the checksums, the "
               "reference outputs (within the tolerance of its precision), fidelity on the sample and latency, and "
               "stores the result under this device.", ""]
     if m["device"].get("max_onnx_opset"):

@@ -193,6 +193,13 @@ def _parse(stdout: str, stderr: str, rc: int, where: str) -> dict[str, Any]:
 
 
 def _run_local(bundle: Path, args: list[str], sample, *, python: str) -> dict[str, Any]:
+    from edgetl.package.bundle import sha256
+
+    ours = Path(__file__).with_name("board_runner.py")
+    if sha256(bundle / "run.py") != sha256(ours):
+        raise VerifyError(f"{bundle}/run.py is not the runner this edgetl ships (edited, or packaged by another "
+                          "edgetl version): it is not run here; re-package the bundle, or verify it on the board "
+                          "with --host")
     if sample is not None:
         args = [*args, "--sample", str(sample["path"])]
     r = subprocess.run([*shlex.split(python), "run.py", *args], cwd=bundle, capture_output=True, text=True)
@@ -394,8 +401,10 @@ def predict(target: str | Path, images: list[str | Path], *, top_k: int = 5, thr
     try:
         if target.is_dir() and (target / "manifest.json").exists():
             read_manifest(target)
-            runner = _bundle_runner(target)
-            m = runner.Model(target, threads=threads)
+            if not (target / "run.py").exists():
+                raise InputFileError(f"{target} has no run.py (a phone bundle: see its ANDROID.md)")
+            # This edgetl's own copy of the runner, on the bundle's files: nothing from the bundle runs as code here.
+            m = br.Model(target, threads=threads)
             return {**m.describe(), "bundle": str(target),
                     "results": [{"image": str(p), **r} for p, r in zip(images, m.predict(images, top_k=top_k),
                                                                          strict=True)]}
@@ -416,15 +425,3 @@ def predict(target: str | Path, images: list[str | Path], *, top_k: int = 5, thr
             "results": [{"image": str(p), "top": br.top_classes(row, list(art.labels), top_k)}
                         for p, row in zip(images, logits, strict=True)]}
 
-
-def _bundle_runner(bundle: Path):
-    """The bundle's own run.py, imported from the bundle (what runs on the board is what runs here)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"edgetl_bundle_run_{abs(hash(str(bundle.resolve())))}",
-                                                  bundle / "run.py")
-    if spec is None or spec.loader is None or not (bundle / "run.py").exists():
-        raise InputFileError(f"{bundle} has no run.py (a phone bundle: see its ANDROID.md)")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
