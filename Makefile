@@ -23,10 +23,12 @@ $(DEMO_DIR)/teacher.pt: $(STAMP)
 	mkdir -p $(DEMO_DIR)
 	$(BIN)/edgetl finetune --model efficientnet_lite0 --data mnist5k -o $@ --overwrite
 
-# The whole job: prune -> distillation recovery -> int8 -> exports -> bench -> report (resumable).
+# The whole job: prune -> distillation recovery -> int8 -> exports -> bench -> report (resumable), then the
+# recommended artifact packaged for this CPU (`edgetl package` prints the bundle's path).
 demo: $(DEMO_DIR)/teacher.pt
 	$(BIN)/edgetl eval $(DEMO_DIR)/teacher.pt --data mnist5k --split test
 	$(BIN)/edgetl run --recipe demo --model $(DEMO_DIR)/teacher.pt -o $(DEMO_DIR)/run
+	$(BIN)/edgetl package $(DEMO_DIR)/run --device x86-cpu -o $(DEMO_DIR)/bundle-x86-cpu --overwrite
 
 # The remote-bench tests start a real sshd on 127.0.0.1: install Debian's openssh-server when it is missing.
 test: $(STAMP)
