@@ -39,6 +39,22 @@ def prune_cmd(
                                                         "shell-style, e.g. 'features.0*').")] = None,
     arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture of a plain state-dict file.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the data split, reference samples and random scores.")] = 0,
+    target_latency_ms: Annotated[Optional[float], typer.Option(
+        "--target-latency-ms", help="Latency to reach: p50 ms at batch 1 on --runtime with --threads; widths are "
+        "chosen against a per-layer latency table measured there, then the pruned model is measured and the "
+        "budget tightened until it holds.")] = None,
+    device: Annotated[str, typer.Option("--device", "-D", help="Device profile of the latency target "
+                                        "(see `edgetl devices`).")] = "x86-cpu",
+    runtime: Annotated[Optional[str], typer.Option(help="Runtime of the latency target: onnxruntime, openvino or "
+                                                   "torch (default: the profile's first of these, torch last).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Runtime threads for the latency target (default: the "
+                                                   "profile's).")] = None,
+    max_iterations: Annotated[int, typer.Option(help="Prune-measure rounds before a missed latency target is an "
+                                                "error.")] = 4,
+    latency_cache: Annotated[Optional[Path], typer.Option(help="Latency table cache directory (default: "
+                                                          "$EDGETL_LATENCY_CACHE or ~/.cache/edgetl/latency).")] = None,
+    quick_latency: Annotated[bool, typer.Option("--quick-latency", help="Few timing calls per point and a coarse "
+                                                "width grid (smoke runs, tests; not for published figures).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
@@ -58,8 +74,17 @@ def prune_cmd(
             raise ConfigError(f"{output} exists; pass --overwrite to replace it")
         if output.suffix.lower() not in (".pt", ".pth"):
             raise ConfigError(f"the pruned model is saved as an edgetl checkpoint; give a .pt output, not {output.name}")
-        if ratio is not None and (target_flops is not None or target_params is not None):
-            raise ConfigError("give either --ratio or a target (--target-flops / --target-params), not both")
+        if ratio is not None and (target_flops is not None or target_params is not None
+                                  or target_latency_ms is not None):
+            raise ConfigError("give either --ratio or a target (--target-flops / --target-params / "
+                              "--target-latency-ms), not both")
+        latency = None
+        if target_latency_ms is not None:
+            from edgetl.cli.latency_target import LatencyTarget
+
+            latency = LatencyTarget.from_options(target_ms=target_latency_ms, device=device, runtime=runtime,
+                                                 threads=threads, max_iterations=max_iterations,
+                                                 cache_dir=latency_cache, quick=quick_latency)
         cfg = PruneConfig(
             criterion=criterion, ratio=0.5 if ratio is None else ratio, target_flops=target_flops,
             target_params=target_params, steps=steps, recover_epochs=recover_epochs, recover_lr=recover_lr,
@@ -68,13 +93,18 @@ def prune_cmd(
             ignore=layers_matching(*ignore) if ignore else None, seed=seed)
         art = load_model(model, arch=arch)
         splits = load_data(data, seed=seed)
-        pruned = prune(art, cfg, data=splits)
+        if latency is not None:
+            pruned, latency_result = latency.prune(art, cfg, splits)
+        else:
+            pruned, latency_result = prune(art, cfg, data=splits), None
         save_model(pruned, output)
         rec = pruned.history[-1]
         m = rec.metrics
         result = {"output": str(output), "arch": pruned.arch, "data": splits.name, "file_bytes": output.stat().st_size,
                   "seconds": rec.seconds, **{k: v for k, v in m.items() if k not in ("widths_before", "widths_after")},
                   "widths_before": m["widths_before"], "widths_after": m["widths_after"]}
+        if latency_result is not None:
+            result["latency"] = latency_result
 
         def render(console):
             def pct(v):
@@ -92,6 +122,15 @@ def prune_cmd(
                                   f"canonizers: {', '.join(s.get('canonizers', [])) or 'none'}")
                 for note in s.get("notes", []):
                     console.print(f"note: {note}")
+            if latency_result is not None:
+                lr = latency_result
+                table(console, f"latency target {lr['target_ms']:.4g} ms (p50, {lr['runtime']}, threads "
+                      f"{lr['threads'] or 'all'})", ["iteration", "budget ms", "predicted ms", "measured p50 ms"],
+                      [[i["iteration"], f"{i['budget_ms']:.4g}", f"{i['predicted_ms']:.4g}", f"{i['measured_ms']:.4g}"]
+                       for i in lr["iterations"]])
+                console.print(f"unpruned p50 {lr['unpruned_p50_ms']:.4g} ms; latency table: "
+                              f"{lr['table']['measured_points']} points measured, {lr['table']['cached_points']} "
+                              f"from the cache")
             if m["capped_layers"]:
                 console.print(f"per-layer cap kept channels in {len(m['capped_layers'])} layers")
             console.print(f"saved {output} ({result['file_bytes']:,} bytes, {rec.seconds:.1f} s)")

@@ -6,6 +6,7 @@ Example::
     small = prune(teacher, PruneConfig(criterion="lrp", ratio=0.5), data=splits)
 """
 
+from edgetl.prune.budget import Allocation, GroupScores, LatencyFit, LatencyModel, allocate, fit_latency
 from edgetl.prune.criteria import CRITERIA, Criterion, Normalization, make_criterion
 from edgetl.prune.flops import ModelCost, count_flops, count_params, layer_widths, model_cost
 from edgetl.prune.pruner import LayerFilter, PruneConfig, PrunePlan, Scope, layers_matching, prune, prune_model
@@ -13,6 +14,12 @@ from edgetl.prune.relevance import Composite, ReferenceSet, RelevanceResult, ref
 
 __all__ = [
     "CRITERIA",
+    "Allocation",
+    "GroupScores",
+    "LatencyFit",
+    "LatencyModel",
+    "allocate",
+    "fit_latency",
     "Composite",
     "Criterion",
     "LayerFilter",

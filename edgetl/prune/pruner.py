@@ -89,6 +89,10 @@ class PruneConfig:
     ignore_classifier: bool = True
     seed: int = 0
     batch_size: int = 64
+    # Latency target (p50 ms at batch 1 on one runtime): widths chosen by edgetl.prune.budget against an
+    # injected latency model (any object with candidates() and predict_ms(); the CLI builds one per device).
+    target_latency_ms: float | None = None
+    latency_model: Any = None
 
     def __post_init__(self) -> None:
         if self.criterion.lower() not in CRITERIA:
@@ -104,7 +108,9 @@ class PruneConfig:
         targets = [n for n in ("target_flops", "target_params") if getattr(self, n) is not None]
         if len(targets) > 1:
             raise ConfigError("give one target: target_flops or target_params, not both")
-        if targets:
+        if self.target_latency_ms is not None:
+            self._check_latency_target(targets)
+        elif targets:
             object.__setattr__(self, "ratio", None)
             value = getattr(self, targets[0])
             if not 0.0 < value < 1.0:
@@ -126,9 +132,23 @@ class PruneConfig:
         if self.ignore is not None and not callable(self.ignore):
             raise ConfigError("ignore must be a layer filter: a callable (name, module) -> bool")
 
+    def _check_latency_target(self, targets: list[str]) -> None:
+        if targets:
+            raise ConfigError(f"give one target: target_latency_ms or {targets[0]}, not both")
+        if not (isinstance(self.target_latency_ms, (int, float)) and 0 < self.target_latency_ms < math.inf):
+            raise ConfigError(f"target_latency_ms must be a positive number of milliseconds, got {self.target_latency_ms}")
+        if self.steps != 1:
+            raise ConfigError("a latency target prunes in one step (steps=1); recover afterwards with recover_epochs")
+        if self.latency_model is None or not callable(getattr(self.latency_model, "predict_ms", None)):
+            raise ConfigError("target_latency_ms needs a latency model (latency_model=...): an object with "
+                              "candidates(group) and predict_ms(widths), e.g. benchmarks.latency_table's")
+        object.__setattr__(self, "ratio", None)
+
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["ignore"] = None if self.ignore is None else getattr(self.ignore, "__qualname__", repr(self.ignore))
+        lm = self.latency_model
+        d["latency_model"] = None if lm is None else (lm.describe() if hasattr(lm, "describe") else type(lm).__name__)
         return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in d.items()}
 
 
@@ -154,6 +174,7 @@ class PrunePlan:
     removals: dict[str, int]
     capped: list[str]
     sizes: dict[str, int]  # channels per group before the step
+    latency: dict[str, Any] | None = None  # the latency allocation (edgetl.prune.budget), for a latency target
 
 
 # --------------------------------------------------------------------------- graph
@@ -324,7 +345,7 @@ def _check_runs(model, example, arch: str) -> None:
             h.remove()
 
 
-def prune_model(model, example, criterion: Criterion, *, ratio: float, config: PruneConfig,
+def prune_model(model, example, criterion: Criterion, *, ratio: float | None, config: PruneConfig,
                 initial: dict[str, int] | None = None, arch: str = "model") -> PrunePlan:
     """One pruning step in place: ``ratio`` is the cumulative share of the *original* channels removed."""
     ignored = _ignored_modules(model, config)
@@ -339,7 +360,12 @@ def prune_model(model, example, criterion: Criterion, *, ratio: float, config: P
                          "layers involved (--ignore NAME) or prune another architecture") from None
     if not records:
         raise ModelError(f"{arch} has no prunable convolution or linear layer outside the ignored ones")
-    plan = _plan(records, ratio, config)
+    if config.target_latency_ms is not None:
+        from edgetl.prune.budget import latency_plan
+
+        plan = latency_plan(records, config)
+    else:
+        plan = _plan(records, ratio, config)
     _apply(dg, records, plan)
     _check_runs(model, example, arch)
     return plan
@@ -424,17 +450,21 @@ def prune(artifact: Artifact, config: PruneConfig | None = None, *, data: DataSp
     initial: dict[str, int] | None = None
     scoring = [criterion.prepare(model, reference)]
     ratio = config.ratio
-    if ratio is None:
+    if ratio is None and config.target_latency_ms is None:
         ratio = _search_ratio(model, example, criterion, config, spec.shape, base, arch)
     if recover is None and config.recover_epochs > 0:
         recover = _default_recover(config.recover_epochs, config.recover_lr, config.seed)
     steps, capped = [], set()
+    latency_allocation = None
     current = artifact
     for step in range(1, config.steps + 1):
         if step > 1:
             scoring.append(criterion.prepare(model, reference))
-        step_ratio = ratio * step / config.steps
+        step_ratio = ratio * step / config.steps if ratio is not None else None
         plan = prune_model(model, example, criterion, ratio=step_ratio, config=config, initial=initial, arch=arch)
+        if plan.latency is not None:  # latency target: the ratio is what the allocation removed
+            ratio = step_ratio = sum(plan.removals.values()) / max(1, sum(plan.sizes.values()))
+            latency_allocation = plan.latency
         capped.update(plan.capped)
         initial = initial or plan.sizes
         info: dict[str, Any] = {"step": step, "ratio": round(step_ratio, 4),
@@ -467,5 +497,7 @@ def prune(artifact: Artifact, config: PruneConfig | None = None, *, data: DataSp
         "scoring": scoring,
         "widths_before": widths_before, "widths_after": widths_after,
     }
+    if latency_allocation is not None:
+        metrics["latency_allocation"] = latency_allocation
     record = StageRecord("prune", config.to_dict(), metrics, time.perf_counter() - start)
     return artifact.with_stage(record, model=model)

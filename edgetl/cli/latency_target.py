@@ -1,0 +1,132 @@
+"""``edgetl prune --target-latency-ms``: the wiring between the prune stage and the measured latency model.
+
+The prune stage never imports benchmark code: here the CLI builds the per-layer latency table for the device
+and runtime (:mod:`benchmarks.latency_table`), calibrates its base on the harness-measured p50 of the unpruned
+model, injects it into :class:`~edgetl.prune.PruneConfig`, and measures each pruned model with the same harness
+(:func:`edgetl.prune.fit_latency` tightens the budget until the measured p50 meets the target).
+
+Example::
+
+    target = LatencyTarget.from_options(target_ms=1.2, device="x86-cpu", runtime="openvino", threads=2)
+    pruned, report = target.prune(artifact, PruneConfig(criterion="lrp"), splits)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgetl.artifact import Artifact, Format
+from edgetl.errors import BudgetError, ConfigError
+
+__all__ = ["LatencyTarget"]
+
+
+@dataclass(frozen=True)
+class LatencyTarget:
+    target_ms: float
+    profile: Any  # benchmarks.profiles.DeviceProfile
+    runtime: str
+    threads: int | None
+    max_iterations: int = 4
+    cache_dir: Path | None = None
+    quick: bool = False
+
+    @classmethod
+    def from_options(cls, *, target_ms: float, device: str, runtime: str | None, threads: int | None,
+                     max_iterations: int = 4, cache_dir: Path | None = None, quick: bool = False) -> LatencyTarget:
+        from benchmarks.latency_table import RUNTIMES
+        from benchmarks.profiles import load_profile
+
+        if not target_ms > 0:
+            raise ConfigError(f"--target-latency-ms must be a positive number of milliseconds, got {target_ms}")
+        if max_iterations < 1:
+            raise ConfigError(f"--max-iterations must be at least 1, got {max_iterations}")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {threads}")
+        profile = load_profile(device)
+        if runtime is None:
+            usable = [r for r in profile.runtimes if r in RUNTIMES]
+            runtime = next((r for r in usable if r != "torch"), usable[0] if usable else None)
+            if runtime is None:
+                raise ConfigError(f"device profile {profile.name!r} has none of the runtimes the latency table "
+                                  f"measures on ({', '.join(RUNTIMES)}); pass --runtime")
+        elif runtime not in RUNTIMES:
+            raise ConfigError(f"the latency table measures on {', '.join(RUNTIMES)}; got --runtime {runtime!r}")
+        return cls(target_ms=float(target_ms), profile=profile, runtime=runtime,
+                   threads=threads if threads is not None else profile.threads, max_iterations=max_iterations,
+                   cache_dir=cache_dir, quick=quick)
+
+    # ------------------------------------------------------------------ measurement
+    def _bench_config(self):
+        from benchmarks.harness import BenchConfig
+
+        b = self.profile.bench
+        if self.quick:
+            return BenchConfig(threads=self.threads, runtime=self.runtime, warmup_runs=3, warmup_s=0.1,
+                               min_time_s=0.3, min_count=30, max_time_s=10.0)
+        return BenchConfig(threads=self.threads, runtime=self.runtime, warmup_runs=b.warmup_runs,
+                           warmup_s=b.warmup_s, min_time_s=b.min_time_s, min_count=b.min_count,
+                           max_time_s=b.max_time_s)
+
+    def measure_p50(self, art: Artifact) -> float:
+        """p50 (ms, batch 1, wall clock) of a PyTorch artifact on the target runtime, through the harness."""
+        import torch
+
+        from benchmarks.harness import measure
+
+        config = self._bench_config()
+        if self.runtime == "torch":
+            return measure(art, config, profile=self.profile).latency_ms.p50
+        with tempfile.TemporaryDirectory(prefix="edgetl-latency-") as tmp:
+            f = Path(tmp) / "pruned.onnx"
+            x = torch.zeros(art.input_spec.batch_shape(1))
+            torch.onnx.export(art.model.eval(), (x,), str(f), dynamo=False, input_names=["input"],
+                              output_names=["logits"], opset_version=17)
+            onnx_art = Artifact(format=Format.ONNX, path=f, input_spec=art.input_spec, labels=art.labels,
+                                arch=art.arch, history=list(art.history), extra=dict(art.extra))
+            return measure(onnx_art, config, profile=self.profile).latency_ms.p50
+
+    # ------------------------------------------------------------------ pruning
+    def prune(self, art: Artifact, config, splits) -> tuple[Artifact, dict[str, Any]]:
+        """Prune ``art`` to the measured target; raises :class:`BudgetError` when every iteration misses it."""
+        from benchmarks.latency_table import TimingConfig, build_latency_table, table_summary
+        from edgetl.prune import fit_latency, prune
+
+        if art.model is None:
+            raise ConfigError("a latency target prunes a PyTorch model; this artifact has none")
+        timing = TimingConfig(calls=3, rounds=1, warmup=1) if self.quick else TimingConfig()
+        table = build_latency_table(art.model, art.input_spec.shape, runtime=self.runtime, threads=self.threads,
+                                    device=self.profile.name, cache_dir=self.cache_dir, timing=timing,
+                                    max_points=6 if self.quick else 12)
+        table_base = table.base_ms
+        unpruned = self.measure_p50(art)
+        table.base_ms = unpruned  # the prediction starts from what the harness measures, as the check does
+        cfg = dataclasses.replace(config, ratio=None, target_flops=None, target_params=None, steps=1,
+                                  target_latency_ms=self.target_ms, latency_model=table)
+
+        def prune_at(budget: float):
+            trial = prune(art, dataclasses.replace(cfg, target_latency_ms=budget, recover_epochs=0), data=splits)
+            return trial, trial.history[-1].metrics["latency_allocation"]["predicted_ms"]
+
+        fit = fit_latency(prune_at, self.measure_p50, self.target_ms, max_iterations=self.max_iterations)
+        report = {"target_ms": self.target_ms, "device": self.profile.name, "runtime": self.runtime,
+                  "threads": self.threads, "met": fit.met, "iterations": fit.iterations,
+                  "predicted_ms": fit.predicted_ms, "measured_p50_ms": fit.measured_ms,
+                  "unpruned_p50_ms": unpruned, "table_base_ms": table_base, "table": table_summary(table),
+                  "note": "measured through the edgetl harness (wall-clock p50); the table's base is set to the "
+                          "unpruned model's measured p50"}
+        if not fit.met:
+            raise BudgetError(
+                f"latency target {self.target_ms:.4g} ms not met after {len(fit.iterations)} iteration(s): the last "
+                f"pruned model measured {fit.measured_ms:.4g} ms p50 on {self.runtime} (predicted "
+                f"{fit.predicted_ms:.4g} ms; unpruned {unpruned:.4g} ms). Raise the target, allow more "
+                "iterations (--max-iterations), or measure on a quieter machine")
+        pruned = fit.result
+        if config.recover_epochs > 0:  # recovery changes no width: prune once more at the final budget, recovering
+            pruned = prune(art, dataclasses.replace(cfg, target_latency_ms=fit.iterations[-1]["budget_ms"]),
+                           data=splits)
+        return pruned, report
