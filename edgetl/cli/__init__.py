@@ -17,7 +17,7 @@ app = typer.Typer(
 core.register(app)
 
 # Each stage's command lives in its own module; importing them loads no backend (they import lazily).
-_STAGE_MODULES = ("prune", "distill", "quantize", "export", "bench", "devices", "report", "run")
+_STAGE_MODULES = ("prune", "distill", "quantize", "export", "bench", "profile", "devices", "report", "run")
 
 
 def _register_stages() -> None:
