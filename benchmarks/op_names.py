@@ -23,7 +23,10 @@ from pathlib import Path
 
 __all__ = ["OpNameMapper", "module_from_path"]
 
-_SUFFIXES = re.compile(r"(_kernel_time|_fence_before|_fence_after|/WithoutBiases|_output_\d+.*|/fq_\w+|/[A-Z]\w*Fusion/?)$")
+_SUFFIXES = re.compile(r"(_kernel_time|_fence_before|_fence_after|/WithoutBiases|_output_\d+.*|_nchwc|_token_\d+"
+                       r"|/fq_\w+|/[A-Z]\w*Fusion/?)$")
+_COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+_FUSABLE = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Mul", "Add", "BatchNormalization"}
 _TORCH_MODULE = re.compile(r"__module\.([\w.]+)")
 
 
@@ -37,15 +40,19 @@ def module_from_path(name: str) -> str | None:
     parts = [p for p in name.split("/") if p]
     if len(parts) < 2:
         return None
-    cur = ""
+    segs: list[str] = []
     for comp in parts[:-1]:  # the last component is the operator (Conv, Mul, ...)
         if not re.fullmatch(r"[\w.]+", comp):
             break
-        if cur and comp.startswith(cur + "."):
-            cur = comp  # TorchScript exporter: nested containers repeat the full path
-        else:
-            cur = f"{cur}.{comp}" if cur else comp
-    return cur or None
+        # TorchScript exporter: a child of a container repeats the container's own name ("features" ->
+        # "features.1", "conv" -> "conv.0" -> "conv.0.0"); replace that tail of the path instead of appending
+        for k in range(len(segs), 0, -1):
+            tail = ".".join(segs[-k:])
+            if comp.startswith(tail + "."):
+                segs = segs[:-k]
+                break
+        segs.extend(comp.split("."))
+    return ".".join(segs) or None
 
 
 class OpNameMapper:
@@ -62,11 +69,24 @@ class OpNameMapper:
 
         model = onnx.load(str(path), load_external_data=False)
         nodes: dict[str, str] = {}
+        producer: dict[str, object] = {}
         for n in model.graph.node:
             scope = _scope_from_metadata(n)
             mod = scope if scope is not None else module_from_path(n.name)
             if mod:
                 nodes[n.name] = mod
+            for o in n.output:
+                producer[o] = n
+        # ONNX Runtime names a fused node after its output tensor ("relu_1_nchwc"): map output tensors too,
+        # charging an activation fused into a convolution to the convolution's module
+        for tensor, n in producer.items():
+            src = n
+            if n.op_type in _FUSABLE and n.input and n.input[0] in producer:
+                first = producer[n.input[0]]
+                if first.op_type in _COMPUTE_OPS:
+                    src = first
+            if src.name in nodes and tensor not in nodes:
+                nodes[tensor] = nodes[src.name]
         return cls(nodes, module_names)
 
     def _known(self, dotted: str | None) -> str | None:

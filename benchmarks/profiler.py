@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from collections import defaultdict
@@ -37,6 +38,8 @@ import numpy as np
 from benchmarks.op_names import OpNameMapper
 from edgetl.artifact import Artifact, Format
 from edgetl.errors import ConfigError, InputFileError, MissingDependencyError, ModelError
+
+_COMPUTE = re.compile(r"conv|linear|gemm|matmul", re.IGNORECASE)
 
 __all__ = ["PROFILERS", "LayerProfile", "OpTime", "parse_trtexec_profile", "plot_profile", "profile_artifact"]
 
@@ -131,14 +134,22 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def _per_run_ops(runs: list[dict[str, float]], kinds: dict[str, str], mapper_fn) -> list[OpTime]:
-    """Each operator's mean time over the profiled runs (a run where it did not appear counts 0).
+def _per_run_ops(runs: list[dict[str, float]], totals: list[float], kinds: dict[str, str],
+                 mapper_fn) -> tuple[list[OpTime], float]:
+    """Each operator's mean time, and the mean total, over the quieter half of the profiled runs.
 
     Means, not medians: on a busy machine preemption lands on a different operator each run, so per-operator
-    medians drop it and no longer add up to a run; means of the parts add up to the mean of the whole.
+    medians drop it and no longer add up to a run; means of the parts add up to the mean of the whole. The
+    runs kept are those whose total is at most the median total (the same runs for parts and whole), so a
+    call another process preempted does not spread its wait over the operators.
     """
-    names = {k for r in runs for k in r}
-    return [OpTime(k, kinds.get(k, ""), _mean([r.get(k, 0.0) for r in runs]), mapper_fn(k)) for k in names]
+    if len(totals) != len(runs) or not runs:
+        raise ModelError(f"the profiler returned {len(runs)} runs and {len(totals)} totals")
+    cut = sorted(totals)[(len(totals) - 1) // 2]
+    keep = [i for i, t in enumerate(totals) if t <= cut]
+    names = {k for i in keep for k in runs[i]}
+    ops = [OpTime(k, kinds.get(k, ""), _mean([runs[i].get(k, 0.0) for i in keep]), mapper_fn(k)) for k in names]
+    return ops, _mean([totals[i] for i in keep])
 
 
 def _inputs(artifact: Artifact) -> np.ndarray:
@@ -203,8 +214,7 @@ def _profile_ort(artifact: Artifact, x, threads, calls, rounds, warmup, mapper) 
         op = e["name"][: -len("_kernel_time")]
         kinds[op] = e.get("args", {}).get("op_name", "")
         per_run[i][op] = per_run[i].get(op, 0.0) + e["dur"] / 1000.0
-    ops = _per_run_ops(per_run, kinds, mapper.module)
-    total = _mean([r["dur"] / 1000.0 for r in runs])
+    ops, total = _per_run_ops(per_run, [r["dur"] / 1000.0 for r in runs], kinds, mapper.module)
     return ops, total, p_plain, p_prof, ort.__version__
 
 
@@ -240,7 +250,9 @@ def _profile_ov(artifact: Artifact, x, threads, calls, rounds, warmup, mapper) -
         per_run.append(run)
 
     def module_of(name: str) -> str | None:
-        for cand in (name, *origin.get(name, ())):
+        # a fused node (conv + BN + activation) is charged to its compute layer: try those names first
+        fused = sorted(origin.get(name, ()), key=lambda n: not _COMPUTE.search(n))
+        for cand in (name, *fused):
             found = mapper.module(cand)
             if found:
                 return found
@@ -249,8 +261,8 @@ def _profile_ov(artifact: Artifact, x, threads, calls, rounds, warmup, mapper) -
         prof.infer({0: x}, share_inputs=True)
     p_plain, p_prof = _interleaved(lambda: plain.infer({0: x}, share_inputs=True), profiled, calls=calls,
                                    rounds=rounds, warmup=warmup)
-    ops = _per_run_ops(per_run, kinds, module_of)
-    return ops, _mean(totals), p_plain, p_prof, ov.get_version().split("-")[0]
+    ops, total = _per_run_ops(per_run, totals, kinds, module_of)
+    return ops, total, p_plain, p_prof, ov.get_version().split("-")[0]
 
 
 def _ov_original_names(compiled) -> dict[str, list[str]]:
@@ -337,8 +349,9 @@ def _profile_torch(artifact: Artifact, x, threads, calls, rounds, warmup, mapper
             kinds[name] = type(modules.get(e.name[len(prefix):], model)).__name__
             run[name] = run.get(name, 0.0) + max(0.0, e.cpu_time_total - child[id(e)]) / 1000.0
         per_run.append(run)
-    ops = _per_run_ops(per_run, kinds, lambda k: None if k == "(model body)" else mapper._known(k))
-    return ops, _mean(totals), p_plain, p_prof, torch.__version__
+    ops, total = _per_run_ops(per_run, totals, kinds,
+                              lambda k: None if k == "(model body)" else mapper._known(k))
+    return ops, total, p_plain, p_prof, torch.__version__
 
 
 def _module_ancestor(event, prefix: str):
