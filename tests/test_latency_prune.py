@@ -266,3 +266,34 @@ def test_cli_latency_target_that_cannot_be_met_is_an_error_without_output(lite0_
     both = run_cli("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1",
                    "--ratio", "0.5", "-o", str(out))
     assert both.returncode == 2 and "not both" in both.stderr
+
+
+@pytest.mark.slow
+def test_peers_suite_smoke_runs_end_to_end(tmp_path):
+    """The peers suite on a tiny CNN, one epoch: every peer runs or is listed with its reason (no timing claims)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-m", "benchmarks.suites.peers", "--smoke", "--out", str(tmp_path)],
+                       capture_output=True, text=True, cwd=root, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads((tmp_path / "peers-smoke.json").read_text())
+    methods = {row["method"] for row in out["rows"]}
+    assert {"teacher (unpruned)", "tp-magnitude", "tp-taylor", "tp-hessian", "tp-magnitude-isomorphic",
+            "edgetl-lrp-flops"} <= methods
+    for name in ("edgetl-lrp-latency", "modelopt-fastnas"):  # run, or listed with the reason
+        assert name in methods or out["skipped"].get(name)
+    teacher = next(row for row in out["rows"] if row["method"] == "teacher (unpruned)")
+    for row in out["rows"]:
+        assert row["p50_ms_ort_fp32"] > 0 and row["p50_ms_ov_int8"] > 0
+        assert 0.0 <= row["accuracy_fp32"] <= 1.0 and 0.0 <= row["accuracy_int8"] <= 1.0
+        if row["method"] != "teacher (unpruned)":
+            assert row["params"] < teacher["params"] and row["recover_epochs"] == 1
+    lrp = next(row for row in out["rows"] if row["method"] == "edgetl-lrp-flops")
+    mag = next(row for row in out["rows"] if row["method"] == "tp-magnitude")
+    assert lrp["flops"] <= mag["flops"] * 1.02  # the FLOPs target is the magnitude peer's FLOPs
+    md = (tmp_path / "peers-smoke.md").read_text()
+    assert "SMOKE: no claims" in md and "| tp-hessian |" in md and out["command"].endswith("--smoke --out " + str(tmp_path))
+    assert (tmp_path / "peers-smoke.png").read_bytes()[:4] == b"\x89PNG"
