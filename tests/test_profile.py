@@ -209,3 +209,35 @@ def test_profile_over_ssh_on_the_loopback_board(sshd, exports, tmp_path):
     assert abs(prof["ops_sum_ms"] - prof["total_ms"]) <= prof["sum_tolerance"] * prof["total_ms"]
     assert sum(o["ms"] for o in prof["ops"] if o["module"]) >= 0.6 * prof["ops_sum_ms"]
     assert json.loads(out.read_text())["host"] == "board" and out.with_suffix(".png").exists()
+
+
+# A stand-in trtexec for a TensorRT board without edgetl: writes the sample profile and layer info in trtexec's
+# documented formats to the --exportProfile / --exportLayerInfo paths it is given.
+FAKE_TRTEXEC = r'''
+import json, sys
+args = dict(a.lstrip("-").split("=", 1) for a in sys.argv[1:] if "=" in a)
+assert "--dumpProfile" in sys.argv and args["profilingVerbosity"] == "detailed", sys.argv
+json.dump(PROFILE, open(args["exportProfile"], "w"))
+json.dump(LAYERS, open(args["exportLayerInfo"], "w"))
+print("[I] TensorRT version: 10.3.0")
+'''
+
+
+@pytest.mark.slow
+def test_profile_over_ssh_on_a_trtexec_board(sshd, tmp_path):
+    fake = tmp_path / "trtexec"
+    fake.write_text("#!" + __import__("sys").executable + f"\nPROFILE = {TRT_PROFILE!r}\nLAYERS = {TRT_LAYERS!r}\n"
+                    + FAKE_TRTEXEC)
+    fake.chmod(0o755)
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not a real engine; the stand-in trtexec does not read it")
+    profile = tmp_path / "board.yaml"
+    profile.write_text(f"name: board-trt\naccelerator: gpu\nformats: [tensorrt]\nruntimes: [tensorrt]\n"
+                       f"connection: {{method: ssh, trtexec: {fake}}}\n")
+    out = tmp_path / "trt.json"
+    r = run_cli("profile", str(engine), "--device", str(profile), "--host", "board", "--ssh-config",
+                str(sshd.config), "--calls", "200", "-o", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    prof = json.loads(r.stdout)["profile"]
+    assert prof["runtime"] == "trtexec" and prof["host"] == "board" and prof["calls"] == 200
+    assert {o["module"] for o in prof["ops"]} >= {"features.0.0", "features.1.conv.0.0"}
