@@ -23,24 +23,23 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-import tempfile
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgetl.errors import ConfigError, MissingDependencyError, ModelError
+from benchmarks.layer_timing import Backend, time_interleaved
+from edgetl.errors import ConfigError, ModelError
 
 __all__ = ["RUNTIMES", "LatencyTable", "LayerEntry", "LayerSignature", "TimingConfig", "build_latency_table",
            "table_summary", "width_grid"]
 
 RUNTIMES = ("onnxruntime", "openvino", "torch")
+PRECISIONS = ("fp32", "int8")
 CACHE_VERSION = 1
 
 
@@ -278,165 +277,6 @@ def _group_owners(model, input_shape) -> tuple[dict[str, str], dict[str, str], d
     return out_of, in_of, widths
 
 
-# --------------------------------------------------------------------------- one-layer graphs
-def _onnx_layer(sig: LayerSignature, c_in: int, c_out: int) -> bytes:
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    if sig.kind == "linear":
-        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in])
-        w = numpy_helper.from_array((rng.standard_normal((c_out, c_in)) * 0.05).astype(np.float32), "w")
-        b = numpy_helper.from_array(np.zeros(c_out, np.float32), "b")
-        node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)
-        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    else:
-        groups = c_out if sig.kind == "dwconv" else sig.groups
-        c_in = c_out if sig.kind == "dwconv" else c_in
-        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, *sig.in_hw])
-        w = numpy_helper.from_array(
-            (rng.standard_normal((c_out, c_in // groups, *sig.kernel)) * 0.05).astype(np.float32), "w")
-        b = numpy_helper.from_array(np.zeros(c_out, np.float32), "b")
-        node = helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=list(sig.kernel),
-                                strides=list(sig.stride), pads=list(sig.pads), dilations=list(sig.dilation),
-                                group=groups)
-        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    graph = helper.make_graph([node], "layer", [x], [y], initializer=[w, b])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
-def _torch_layer(sig: LayerSignature, c_in: int, c_out: int):
-    import torch
-    import torch.nn as nn
-
-    if sig.kind == "linear":
-        return nn.Linear(c_in, c_out).eval(), torch.randn(1, c_in)
-    groups = c_out if sig.kind == "dwconv" else sig.groups
-    c_in = c_out if sig.kind == "dwconv" else c_in
-    pads = sig.pads
-    conv = nn.Conv2d(c_in, c_out, sig.kernel, stride=sig.stride, dilation=sig.dilation, groups=groups)
-    pad = nn.ZeroPad2d((pads[1], pads[3], pads[0], pads[2]))
-    return nn.Sequential(pad, conv).eval(), torch.randn(1, c_in, *sig.in_hw)
-
-
-class _Backend:
-    """Compiles one-layer graphs and whole models for one runtime; returns zero-argument callables."""
-
-    def __init__(self, runtime: str, threads: int | None, precision: str) -> None:
-        self.runtime, self.threads, self.precision = runtime, threads, precision
-        try:
-            if runtime == "onnxruntime":
-                import onnxruntime as ort
-
-                self.version = ort.__version__
-                self._ort = ort
-            elif runtime == "openvino":
-                import openvino as ov
-
-                self.version = ov.get_version().split("-")[0]
-                self._core = ov.Core()
-            else:
-                import torch
-
-                self.version = torch.__version__
-        except ImportError:
-            extra = {"onnxruntime": "onnx", "openvino": "openvino"}.get(runtime, "")
-            raise MissingDependencyError(runtime, extra, "building a latency table") from None
-
-    @contextlib.contextmanager
-    def torch_settings(self):
-        """PyTorch timings at the asked threads (restored after) with denormals flushed, as runtimes do."""
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_flush_denormal(True)  # process-wide, as the CLI and the torch runner set it
-        if self.threads and self.runtime == "torch":
-            torch.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
-
-    def _ort_session(self, model: bytes | str):
-        so = self._ort.SessionOptions()
-        if self.threads:
-            so.intra_op_num_threads = self.threads
-            so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sess = self._ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
-        return sess
-
-    def _ov_compile(self, model):
-        cfg: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-        if self.threads:
-            cfg["INFERENCE_NUM_THREADS"] = int(self.threads)
-            cfg["NUM_STREAMS"] = "1"
-        return self._core.compile_model(model, "CPU", cfg).create_infer_request()
-
-    def layer(self, sig: LayerSignature, c_in: int, c_out: int) -> Callable[[], Any]:
-        import numpy as np
-
-        shape = [1, c_in] if sig.kind == "linear" else [1, c_out if sig.kind == "dwconv" else c_in, *sig.in_hw]
-        x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-        if self.runtime == "onnxruntime":
-            sess = self._ort_session(_onnx_layer(sig, c_in, c_out))
-            return lambda: sess.run(None, {"x": x})
-        if self.runtime == "openvino":
-            req = self._ov_compile(self._core.read_model(_onnx_layer(sig, c_in, c_out), b""))
-            return lambda: req.infer({0: x}, share_inputs=True)
-        import torch
-
-        mod, t = _torch_layer(sig, c_in, c_out)
-
-        def run():
-            with torch.inference_mode():
-                mod(t)
-        return run
-
-    def model(self, model, input_shape) -> Callable[[], Any]:
-        import numpy as np
-        import torch
-
-        x = np.random.default_rng(1).standard_normal((1, *input_shape)).astype(np.float32)
-        if self.runtime == "torch":
-            t = torch.from_numpy(x)
-
-            def run():
-                with torch.inference_mode():
-                    model(t)
-            return run
-        with tempfile.TemporaryDirectory() as tmp:
-            f = Path(tmp) / "model.onnx"
-            torch.onnx.export(model.eval(), (torch.from_numpy(x),), str(f), dynamo=False, input_names=["x"],
-                              opset_version=17)
-            if self.runtime == "onnxruntime":
-                sess = self._ort_session(str(f))
-                return lambda: sess.run(None, {"x": x})
-            req = self._ov_compile(self._core.read_model(str(f)))
-        return lambda: req.infer({0: x}, share_inputs=True)
-
-
-def _time_interleaved(fns: Sequence[Callable[[], Any]], timing: TimingConfig) -> list[float]:
-    """Median ms per callable, timed in interleaved rounds so drift hits every width alike."""
-    for fn in fns:
-        for _ in range(timing.warmup):
-            fn()
-    samples: list[list[int]] = [[] for _ in fns]
-    for _ in range(timing.rounds):
-        for i, fn in enumerate(fns):
-            for _ in range(timing.calls):
-                a = time.perf_counter_ns()
-                fn()
-                samples[i].append(time.perf_counter_ns() - a)
-    out = []
-    for s in samples:
-        s.sort()
-        out.append(s[len(s) // 2] / 1e6)
-    return out
-
-
 # --------------------------------------------------------------------------- cache
 def _cache_path(cache_dir: Path, device: str, runtime: str, version: str, threads, precision: str) -> Path:
     slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{device}-{runtime}-{version}-t{threads or 'all'}-{precision}")
@@ -467,26 +307,32 @@ def _model_key(model, input_shape) -> str:
 def build_latency_table(model, input_shape: Sequence[int], *, runtime: str, threads: int | None = None,
                         device: str = "local", precision: str = "fp32", cache_dir: str | Path | None = None,
                         timing: TimingConfig | None = None, max_points: int = 12,
-                        use_cache: bool = True) -> LatencyTable:
+                        use_cache: bool = True, base_ms: float | None = None) -> LatencyTable:
     """Measure (or read from the cache) every layer's latency curve and the full model's latency.
 
     ``device`` names the device profile (part of the cache key with the runtime, its version, the threads and
-    the precision). ``precision``: ``fp32`` only (int8 per-layer graphs are not built yet).
+    the precision). ``precision``: ``fp32``, or ``int8`` on ONNX Runtime and OpenVINO (QDQ one-layer graphs).
+    ``base_ms``: the full model's latency as deployed, measured by the caller (then not measured here); int8
+    needs it, since the deployed int8 model comes from a calibrated quantizer this module does not run.
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"the latency table measures on {', '.join(RUNTIMES)}; got runtime {runtime!r}")
-    if precision != "fp32":
-        raise ConfigError(f"the latency table measures fp32 layers only; got precision {precision!r}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"the latency table measures {' or '.join(PRECISIONS)} layers; got {precision!r}")
+    if precision == "int8" and runtime == "torch":
+        raise ConfigError("int8 latency tables are measured on onnxruntime or openvino, not torch")
+    if precision == "int8" and base_ms is None:
+        raise ConfigError("an int8 latency table needs base_ms: the deployed int8 model's measured p50")
     input_shape = tuple(int(s) for s in input_shape)
     timing = timing or TimingConfig()
     model = model.eval()
-    backend = _Backend(runtime, threads, precision)
+    backend = Backend(runtime, threads, precision)
     with backend.torch_settings():
         return _build(model, input_shape, backend, device=device, cache_dir=cache_dir, timing=timing,
-                      max_points=max_points, use_cache=use_cache)
+                      max_points=max_points, use_cache=use_cache, base_ms=base_ms)
 
 
-def _build(model, input_shape, backend: _Backend, *, device, cache_dir, timing, max_points, use_cache):
+def _build(model, input_shape, backend: Backend, *, device, cache_dir, timing, max_points, use_cache, base_ms):
     runtime, threads, precision = backend.runtime, backend.threads, backend.precision
     shapes = _layer_shapes(model, input_shape)
     out_of, in_of, group_widths = _group_owners(model, input_shape)
@@ -513,7 +359,7 @@ def _build(model, input_shape, backend: _Backend, *, device, cache_dir, timing, 
         floor = float(cache["floor_ms"])
         cached += 1
     else:  # the per-call cost of a trivial graph: what every isolated layer timing carries besides its compute
-        floor = _time_interleaved([backend.layer(LayerSignature("conv", 1, 1, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1,
+        floor = time_interleaved([backend.layer(LayerSignature("conv", 1, 1, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1,
                                                                 (1, 1)), 1, 1)], timing)[0]
         cache["floor_ms"] = floor
         measured += 1
@@ -521,11 +367,13 @@ def _build(model, input_shape, backend: _Backend, *, device, cache_dir, timing, 
         e.floor_ms = floor
         e.full_ms = max(0.0, e.out_curve[e.sig.out_channels] - floor)
     mkey = _model_key(model, input_shape)
-    if mkey in cache["models"]:
+    if base_ms is not None:
+        base = float(base_ms)
+    elif mkey in cache["models"]:
         base = float(cache["models"][mkey])
         cached += 1
     else:
-        base = _time_interleaved([backend.model(model, input_shape)], timing)[0]
+        base = time_interleaved([backend.model(model, input_shape)], timing)[0]
         cache["models"][mkey] = base
         measured += 1
     if measured and use_cache:
@@ -536,7 +384,7 @@ def _build(model, input_shape, backend: _Backend, *, device, cache_dir, timing, 
                         cache_file=str(cache_file) if use_cache else None)
 
 
-def _measure_layer(backend: _Backend, sig: LayerSignature, timing: TimingConfig,
+def _measure_layer(backend: Backend, sig: LayerSignature, timing: TimingConfig,
                    max_points: int) -> tuple[dict[int, float], dict[int, float]]:
     outs = width_grid(sig.out_channels, max_points=max_points)
     if sig.groups > 1 and sig.kind == "conv":
@@ -548,7 +396,7 @@ def _measure_layer(backend: _Backend, sig: LayerSignature, timing: TimingConfig,
         if sig.groups > 1:
             ins = [w for w in ins if w % sig.groups == 0]
         fns += [backend.layer(sig, w, sig.out_channels) for w in ins]
-    times = _time_interleaved(fns, timing)
+    times = time_interleaved(fns, timing)
     out_curve = dict(zip(outs, times[: len(outs)], strict=True))
     in_curve = dict(zip(ins, times[len(outs):], strict=True))
     if in_curve:

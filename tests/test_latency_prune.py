@@ -299,3 +299,36 @@ def test_peers_suite_smoke_runs_end_to_end(tmp_path):
     md = (tmp_path / "peers-smoke.md").read_text()
     assert "SMOKE: no claims" in md and "| tp-hessian |" in md and out["command"].endswith("--smoke --out " + str(tmp_path))
     assert (tmp_path / "peers-smoke.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_int8_latency_table_is_its_own_cache_key_and_needs_the_deployed_base(small_table):
+    from benchmarks.latency_table import TimingConfig, build_latency_table
+
+    fp32, cache = small_table
+    with pytest.raises(ConfigError, match="base_ms"):
+        build_latency_table(_small_cnn(), (3, 32, 32), runtime="onnxruntime", precision="int8", cache_dir=cache)
+    with pytest.raises(ConfigError, match="not torch"):
+        build_latency_table(_small_cnn(), (3, 32, 32), runtime="torch", precision="int8", base_ms=1.0)
+    with pytest.raises(ConfigError, match="fp32 or int8"):
+        build_latency_table(_small_cnn(), (3, 32, 32), runtime="openvino", precision="fp16")
+    q = build_latency_table(_small_cnn(), (3, 32, 32), runtime="onnxruntime", threads=1, device="x86-cpu",
+                            precision="int8", base_ms=0.5, cache_dir=cache, timing=TimingConfig(**QUICK_TIMING))
+    assert q.precision == "int8" and q.base_ms == 0.5 and q.measured_points > 0
+    assert q.cache_file != fp32.cache_file and q.cache_file.endswith("-int8.json")
+    assert q.predict_ms({}) == 0.5 and q.predict_ms({g: q.candidates(g)[0] for g in q.groups}) <= 0.5
+
+
+@pytest.mark.slow
+def test_cli_int8_latency_target_quantizes_what_it_measures(lite0_digits_path, tmp_path):
+    out = tmp_path / "q.pt"
+    r = run_cli("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1000",
+                "--device", "x86-cpu", "--runtime", "openvino", "--latency-precision", "int8", "--threads", "1",
+                "--latency-cache", str(tmp_path / "c"), "--samples-per-class", "2", "--quick-latency",
+                "-o", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    lat = json.loads(r.stdout)["latency"]
+    assert lat["precision"] == "int8" and lat["met"] and lat["table"]["precision"] == "int8"
+    assert lat["table_base_ms"] == lat["unpruned_p50_ms"]  # the int8 base is the measured NNCF model
+    bad = run_cli("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1",
+                  "--runtime", "torch", "--latency-precision", "int8", "-o", str(out))
+    assert bad.returncode == 2 and "int8 latency target" in bad.stderr

@@ -34,12 +34,17 @@ class LatencyTarget:
     max_iterations: int = 4
     cache_dir: Path | None = None
     quick: bool = False
+    precision: str = "fp32"  # int8: the target is the int8 model's p50 (NNCF for OpenVINO, QDQ for ORT)
 
     @classmethod
     def from_options(cls, *, target_ms: float, device: str, runtime: str | None, threads: int | None,
-                     max_iterations: int = 4, cache_dir: Path | None = None, quick: bool = False) -> LatencyTarget:
-        from benchmarks.latency_table import RUNTIMES
+                     max_iterations: int = 4, cache_dir: Path | None = None, quick: bool = False,
+                     precision: str = "fp32") -> LatencyTarget:
+        from benchmarks.latency_table import PRECISIONS, RUNTIMES
         from benchmarks.profiles import load_profile
+
+        if precision not in PRECISIONS:
+            raise ConfigError(f"--latency-precision must be {' or '.join(PRECISIONS)}, got {precision!r}")
 
         if not target_ms > 0:
             raise ConfigError(f"--target-latency-ms must be a positive number of milliseconds, got {target_ms}")
@@ -56,9 +61,11 @@ class LatencyTarget:
                                   f"measures on ({', '.join(RUNTIMES)}); pass --runtime")
         elif runtime not in RUNTIMES:
             raise ConfigError(f"the latency table measures on {', '.join(RUNTIMES)}; got --runtime {runtime!r}")
+        if precision == "int8" and runtime == "torch":
+            raise ConfigError("an int8 latency target runs on openvino or onnxruntime; pass --runtime")
         return cls(target_ms=float(target_ms), profile=profile, runtime=runtime,
                    threads=threads if threads is not None else profile.threads, max_iterations=max_iterations,
-                   cache_dir=cache_dir, quick=quick)
+                   cache_dir=cache_dir, quick=quick, precision=precision)
 
     # ------------------------------------------------------------------ measurement
     def _bench_config(self):
@@ -72,8 +79,12 @@ class LatencyTarget:
                            warmup_s=b.warmup_s, min_time_s=b.min_time_s, min_count=b.min_count,
                            max_time_s=b.max_time_s)
 
-    def measure_p50(self, art: Artifact) -> float:
-        """p50 (ms, batch 1, wall clock) of a PyTorch artifact on the target runtime, through the harness."""
+    def measure_p50(self, art: Artifact, splits=None) -> float:
+        """p50 (ms, batch 1, wall clock) of a PyTorch artifact on the target runtime, through the harness.
+
+        For an int8 target the model is quantized first, by edgetl's own int8 path for the runtime (NNCF for
+        OpenVINO, U8S8 QDQ for ONNX Runtime), calibrated on ``splits``.
+        """
         import torch
 
         from benchmarks.harness import measure
@@ -81,6 +92,15 @@ class LatencyTarget:
         config = self._bench_config()
         if self.runtime == "torch":
             return measure(art, config, profile=self.profile).latency_ms.p50
+        if self.precision == "int8":
+            from edgetl.quantize import QuantizeConfig, quantize
+
+            with tempfile.TemporaryDirectory(prefix="edgetl-latency-") as tmp:
+                suffix = ".xml" if self.runtime == "openvino" else ".onnx"
+                q = quantize(art, QuantizeConfig(backend=self.runtime, precision="int8",
+                                                 calib_samples=64 if self.quick else 300),
+                             data=splits, out=Path(tmp) / f"model.int8{suffix}")
+                return measure(q, config, profile=self.profile).latency_ms.p50
         with tempfile.TemporaryDirectory(prefix="edgetl-latency-") as tmp:
             f = Path(tmp) / "pruned.onnx"
             x = torch.zeros(art.input_spec.batch_shape(1))
@@ -99,11 +119,12 @@ class LatencyTarget:
         if art.model is None:
             raise ConfigError("a latency target prunes a PyTorch model; this artifact has none")
         timing = TimingConfig(calls=3, rounds=1, warmup=1) if self.quick else TimingConfig()
+        unpruned = self.measure_p50(art, splits)
         table = build_latency_table(art.model, art.input_spec.shape, runtime=self.runtime, threads=self.threads,
                                     device=self.profile.name, cache_dir=self.cache_dir, timing=timing,
-                                    max_points=6 if self.quick else 12)
+                                    max_points=6 if self.quick else 12, precision=self.precision,
+                                    base_ms=unpruned if self.precision == "int8" else None)
         table_base = table.base_ms
-        unpruned = self.measure_p50(art)
         table.base_ms = unpruned  # the prediction starts from what the harness measures, as the check does
         cfg = dataclasses.replace(config, ratio=None, target_flops=None, target_params=None, steps=1,
                                   target_latency_ms=self.target_ms, latency_model=table)
@@ -112,8 +133,10 @@ class LatencyTarget:
             trial = prune(art, dataclasses.replace(cfg, target_latency_ms=budget, recover_epochs=0), data=splits)
             return trial, trial.history[-1].metrics["latency_allocation"]["predicted_ms"]
 
-        fit = fit_latency(prune_at, self.measure_p50, self.target_ms, max_iterations=self.max_iterations)
+        fit = fit_latency(prune_at, lambda a: self.measure_p50(a, splits), self.target_ms,
+                          max_iterations=self.max_iterations)
         report = {"target_ms": self.target_ms, "device": self.profile.name, "runtime": self.runtime,
+                  "precision": self.precision,
                   "threads": self.threads, "met": fit.met, "iterations": fit.iterations,
                   "predicted_ms": fit.predicted_ms, "measured_p50_ms": fit.measured_ms,
                   "unpruned_p50_ms": unpruned, "table_base_ms": table_base, "table": table_summary(table),

@@ -53,6 +53,9 @@ def prune_cmd(
                                                 "error.")] = 4,
     latency_cache: Annotated[Optional[Path], typer.Option(help="Latency table cache directory (default: "
                                                           "$EDGETL_LATENCY_CACHE or ~/.cache/edgetl/latency).")] = None,
+    latency_precision: Annotated[str, typer.Option(help="Precision the latency target is for: fp32, or int8 (the "
+                                                   "model quantized by edgetl's int8 path for --runtime, then "
+                                                   "measured).")] = "fp32",
     quick_latency: Annotated[bool, typer.Option("--quick-latency", help="Few timing calls per point and a coarse "
                                                 "width grid (smoke runs, tests; not for published figures).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
@@ -84,7 +87,8 @@ def prune_cmd(
 
             latency = LatencyTarget.from_options(target_ms=target_latency_ms, device=device, runtime=runtime,
                                                  threads=threads, max_iterations=max_iterations,
-                                                 cache_dir=latency_cache, quick=quick_latency)
+                                                 cache_dir=latency_cache, quick=quick_latency,
+                                                 precision=latency_precision)
         cfg = PruneConfig(
             criterion=criterion, ratio=0.5 if ratio is None else ratio, target_flops=target_flops,
             target_params=target_params, steps=steps, recover_epochs=recover_epochs, recover_lr=recover_lr,
@@ -124,7 +128,7 @@ def prune_cmd(
                     console.print(f"note: {note}")
             if latency_result is not None:
                 lr = latency_result
-                table(console, f"latency target {lr['target_ms']:.4g} ms (p50, {lr['runtime']}, threads "
+                table(console, f"latency target {lr['target_ms']:.4g} ms (p50, {lr['runtime']} {lr['precision']}, threads "
                       f"{lr['threads'] or 'all'})", ["iteration", "budget ms", "predicted ms", "measured p50 ms"],
                       [[i["iteration"], f"{i['budget_ms']:.4g}", f"{i['predicted_ms']:.4g}", f"{i['measured_ms']:.4g}"]
                        for i in lr["iterations"]])
