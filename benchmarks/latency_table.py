@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -197,12 +198,33 @@ class LatencyTable:
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "runtime": self.runtime, "runtime_version": self.runtime_version,
                 "threads": self.threads, "precision": self.precision, "input_shape": list(self.input_shape),
-                "base_ms": self.base_ms, "floor_ms": self.floor_ms, "groups": dict(self.groups), "measured_points": self.measured_points,
-                "cached_points": self.cached_points, "cache_file": self.cache_file,
-                "layers": [{"name": e.name, "signature": e.sig.key(), "out_group": e.out_group,
-                            "in_group": e.in_group, "full_ms": e.full_ms,
+                "base_ms": self.base_ms, "floor_ms": self.floor_ms, "groups": dict(self.groups),
+                "measured_points": self.measured_points, "cached_points": self.cached_points,
+                "cache_file": self.cache_file,
+                "layers": [{"name": e.name, "signature": e.sig.key(), "sig": dataclasses.asdict(e.sig),
+                            "out_group": e.out_group, "in_group": e.in_group, "full_ms": e.full_ms,
+                            "floor_ms": e.floor_ms,
                             "out_curve": {str(k): v for k, v in sorted(e.out_curve.items())},
                             "in_curve": {str(k): v for k, v in sorted(e.in_curve.items())}} for e in self.layers]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatencyTable:
+        """The table again from :meth:`to_dict` (e.g. measured on a board and sent back over SSH)."""
+        try:
+            layers = [LayerEntry(name=x["name"], sig=LayerSignature(**{k: tuple(v) if isinstance(v, list) else v
+                                                                      for k, v in x["sig"].items()}),
+                                 out_group=x["out_group"], in_group=x["in_group"], full_ms=float(x["full_ms"]),
+                                 floor_ms=float(x.get("floor_ms", d.get("floor_ms", 0.0))),
+                                 out_curve={int(k): float(v) for k, v in x["out_curve"].items()},
+                                 in_curve={int(k): float(v) for k, v in x["in_curve"].items()}) for x in d["layers"]]
+            return cls(device=d["device"], runtime=d["runtime"], runtime_version=d["runtime_version"],
+                       threads=d["threads"], precision=d["precision"], input_shape=tuple(d["input_shape"]),
+                       base_ms=float(d["base_ms"]), floor_ms=float(d["floor_ms"]), layers=layers,
+                       groups={k: int(v) for k, v in d["groups"].items()},
+                       measured_points=int(d.get("measured_points", 0)),
+                       cached_points=int(d.get("cached_points", 0)), cache_file=d.get("cache_file"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"not a latency table ({type(e).__name__}: {e})") from None
 
 
 # --------------------------------------------------------------------------- the model's layers

@@ -332,3 +332,34 @@ def test_cli_int8_latency_target_quantizes_what_it_measures(lite0_digits_path, t
     bad = run_cli("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1",
                   "--runtime", "torch", "--latency-precision", "int8", "-o", str(out))
     assert bad.returncode == 2 and "int8 latency target" in bad.stderr
+
+
+@pytest.mark.slow
+def test_cli_latency_target_on_the_loopback_board(lite0_digits_path, tmp_path):
+    """The table is measured on the board (its own cache there) and each pruned model benchmarked there."""
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from test_bench_remote import Sshd
+
+    sshd = Sshd(tmp_path / "sshd")
+    try:
+        root = Path(__file__).resolve().parent.parent
+        board_cache = tmp_path / "board-cache"
+        remote = (f"env PYTHONPATH={shlex.quote(str(root))} EDGETL_LATENCY_CACHE={shlex.quote(str(board_cache))} "
+                  f"{sys.executable} -m edgetl.cli")
+        out = tmp_path / "remote.pt"
+        r = run_cli("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1000",
+                    "--runtime", "onnxruntime", "--threads", "1", "--host", "board", "--ssh-config",
+                    str(sshd.config), "--remote-edgetl", remote, "--samples-per-class", "2", "--quick-latency",
+                    "-o", str(out), "--json")
+        assert r.returncode == 0, r.stderr
+        lat = json.loads(r.stdout)["latency"]
+        assert lat["host"] == "board" and lat["met"] and lat["table"]["measured_points"] > 0
+        assert any(board_cache.glob("*-onnxruntime-*-t1-fp32.json"))  # measured and cached on the board
+    finally:
+        sshd.stop()
+    lone = run_cli("prune", str(lite0_digits_path), "--data", "digits", "--host", "board", "-o",
+                   str(tmp_path / "lone.pt"))
+    assert lone.returncode == 2 and "give --target-latency-ms" in lone.stderr

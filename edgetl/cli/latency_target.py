@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,13 @@ class LatencyTarget:
     cache_dir: Path | None = None
     quick: bool = False
     precision: str = "fp32"  # int8: the target is the int8 model's p50 (NNCF for OpenVINO, QDQ for ORT)
+    ssh: Any = None  # a benchmarks.remote.SshTarget: the table and every measurement are taken on that board
 
     @classmethod
     def from_options(cls, *, target_ms: float, device: str, runtime: str | None, threads: int | None,
                      max_iterations: int = 4, cache_dir: Path | None = None, quick: bool = False,
-                     precision: str = "fp32") -> LatencyTarget:
+                     precision: str = "fp32", host: str | None = None,
+                     ssh_options: dict[str, Any] | None = None) -> LatencyTarget:
         from benchmarks.latency_table import PRECISIONS, RUNTIMES
         from benchmarks.profiles import load_profile
 
@@ -63,9 +66,14 @@ class LatencyTarget:
             raise ConfigError(f"the latency table measures on {', '.join(RUNTIMES)}; got --runtime {runtime!r}")
         if precision == "int8" and runtime == "torch":
             raise ConfigError("an int8 latency target runs on openvino or onnxruntime; pass --runtime")
+        ssh = None
+        if host:
+            from benchmarks.remote import SshTarget
+
+            ssh = SshTarget.from_profile(host, profile, **(ssh_options or {}))
         return cls(target_ms=float(target_ms), profile=profile, runtime=runtime,
                    threads=threads if threads is not None else profile.threads, max_iterations=max_iterations,
-                   cache_dir=cache_dir, quick=quick, precision=precision)
+                   cache_dir=cache_dir, quick=quick, precision=precision, ssh=ssh)
 
     # ------------------------------------------------------------------ measurement
     def _bench_config(self):
@@ -90,6 +98,8 @@ class LatencyTarget:
         from benchmarks.harness import measure
 
         config = self._bench_config()
+        if self.ssh is not None:
+            return self._remote_p50(art, splits)
         if self.runtime == "torch":
             return measure(art, config, profile=self.profile).latency_ms.p50
         if self.precision == "int8":
@@ -120,10 +130,13 @@ class LatencyTarget:
             raise ConfigError("a latency target prunes a PyTorch model; this artifact has none")
         timing = TimingConfig(calls=3, rounds=1, warmup=1) if self.quick else TimingConfig()
         unpruned = self.measure_p50(art, splits)
-        table = build_latency_table(art.model, art.input_spec.shape, runtime=self.runtime, threads=self.threads,
-                                    device=self.profile.name, cache_dir=self.cache_dir, timing=timing,
-                                    max_points=6 if self.quick else 12, precision=self.precision,
-                                    base_ms=unpruned if self.precision == "int8" else None)
+        if self.ssh is not None:
+            table = self._remote_table(art, base_ms=unpruned if self.precision == "int8" else None)
+        else:
+            table = build_latency_table(art.model, art.input_spec.shape, runtime=self.runtime, threads=self.threads,
+                                        device=self.profile.name, cache_dir=self.cache_dir, timing=timing,
+                                        max_points=6 if self.quick else 12, precision=self.precision,
+                                        base_ms=unpruned if self.precision == "int8" else None)
         table_base = table.base_ms
         table.base_ms = unpruned  # the prediction starts from what the harness measures, as the check does
         cfg = dataclasses.replace(config, ratio=None, target_flops=None, target_params=None, steps=1,
@@ -136,7 +149,7 @@ class LatencyTarget:
         fit = fit_latency(prune_at, lambda a: self.measure_p50(a, splits), self.target_ms,
                           max_iterations=self.max_iterations)
         report = {"target_ms": self.target_ms, "device": self.profile.name, "runtime": self.runtime,
-                  "precision": self.precision,
+                  "precision": self.precision, "host": self.ssh.host if self.ssh is not None else "local",
                   "threads": self.threads, "met": fit.met, "iterations": fit.iterations,
                   "predicted_ms": fit.predicted_ms, "measured_p50_ms": fit.measured_ms,
                   "unpruned_p50_ms": unpruned, "table_base_ms": table_base, "table": table_summary(table),
@@ -153,3 +166,82 @@ class LatencyTarget:
             pruned = prune(art, dataclasses.replace(cfg, target_latency_ms=fit.iterations[-1]["budget_ms"]),
                            data=splits)
         return pruned, report
+
+    # ------------------------------------------------------------------ on a board
+    def _deployed_file(self, art: Artifact, splits, folder: Path) -> Path:
+        """The file the board runs: the fp32 ONNX, or the int8 model (quantized here: it is portable)."""
+        import torch
+
+        if self.precision == "int8":
+            from edgetl.quantize import QuantizeConfig, quantize
+
+            suffix = ".xml" if self.runtime == "openvino" else ".onnx"
+            q = quantize(art, QuantizeConfig(backend=self.runtime, precision="int8",
+                                             calib_samples=64 if self.quick else 300),
+                         data=splits, out=folder / f"model.int8{suffix}")
+            return q.path
+        if self.runtime == "torch":
+            from edgetl.models import save_model
+
+            return save_model(art, folder / "model.pt")
+        import json
+
+        from edgetl.models import SIDECAR_SUFFIX
+
+        f = folder / "model.onnx"
+        torch.onnx.export(art.model.eval(), (torch.zeros(art.input_spec.batch_shape(1)),), str(f), dynamo=False,
+                          input_names=["input"], output_names=["logits"], opset_version=17)
+        # the board's edgetl reads the input spec and labels from the sidecar
+        f.with_name(f.name + SIDECAR_SUFFIX).write_text(json.dumps({**art.metadata(), "format": "onnx"}, default=str))
+        return f
+
+    def _remote_p50(self, art: Artifact, splits) -> float:
+        from benchmarks.remote import bench_remote
+
+        with tempfile.TemporaryDirectory(prefix="edgetl-latency-") as tmp:
+            path = self._deployed_file(art, splits, Path(tmp))
+            [res] = bench_remote([path], self.ssh, profile=self.profile,
+                                 config=dataclasses.replace(self._bench_config(), runtime=self.runtime))
+        return res.latency_ms.p50
+
+    def _remote_table(self, art: Artifact, *, base_ms: float | None):
+        """``edgetl latency-table`` on the board (its own cache there), read back as a LatencyTable."""
+        import json
+        import shlex
+
+        from benchmarks.latency_table import LatencyTable
+        from edgetl.cli.profile_cmd import _json_line, _ssh
+        from edgetl.errors import RemoteError
+        from edgetl.models import save_model
+
+        t = self.ssh
+        if art.arch is None:
+            raise ConfigError("a latency table on a board is built from an edgetl checkpoint of a zoo "
+                              "architecture (it travels without pickled code); this model has no arch")
+        run_dir = f"{t.workdir.rstrip('/')}/latency-{int(time.time())}"
+        _ssh(t.ssh_argv(f"mkdir -p {shlex.quote(run_dir)}"), t, during="connecting", timeout=60)
+        try:
+            with tempfile.TemporaryDirectory(prefix="edgetl-latency-") as tmp:
+                ckpt = save_model(art, Path(tmp) / "model.pt")
+                _ssh(t.scp_argv([ckpt], run_dir), t, during="copying the model")
+            args = ["latency-table", "model.pt", "--runtime", self.runtime, "--precision", self.precision, "--json"]
+            if self.threads:
+                args += ["--threads", str(self.threads)]
+            if base_ms is not None:
+                args += ["--base-ms", repr(float(base_ms))]
+            if self.quick:
+                args += ["--quick"]
+            cmd = f"cd {shlex.quote(run_dir)} && {t.remote_edgetl} {' '.join(shlex.quote(a) for a in args)}"
+            r = _ssh(t.ssh_argv(cmd), t, during="measuring the latency table", timeout=3600)
+            payload = _json_line(r.stdout)
+            if payload is None or not payload.get("ok"):
+                why = payload.get("error") if payload else (r.stderr.strip().splitlines() or [""])[-1]
+                raise RemoteError(f"edgetl latency-table on {t.host} failed: {why}")
+            table = LatencyTable.from_dict(json.loads(json.dumps(payload["table"])))
+            table.device = self.profile.name
+            return table
+        finally:
+            try:
+                _ssh(t.ssh_argv(f"rm -rf {shlex.quote(run_dir)}"), t, during="cleaning up", timeout=30)
+            except RemoteError:
+                pass

@@ -16,7 +16,10 @@ from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
 
 
 def register(app: typer.Typer) -> None:
+    from edgetl.cli import latency_cmd
+
     app.command("profile")(profile_cmd)
+    latency_cmd.register(app)  # the per-layer latency table: the same question, per width
 
 
 def profile_cmd(

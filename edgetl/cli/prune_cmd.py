@@ -56,6 +56,12 @@ def prune_cmd(
     latency_precision: Annotated[str, typer.Option(help="Precision the latency target is for: fp32, or int8 (the "
                                                    "model quantized by edgetl's int8 path for --runtime, then "
                                                    "measured).")] = "fp32",
+    host: Annotated[Optional[str], typer.Option("--host", "-H", help="Measure the latency table and the pruned "
+                                                "models on this board over SSH.")] = None,
+    ssh_config: Annotated[Optional[Path], typer.Option("--ssh-config", help="SSH config file.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="SSH port.")] = None,
+    remote_edgetl: Annotated[Optional[str], typer.Option("--remote-edgetl", help="Command that runs edgetl on "
+                                                         "the board.")] = None,
     quick_latency: Annotated[bool, typer.Option("--quick-latency", help="Few timing calls per point and a coarse "
                                                 "width grid (smoke runs, tests; not for published figures).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
@@ -82,13 +88,17 @@ def prune_cmd(
             raise ConfigError("give either --ratio or a target (--target-flops / --target-params / "
                               "--target-latency-ms), not both")
         latency = None
+        if host and target_latency_ms is None:
+            raise ConfigError("--host measures a latency target on a board; give --target-latency-ms too")
         if target_latency_ms is not None:
             from edgetl.cli.latency_target import LatencyTarget
 
             latency = LatencyTarget.from_options(target_ms=target_latency_ms, device=device, runtime=runtime,
                                                  threads=threads, max_iterations=max_iterations,
                                                  cache_dir=latency_cache, quick=quick_latency,
-                                                 precision=latency_precision)
+                                                 precision=latency_precision, host=host,
+                                                 ssh_options={"ssh_config": str(ssh_config) if ssh_config else None,
+                                                              "port": port, "remote_edgetl": remote_edgetl})
         cfg = PruneConfig(
             criterion=criterion, ratio=0.5 if ratio is None else ratio, target_flops=target_flops,
             target_params=target_params, steps=steps, recover_epochs=recover_epochs, recover_lr=recover_lr,
