@@ -143,7 +143,14 @@ class LatencyTarget:
                                   target_latency_ms=self.target_ms, latency_model=table)
 
         def prune_at(budget: float):
-            trial = prune(art, dataclasses.replace(cfg, target_latency_ms=budget, recover_epochs=0), data=splits)
+            try:
+                trial = prune(art, dataclasses.replace(cfg, target_latency_ms=budget, recover_epochs=0), data=splits)
+            except BudgetError as e:
+                if budget >= self.target_ms:
+                    raise
+                raise BudgetError(f"latency target {self.target_ms:.4g} ms not met: the pruned models measured "
+                                  f"slower than predicted, and the tightened budget {budget:.4g} ms is out of "
+                                  f"reach ({e})") from None
             return trial, trial.history[-1].metrics["latency_allocation"]["predicted_ms"]
 
         fit = fit_latency(prune_at, lambda a: self.measure_p50(a, splits), self.target_ms,
