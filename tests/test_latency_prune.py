@@ -330,7 +330,7 @@ def test_cli_int8_latency_target_quantizes_what_it_measures(lite0_digits_path, t
     assert lat["precision"] == "int8" and lat["met"] and lat["table"]["precision"] == "int8"
     assert lat["table_base_ms"] == lat["unpruned_p50_ms"]  # the int8 base is the measured NNCF model
     bad = run_cli("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1",
-                  "--runtime", "torch", "--latency-precision", "int8", "-o", str(out))
+                  "--runtime", "torch", "--latency-precision", "int8", "-o", str(tmp_path / "bad.pt"))
     assert bad.returncode == 2 and "int8 latency target" in bad.stderr
 
 

@@ -66,7 +66,7 @@ def test_onnxruntime_profile_sums_to_its_total_and_maps_to_modules(exports, lite
 def test_openvino_profile_sums_to_its_total_and_maps_to_modules(exports, lite0_digits, fmt):
     from edgetl.models import load_model
 
-    prof = profile_artifact(load_model(str(exports[fmt])), runtime="openvino", threads=1, calls=20,
+    prof = profile_artifact(load_model(str(exports[fmt])), runtime="openvino", threads=1, calls=40,
                             source=lite0_digits)
     assert prof.runtime == "openvino"
     # An IR converted from the module has folded each BN into its convolution already (the node is named
