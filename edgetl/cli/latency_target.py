@@ -121,8 +121,12 @@ class LatencyTarget:
             return measure(onnx_art, config, profile=self.profile).latency_ms.p50
 
     # ------------------------------------------------------------------ pruning
-    def prune(self, art: Artifact, config, splits) -> tuple[Artifact, dict[str, Any]]:
-        """Prune ``art`` to the measured target; raises :class:`BudgetError` when every iteration misses it."""
+    def prune(self, art: Artifact, config, splits, *, recover=None) -> tuple[Artifact, dict[str, Any]]:
+        """Prune ``art`` to the measured target; raises :class:`BudgetError` when every iteration misses it.
+
+        The iterations prune without recovery (recovery changes no width); the final model is pruned once more
+        at the budget that met the target, with ``config.recover_epochs`` or ``recover`` (e.g. distillation).
+        """
         from benchmarks.latency_table import TimingConfig, build_latency_table, table_summary
         from edgetl.prune import fit_latency, prune
 
@@ -169,9 +173,9 @@ class LatencyTarget:
                 f"{fit.predicted_ms:.4g} ms; unpruned {unpruned:.4g} ms). Raise the target, allow more "
                 "iterations (--max-iterations), or measure on a quieter machine")
         pruned = fit.result
-        if config.recover_epochs > 0:  # recovery changes no width: prune once more at the final budget, recovering
+        if config.recover_epochs > 0 or recover is not None:  # recovery changes no width: prune again, recovering
             pruned = prune(art, dataclasses.replace(cfg, target_latency_ms=fit.iterations[-1]["budget_ms"]),
-                           data=splits)
+                           data=splits, recover=recover)
         return pruned, report
 
     # ------------------------------------------------------------------ on a board
