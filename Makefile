@@ -6,7 +6,7 @@ STAMP := $(VENV)/.edgetl-installed
 DEMO_DIR ?= demo-out
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench bench-criteria bench-fidelity bench-quantize bench-pipeline bench-lrpcost clean venv
+.PHONY: demo test lint bench bench-criteria bench-fidelity bench-quantize bench-pipeline bench-lrpcost bench-peers clean venv
 
 venv: $(STAMP)
 
@@ -65,3 +65,7 @@ bench-lrpcost: $(DEMO_DIR)/teacher.pt
 bench-quantize: $(DEMO_DIR)/teacher.pt
 	flock /tmp/edgetl-bench.lock $(BIN)/python -m benchmarks.suites.quantize --teacher $(DEMO_DIR)/teacher.pt \
 		$(if $(STUDENT),--student $(STUDENT)) --threads 2 --time 5 --repeats 3
+
+# edgetl LRP (FLOPs and latency targets) vs Torch-Pruning's pruners (+ ModelOpt FastNAS where it imports), same recovery, NNCF int8 (idle machine).
+bench-peers: $(DEMO_DIR)/teacher.pt
+	flock /tmp/edgetl-bench.lock $(BIN)/python -m benchmarks.suites.peers --teacher $(DEMO_DIR)/teacher.pt

@@ -17,8 +17,8 @@ app = typer.Typer(
 core.register(app)
 
 # Each stage's command lives in its own module; importing them loads no backend (they import lazily).
-_STAGE_MODULES = ("prune", "distill", "quantize", "export", "bench", "devices", "report", "run", "plugins",
-                  "package")  # package, verify, predict
+_STAGE_MODULES = ("prune", "distill", "quantize", "export", "bench", "profile", "devices", "report", "run",
+                  "plugins", "package")  # package: package, verify, predict; profile: profile, latency-table
 
 
 def _register_stages() -> None:

@@ -28,6 +28,31 @@ def prune_cmd(
     ignore: Annotated[Optional[list[str]], typer.Option(help="Layer name pattern to leave unpruned (repeatable, "
                                                         "shell-style, e.g. 'features.0*').")] = None,
     arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture of a plain state-dict file.")] = None,
+    target_latency_ms: Annotated[Optional[float], typer.Option(
+        "--target-latency-ms", help="Latency to reach: p50 ms at batch 1 on --runtime with --threads; widths are "
+        "chosen against a per-layer latency table measured there, then the pruned model is measured and the "
+        "budget tightened until it holds.")] = None,
+    device: Annotated[str, typer.Option("--device", "-D", help="Device profile of the latency target "
+                                        "(see `edgetl devices`).")] = "x86-cpu",
+    runtime: Annotated[Optional[str], typer.Option(help="Runtime of the latency target: onnxruntime, openvino or "
+                                                   "torch (default: the profile's first of these, torch last).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Runtime threads for the latency target (default: the "
+                                                   "profile's).")] = None,
+    max_iterations: Annotated[int, typer.Option(help="Prune-measure rounds before a missed latency target is an "
+                                                "error.")] = 4,
+    latency_cache: Annotated[Optional[Path], typer.Option(help="Latency table cache directory (default: "
+                                                          "$EDGETL_LATENCY_CACHE or ~/.cache/edgetl/latency).")] = None,
+    latency_precision: Annotated[str, typer.Option(help="Precision the latency target is for: fp32, or int8 (the "
+                                                   "model quantized by edgetl's int8 path for --runtime, then "
+                                                   "measured).")] = "fp32",
+    host: Annotated[Optional[str], typer.Option("--host", "-H", help="Measure the latency table and the pruned "
+                                                "models on this board over SSH.")] = None,
+    ssh_config: Annotated[Optional[Path], typer.Option("--ssh-config", help="SSH config file.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="SSH port.")] = None,
+    remote_edgetl: Annotated[Optional[str], typer.Option("--remote-edgetl", help="Command that runs edgetl on "
+                                                         "the board.")] = None,
+    quick_latency: Annotated[bool, typer.Option("--quick-latency", help="Few timing calls per point and a coarse "
+                                                "width grid (smoke runs, tests; not for published figures).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
@@ -49,8 +74,22 @@ def prune_cmd(
             raise ConfigError(f"{output} exists; pass --overwrite to replace it")
         if output.suffix.lower() not in (".pt", ".pth"):
             raise ConfigError(f"the pruned model is saved as an edgetl checkpoint; give a .pt output, not {output.name}")
-        if "ratio" in options and ("target_flops" in options or "target_params" in options):
-            raise ConfigError("give either --ratio or a target (--target-flops / --target-params), not both")
+        if "ratio" in options and ("target_flops" in options or "target_params" in options
+                                   or target_latency_ms is not None):
+            raise ConfigError("give either --ratio or a target (--target-flops / --target-params / "
+                              "--target-latency-ms), not both")
+        if host and target_latency_ms is None:
+            raise ConfigError("--host measures a latency target on a board; give --target-latency-ms too")
+        latency = None
+        if target_latency_ms is not None:
+            from edgetl.cli.latency_target import LatencyTarget
+
+            latency = LatencyTarget.from_options(target_ms=target_latency_ms, device=device, runtime=runtime,
+                                                 threads=threads, max_iterations=max_iterations,
+                                                 cache_dir=latency_cache, quick=quick_latency,
+                                                 precision=latency_precision, host=host,
+                                                 ssh_options={"ssh_config": str(ssh_config) if ssh_config else None,
+                                                              "port": port, "remote_edgetl": remote_edgetl})
         opts = dict(options)
         if opts.get("round_to") == 1:
             opts["round_to"] = None  # widths are not rounded: the same as rounding to 1, recorded as none
@@ -58,13 +97,18 @@ def prune_cmd(
                      ignore=layers_matching(*ignore) if ignore else None)
         art = load_model(model, arch=arch)
         splits = load_data(data, seed=cfg.seed)
-        pruned = prune(art, cfg, data=splits)
+        if latency is not None:
+            pruned, latency_result = latency.prune(art, cfg, splits)
+        else:
+            pruned, latency_result = prune(art, cfg, data=splits), None
         save_model(pruned, output)
         rec = pruned.history[-1]
         m = rec.metrics
         result = {"output": str(output), "arch": pruned.arch, "data": splits.name, "file_bytes": output.stat().st_size,
                   "seconds": rec.seconds, **{k: v for k, v in m.items() if k not in ("widths_before", "widths_after")},
                   "widths_before": m["widths_before"], "widths_after": m["widths_after"]}
+        if latency_result is not None:
+            result["latency"] = latency_result
 
         def render(console):
             def pct(v):
@@ -82,6 +126,8 @@ def prune_cmd(
                                   f"canonizers: {', '.join(s.get('canonizers', [])) or 'none'}")
                 for note in s.get("notes", []):
                     console.print(f"note: {note}")
+            if latency_result is not None:
+                _render_latency(console, latency_result)
             if m["capped_layers"]:
                 console.print(f"per-layer cap kept channels in {len(m['capped_layers'])} layers")
             console.print(f"saved {output} ({result['file_bytes']:,} bytes, {rec.seconds:.1f} s)")
@@ -89,3 +135,13 @@ def prune_cmd(
         return result, render
 
     execute(body, json_=json_, debug=debug)
+
+
+def _render_latency(console, lr: dict) -> None:
+    table(console, f"latency target {lr['target_ms']:.4g} ms (p50, {lr['runtime']} {lr['precision']}, threads "
+          f"{lr['threads'] or 'all'})", ["iteration", "budget ms", "predicted ms", "measured p50 ms"],
+          [[i["iteration"], f"{i['budget_ms']:.4g}", f"{i['predicted_ms']:.4g}", f"{i['measured_ms']:.4g}"]
+           for i in lr["iterations"]])
+    console.print(f"unpruned p50 {lr['unpruned_p50_ms']:.4g} ms; latency table: "
+                  f"{lr['table']['measured_points']} points measured, {lr['table']['cached_points']} "
+                  f"from the cache")

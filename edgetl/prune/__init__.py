@@ -12,6 +12,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "edgetl.prune.budget": ("Allocation", "GroupScores", "LatencyFit", "LatencyModel", "allocate", "fit_latency"),
     "edgetl.prune.criteria": ("CRITERIA", "Criterion", "Normalization", "make_criterion"),
     "edgetl.prune.flops": ("ModelCost", "count_flops", "count_params", "layer_widths", "model_cost"),
     "edgetl.prune.config": ("LayerFilter", "PruneConfig", "Recovery", "Scope", "layers_matching"),

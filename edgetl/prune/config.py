@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -93,6 +94,11 @@ class PruneConfig:
     ignore_classifier: bool = option(True, help="Leave the classifier layer unpruned.")
     seed: int = option(0, help="Seed of the reference samples, random scores and recovery.")
     batch_size: int = option(64, help="Batch size of relevance scoring.")
+    # Latency target (p50 ms at batch 1 on one runtime): widths chosen by edgetl.prune.budget against an
+    # injected latency model (any object with candidates() and predict_ms(); the CLI builds one per device).
+    target_latency_ms: float | None = option(None, help="p50 latency target in ms at batch 1 on the device's "
+                                             "runtime; needs a latency model (the CLI measures one).", cli=False)
+    latency_model: Any = option(None, help="Injected latency model (not a recipe key).", recipe=False, cli=False)
 
     def __post_init__(self) -> None:
         from edgetl.prune.criteria import CRITERIA, Normalization
@@ -111,7 +117,9 @@ class PruneConfig:
         targets = [n for n in ("target_flops", "target_params") if getattr(self, n) is not None]
         if len(targets) > 1:
             raise ConfigError("give one target: target_flops or target_params, not both")
-        if targets:
+        if self.target_latency_ms is not None:
+            self._check_latency_target(targets)
+        elif targets:
             object.__setattr__(self, "ratio", None)
             value = getattr(self, targets[0])
             if not 0.0 < value < 1.0:
@@ -133,7 +141,21 @@ class PruneConfig:
         if self.ignore is not None and not callable(self.ignore):
             raise ConfigError("ignore must be a layer filter: a callable (name, module) -> bool")
 
+    def _check_latency_target(self, targets: list[str]) -> None:
+        if targets:
+            raise ConfigError(f"give one target: target_latency_ms or {targets[0]}, not both")
+        if not (isinstance(self.target_latency_ms, (int, float)) and 0 < self.target_latency_ms < math.inf):
+            raise ConfigError(f"target_latency_ms must be a positive number of milliseconds, got {self.target_latency_ms}")
+        if self.steps != 1:
+            raise ConfigError("a latency target prunes in one step (steps=1); recover afterwards with recover_epochs")
+        if self.latency_model is None or not callable(getattr(self.latency_model, "predict_ms", None)):
+            raise ConfigError("target_latency_ms needs a latency model (latency_model=...): an object with "
+                              "candidates(group) and predict_ms(widths), e.g. benchmarks.latency_table's")
+        object.__setattr__(self, "ratio", None)
+
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["ignore"] = None if self.ignore is None else getattr(self.ignore, "__qualname__", repr(self.ignore))
+        lm = self.latency_model
+        d["latency_model"] = None if lm is None else (lm.describe() if hasattr(lm, "describe") else type(lm).__name__)
         return {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in d.items()}

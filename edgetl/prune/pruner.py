@@ -161,9 +161,12 @@ def prune(artifact: Artifact, config: PruneConfig | None = None, *, data: DataSp
         s = _setup(artifact, config, data, needs_data=bool(config.recover_epochs) or recover is not None)
         scoring = [s.criterion.prepare(s.model, s.reference)]
         ratio = config.ratio
-        if ratio is None:
+        if ratio is None and config.target_latency_ms is None:
             ratio = _search_ratio(s.model, s.example, s.criterion, config, artifact.input_spec.shape, s.base, s.arch)
-        current, steps, capped, initial = _prune_steps(artifact, config, s, ratio, data, recover, scoring)
+        current, steps, capped, initial, allocation = _prune_steps(artifact, config, s, ratio, data, recover,
+                                                                   scoring)
+        if allocation is not None:  # latency target: the ratio is what the allocation removed
+            ratio = steps[-1]["ratio"]
     model = s.model.eval()
     spec = artifact.input_spec
     after = model_cost(model, spec.shape)
@@ -184,25 +187,32 @@ def prune(artifact: Artifact, config: PruneConfig | None = None, *, data: DataSp
         "scoring": scoring,
         "widths_before": s.widths_before, "widths_after": layer_widths(model),
     }
+    if allocation is not None:
+        metrics["latency_allocation"] = allocation
     record = StageRecord("prune", config.to_dict(), metrics, time.perf_counter() - start)
     return current.with_stage(record, model=model)
 
 
-def _prune_steps(artifact: Artifact, config: PruneConfig, s: _Setup, ratio: float, data: DataSplits | None,
-                 recover: Recover | None, scoring: list) -> tuple[Artifact, list, set, dict[str, int] | None]:
+def _prune_steps(artifact: Artifact, config: PruneConfig, s: _Setup, ratio: float | None, data: DataSplits | None,
+                 recover: Recover | None, scoring: list) -> tuple[Artifact, list, set, dict[str, int] | None, Any]:
     """Prune ``s.model`` in place over ``config.steps`` steps, recovering after each; returns the artifact
-    carrying each step's recovery records, the per-step info, the capped layers and the original widths."""
+    carrying each step's recovery records, the per-step info, the capped layers, the original widths and the
+    latency allocation (None without a latency target)."""
     from edgetl.train import evaluate_module
 
     steps, capped = [], set()
     initial: dict[str, int] | None = None
     current = artifact
+    allocation = None
     for step in range(1, config.steps + 1):
         if step > 1:
             scoring.append(s.criterion.prepare(s.model, s.reference))
-        step_ratio = ratio * step / config.steps
+        step_ratio = ratio * step / config.steps if ratio is not None else None
         plan = prune_model(s.model, s.example, s.criterion, ratio=step_ratio, config=config, initial=initial,
                            arch=s.arch)
+        if plan.latency is not None:  # latency target: the ratio is what the allocation removed
+            step_ratio = sum(plan.removals.values()) / max(1, sum(plan.sizes.values()))
+            allocation = plan.latency
         capped.update(plan.capped)
         initial = initial or plan.sizes
         info: dict[str, Any] = {"step": step, "ratio": round(step_ratio, 4),
@@ -216,4 +226,4 @@ def _prune_steps(artifact: Artifact, config: PruneConfig, s: _Setup, ratio: floa
             current = dataclasses.replace(current, history=list(recovered.history))
             info["val_accuracy_after_recovery"] = evaluate_module(s.model, data.val, artifact.input_spec)["accuracy"]
         steps.append(info)
-    return current, steps, capped, initial
+    return current, steps, capped, initial, allocation

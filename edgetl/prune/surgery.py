@@ -39,6 +39,7 @@ class PrunePlan:
     removals: dict[str, int]
     capped: list[str]
     sizes: dict[str, int]  # channels per group before the step
+    latency: dict[str, Any] | None = None  # the latency allocation (edgetl.prune.budget), for a latency target
 
 
 # --------------------------------------------------------------------------- graph
@@ -209,7 +210,7 @@ def _check_runs(model, example, arch: str) -> None:
             h.remove()
 
 
-def prune_model(model, example, criterion: Criterion, *, ratio: float, config: PruneConfig,
+def prune_model(model, example, criterion: Criterion, *, ratio: float | None, config: PruneConfig,
                 initial: dict[str, int] | None = None, arch: str = "model") -> PrunePlan:
     """One pruning step in place: ``ratio`` is the cumulative share of the *original* channels removed."""
     ignored = _ignored_modules(model, config)
@@ -224,7 +225,12 @@ def prune_model(model, example, criterion: Criterion, *, ratio: float, config: P
                          "layers involved (--ignore NAME) or prune another architecture") from None
     if not records:
         raise ModelError(f"{arch} has no prunable convolution or linear layer outside the ignored ones")
-    plan = _plan(records, ratio, config)
+    if config.target_latency_ms is not None:
+        from edgetl.prune.budget import latency_plan
+
+        plan = latency_plan(records, config)
+    else:
+        plan = _plan(records, ratio, config)
     _apply(dg, records, plan)
     _check_runs(model, example, arch)
     return plan
