@@ -44,19 +44,21 @@ def pruned(lite0_digits_path, digits):
 @pytest.fixture(scope="module")
 def int8_onnx(pruned, digits, tmp_path_factory) -> Path:
     from edgetl.quantize import QuantizeConfig, quantize
+    from edgetl.stages import StageContext
 
     out = tmp_path_factory.mktemp("pkg-int8") / "pruned.int8.onnx"
     q = quantize(pruned, QuantizeConfig(backend="onnxruntime", calib_samples=100, calibration="mean-minmax"),
-                 data=digits, out=out)
+                 data=digits, ctx=StageContext(output=out))
     return Path(q.path)
 
 
 @pytest.fixture(scope="module")
 def int8_openvino(pruned, digits, tmp_path_factory) -> Path:
     from edgetl.quantize import QuantizeConfig, quantize
+    from edgetl.stages import StageContext
 
     out = tmp_path_factory.mktemp("pkg-ov") / "pruned.int8.xml"
-    q = quantize(pruned, QuantizeConfig(backend="openvino", calib_samples=100), data=digits, out=out)
+    q = quantize(pruned, QuantizeConfig(backend="openvino", calib_samples=100), data=digits, ctx=StageContext(output=out))
     return Path(q.path)
 
 

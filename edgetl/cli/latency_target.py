@@ -104,12 +104,13 @@ class LatencyTarget:
             return measure(art, config, profile=self.profile).latency_ms.p50
         if self.precision == "int8":
             from edgetl.quantize import QuantizeConfig, quantize
+            from edgetl.stages import StageContext
 
             with tempfile.TemporaryDirectory(prefix="edgetl-latency-") as tmp:
                 suffix = ".xml" if self.runtime == "openvino" else ".onnx"
                 q = quantize(art, QuantizeConfig(backend=self.runtime, precision="int8",
-                                                 calib_samples=64 if self.quick else 300),
-                             data=splits, out=Path(tmp) / f"model.int8{suffix}")
+                                                 calib_samples=64 if self.quick else 300, allow_drop=True),
+                             data=splits, ctx=StageContext(output=Path(tmp) / f"model.int8{suffix}"))
                 return measure(q, config, profile=self.profile).latency_ms.p50
         with tempfile.TemporaryDirectory(prefix="edgetl-latency-") as tmp:
             f = Path(tmp) / "pruned.onnx"
@@ -185,11 +186,12 @@ class LatencyTarget:
 
         if self.precision == "int8":
             from edgetl.quantize import QuantizeConfig, quantize
+            from edgetl.stages import StageContext
 
             suffix = ".xml" if self.runtime == "openvino" else ".onnx"
             q = quantize(art, QuantizeConfig(backend=self.runtime, precision="int8",
-                                             calib_samples=64 if self.quick else 300),
-                         data=splits, out=folder / f"model.int8{suffix}")
+                                             calib_samples=64 if self.quick else 300, allow_drop=True),
+                         data=splits, ctx=StageContext(output=folder / f"model.int8{suffix}"))
             return q.path
         if self.runtime == "torch":
             from edgetl.models import save_model
