@@ -38,6 +38,7 @@ from edgetl.model_files import (
     _from_exported_program,
     _from_tensorrt_bundle,
     _plain_module_artifact,
+    attach_contract,
     read_sidecar,
 )
 
@@ -267,8 +268,8 @@ def load_model(
     path = Path(source)
     if not path.exists():
         if isinstance(source, str) and not any(sep in source for sep in ("/", "\\")) and "." not in source:
-            return _from_zoo(source, num_classes=num_classes, pretrained=pretrained, input_spec=input_spec,
-                             labels=labels)
+            return attach_contract(_from_zoo(source, num_classes=num_classes, pretrained=pretrained,
+                                             input_spec=input_spec, labels=labels))
         raise InputFileError(f"model file not found: {source}; give a path, or a zoo name (see `edgetl models`)")
     if path.is_dir():
         xmls = sorted(path.glob("*.xml"))
@@ -281,11 +282,12 @@ def load_model(
             raise InputFileError(f"{path} is a directory; give the model file inside it (.pt, .onnx, .xml, ...)")
     fmt = format_for_suffix(path.suffix)
     if fmt is Format.EXPORTED_PROGRAM:
-        return _from_exported_program(path, input_spec=input_spec, labels=labels)
+        return attach_contract(_from_exported_program(path, input_spec=input_spec, labels=labels), path)
     if fmt is not None:
-        return _from_exported_file(path, fmt, input_spec=input_spec, labels=labels)
-    return _from_torch_file(path, arch=arch, num_classes=num_classes, unsafe_pickle=unsafe_pickle,
-                            input_spec=input_spec, labels=labels)
+        return attach_contract(_from_exported_file(path, fmt, input_spec=input_spec, labels=labels), path)
+    art = _from_torch_file(path, arch=arch, num_classes=num_classes, unsafe_pickle=unsafe_pickle,
+                           input_spec=input_spec, labels=labels)
+    return attach_contract(art, path if art.extra.get("torchscript") else None)
 
 
 def _default_spec(spec: ArchSpec) -> InputSpec:
