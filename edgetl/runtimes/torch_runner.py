@@ -52,6 +52,17 @@ class TorchRunner(Runtime):
                 return out.numpy()
             return self._fn(torch.from_numpy(batch)).numpy()
 
+    def run_named(self, feed):
+        """Inputs by ``forward``'s parameter names; tuple/dict/namedtuple returns flattened and named the way
+        :func:`edgetl.contract_read.read_module` names them."""
+        from edgetl.contract_read import _flatten_outputs
+
+        torch = self._torch
+        args = {k: torch.from_numpy(v) if hasattr(v, "dtype") else v for k, v in feed.items()}
+        with torch.inference_mode():
+            out = self.model(**args)
+        return {k: v.numpy() for k, v in _flatten_outputs(out)}
+
     def describe(self):
         return {"runtime": "torch", "version": self._torch.__version__, "threads": self._torch.get_num_threads(),
                 "precision": "fp32", "flush_denormal": self.flush_denormal, "mode": f"compile:{self.compile_mode or 'default'}" if self.compiled else "eager"}
