@@ -112,9 +112,14 @@ def _plain_module_artifact(model, path: Path, fmt: Format, input_spec, labels, *
     """A module of unknown architecture: input spec from the user, the sidecar, or the example shape."""
     side = read_sidecar(path) or {}
     spec = input_spec or (InputSpec.from_dict(side["input_spec"]) if side.get("input_spec") else None)
-    if spec is None and example_shape is not None and len(example_shape) == 4:
+    if spec is None and example_shape is not None and len(example_shape) == 4 and example_shape[1] == 3:
         spec = InputSpec(shape=tuple(example_shape[1:]))
     if spec is None:
+        contract = file_contract(path) if path.is_file() else None
+        if contract is not None and (len(contract.inputs) != 1 or not _runs_as_rgb_224(model)):
+            # not an RGB classifier: no guess; the contract (completed by --input) says what it takes
+            return Artifact(format=fmt, model=model, arch=side.get("arch"), input_spec=None,
+                            labels=tuple(labels or side.get("labels") or ()), extra=extra, contract=contract)
         spec = InputSpec(shape=(3, 224, 224))
         log.warning("%s carries no input spec; assuming 3x224x224 with ImageNet normalisation", path)
     labs = labels or side.get("labels")
@@ -126,6 +131,18 @@ def _plain_module_artifact(model, path: Path, fmt: Format, input_spec, labels, *
         labs = [str(i) for i in range(out.shape[-1])]
     return Artifact(format=fmt, model=model, arch=side.get("arch") if side else None, input_spec=spec,
                     labels=tuple(labs), extra=extra)
+
+
+def _runs_as_rgb_224(model) -> bool:
+    """Whether ``model`` takes one 1x3x224x224 image and returns one N x classes tensor (the legacy guess)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, 224, 224))
+    except Exception:  # noqa: BLE001 - any refusal means: not that kind of model
+        return False
+    return isinstance(out, torch.Tensor) and out.dim() == 2
 
 
 def _from_exported_file(path: Path, fmt: Format, *, input_spec, labels) -> Artifact:
@@ -170,7 +187,7 @@ def attach_contract(art: Artifact, path: Path | None = None) -> Artifact:
         contract = file_contract(path)
     spec, labels = art.input_spec, art.labels
     if spec is not None and labels:
-        classifier = from_input_spec(spec, labels)
+        classifier = from_input_spec(spec, labels, output_name="logits")  # the name edgetl's exports give it
         if contract is None:
             contract = classifier
         elif len(contract.inputs) == 1 and len(contract.outputs) <= 1 and contract.source != "input_spec" \
@@ -210,7 +227,8 @@ def _onnx_spec(path: Path) -> InputSpec | None:
         raise InputFileError(f"{path}: not a readable ONNX model ({_first_line(e)})") from None
     meta = {p.key: p.value for p in m.metadata_props}
     if "edgetl" in meta:
-        return InputSpec.from_dict(json.loads(meta["edgetl"])["input_spec"])
+        recorded = json.loads(meta["edgetl"]).get("input_spec")
+        return InputSpec.from_dict(recorded) if recorded else None  # None: a model exported by its contract
     dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
     if len(dims) == 4 and dims[1] == 3 and all(d > 0 for d in dims[1:]):  # an RGB image classifier's input
         return InputSpec(shape=tuple(dims[1:]))

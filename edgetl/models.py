@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -330,7 +331,9 @@ def _from_torch_file(path, *, arch, num_classes, unsafe_pickle, input_spec, labe
 
     if _is_torchscript(path):
         try:
-            model = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch's deprecation notice, not the user's problem
+                model = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # noqa: BLE001 - torch raises many kinds for corrupt archives
             raise InputFileError(f"{path}: corrupt TorchScript archive ({type(e).__name__}: {_first_line(e)})") from None
         return _plain_module_artifact(model.eval(), path, Format.TORCH, input_spec, labels, extra={"torchscript": True})

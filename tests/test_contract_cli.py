@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -275,3 +276,53 @@ def test_zoo_and_checkpoint_classifiers_get_a_contract_from_their_input_spec():
     c = art.contract
     assert c.task.value == "classification" and c.input("input").shape == ("N", 3, 40, 48)
     assert c.outputs[0].shape == ("N", 4) and c.outputs[0].role.value == "logits"
+
+
+# --------------------------------------------------------------------------- export by the contract
+def test_export_dynamic_hw_segmenter_keeps_hw_and_checks_every_output(segnet, shape_cache, tmp_path):
+    """A TorchScript segmenter with no sidecar: the contract flags say what it takes; edgetl exports ONNX and
+    OpenVINO with H x W dynamic, parity-checks the mask on real inputs, and both files run at two resolutions."""
+    ts = torch.jit.trace(shapes.trained("SegNet", shape_cache), torch.zeros(1, 1, 28, 28))
+    ts.save(str(tmp_path / "seg.ts"))
+    out = tmp_path / "out"
+    r = _ok(run_cli("export", str(tmp_path / "seg.ts"), "--format", "onnx,openvino", "-o", str(out),
+                    "--input", "Nx1xHxW:float32", "--opt-shape", "1x1x28x28", "--task", "segmentation",
+                    "--data", str(segnet["d"] / "seg28.npz"), "--json"))
+    rows = {row["format"]: row for row in r["exports"]}
+    for fmt in ("onnx", "openvino"):
+        p = rows[fmt]["parity"]
+        assert p["checked"] and p["inputs"].startswith("data:") and p["samples"] == 16
+        assert p["headline"]["metric"] == "miou" and p["headline"]["value"] == 1.0
+        assert p["max_rel_error"] < 1e-4
+    onnx_file, ir = Path(rows["onnx"]["path"]), Path(rows["openvino"]["path"])
+    from edgetl.contract_read import read_contract
+
+    for f in (onnx_file, ir):
+        c = read_contract(f)
+        assert c.task.value == "segmentation" and c.outputs[0].role.value == "mask"
+        shape = c.inputs[0].shape
+        assert shape[1] == 1 and not isinstance(shape[2], int) and not isinstance(shape[3], int), shape
+    for data, hw in (("seg28.npz", [28, 28]), ("seg40x56.npz", [40, 56])):
+        e = _ok(run_cli("eval", str(onnx_file), "--data", str(segnet["d"] / data), "--reference", str(ir),
+                        "--json"))
+        assert e["output_shapes"]["output"][2:] == hw
+        assert e["headline"]["metric"] == "miou" and e["headline"]["value"] == 1.0
+
+
+def test_export_three_heads_checks_every_output(facedet, shape_cache, tmp_path):
+    ts = torch.jit.trace(shapes.trained("FaceDetLike", shape_cache), torch.zeros(1, 3, 32, 32))
+    ts.save(str(tmp_path / "det.ts"))
+    r = _ok(run_cli("export", str(tmp_path / "det.ts"), "--format", "onnx", "-o", str(tmp_path / "out"),
+                    "--input", "1x3x32x32:float32", "--task", "detection", "--role", "output0:boxes:N,A,4:xyxy",
+                    "--role", "output1:scores", "--data", str(facedet["data"]), "--json"))
+    p = r["exports"][0]["parity"]
+    assert {o["output"] for o in p["fidelity"]["outputs"]} == {"output0", "output1", "output2"}
+    assert p["headline"]["metric"] == "box_f1" and p["headline"]["value"] == 1.0
+
+
+def test_export_contract_contradiction_is_refused_before_work(tmp_path):
+    ts = torch.jit.trace(shapes.SegNet().eval(), torch.zeros(1, 1, 28, 28))
+    ts.save(str(tmp_path / "seg.ts"))
+    _refused(run_cli("export", str(tmp_path / "seg.ts"), "--format", "onnx", "-o", str(tmp_path / "out"),
+                     "--input", "nope:Nx1xHxW"), "nope")
+    assert not (tmp_path / "out").exists()

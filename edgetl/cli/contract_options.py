@@ -41,10 +41,26 @@ def contract_flags(*, inputs=None, opt_shapes=None, outputs=None, roles=None, ta
                        task=task)
 
 
+def flags_given(flags: Any) -> bool:
+    return bool(flags.inputs or flags.opt_shapes or flags.outputs or flags.roles or flags.task)
+
+
+def with_contract(art: Any, flags: Any) -> Any:
+    """``art`` with its contract completed by ``flags`` and checked against the file (one ConfigError line)."""
+    from edgetl.contract_merge import require
+    from edgetl.evaluate_contract import contract_for
+
+    contract = contract_for(art, flags)
+    if art.input_spec is None:
+        require(contract, shapes=True)
+    art.contract = contract
+    return art
+
+
 def wants_contract(flags: Any, art: Any, *, reference: str | None, metric: str | None) -> bool:
     """The contract path of eval: any contract flag, a reference or metric, or a model that is not a one-input
     one-output classifier with an input spec. Otherwise the classic top-1 evaluation runs unchanged."""
-    said = bool(flags.inputs or flags.opt_shapes or flags.outputs or flags.roles or flags.task)
+    said = flags_given(flags)
     c = art.contract
     plain = art.input_spec is not None and bool(art.labels) and (c is None or (len(c.inputs) == 1
                                                                              and len(c.outputs) <= 1))
