@@ -25,6 +25,8 @@ from edgetl.errors import ConfigError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from edgetl.contract import ModelContract
+
 __all__ = ["Artifact", "Format", "InputSpec", "StageRecord", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -134,19 +136,24 @@ class Artifact:
 
     ``model`` holds the module for in-memory PyTorch formats, ``path`` the file (or directory) for the others.
     ``arch`` is the zoo architecture it derives from, when known; it lets a pruned model reload without pickle.
+    ``contract`` names every input and output (:class:`~edgetl.contract.ModelContract`); a model that is not a
+    single-input image classifier has a contract and no ``input_spec`` (None).
     """
 
     format: Format
-    input_spec: InputSpec
+    input_spec: InputSpec | None
     labels: tuple[str, ...]
     model: torch.nn.Module | None = None
     path: Path | None = None
     arch: str | None = None
     history: list[StageRecord] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    contract: ModelContract | None = None
 
     def __post_init__(self) -> None:
         self.format = Format.parse(self.format)
+        if self.input_spec is None and self.contract is None:
+            raise ConfigError("an artifact needs an input spec or a model contract (--input NAME:SHAPE)")
         self.labels = tuple(str(x) for x in self.labels)
         if self.path is not None:
             self.path = Path(self.path)
@@ -172,6 +179,7 @@ class Artifact:
         format: Format | str | None = None,
         input_spec: InputSpec | None = None,
         extra: dict[str, Any] | None = None,
+        contract: ModelContract | None = None,
     ) -> Artifact:
         """A new artifact one stage further on; the history is copied, never shared."""
         fmt = Format.parse(format) if format is not None else self.format
@@ -185,6 +193,7 @@ class Artifact:
             arch=self.arch,
             history=[*self.history, record],
             extra={**self.extra, **(extra or {})},
+            contract=contract if contract is not None else self.contract,
         )
 
     def metadata(self) -> dict[str, Any]:
@@ -193,8 +202,9 @@ class Artifact:
             "format": self.format.value,
             "arch": self.arch,
             "labels": list(self.labels),
-            "input_spec": self.input_spec.to_dict(),
+            "input_spec": self.input_spec.to_dict() if self.input_spec is not None else None,
             "history": [r.to_dict() for r in self.history],
+            **({"contract": self.contract.to_dict()} if self.contract is not None else {}),
         }
 
     def last_metric(self, key: str, default: Any = None) -> Any:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -205,7 +206,9 @@ def read_torchscript(model: str | Path | Any) -> ModelContract:
     extra = {METADATA_KEY + ".json": ""}
     if isinstance(model, (str, Path)):
         try:
-            model = torch.jit.load(str(model), map_location="cpu", _extra_files=extra)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch's deprecation notice
+                model = torch.jit.load(str(model), map_location="cpu", _extra_files=extra)
         except RuntimeError as e:
             raise InputFileError(f"{model}: not a readable TorchScript archive ({str(e).splitlines()[0]})") from None
     schema = model.forward.schema

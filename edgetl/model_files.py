@@ -18,7 +18,7 @@ from edgetl.artifact import Artifact, Format, InputSpec, StageRecord
 from edgetl.errors import InputFileError
 from edgetl.formats import SIDECAR_SUFFIX
 
-__all__ = ["read_sidecar"]
+__all__ = ["attach_contract", "read_sidecar"]
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +111,15 @@ def _ep_input_shape(ep) -> tuple[int, ...] | None:
 def _plain_module_artifact(model, path: Path, fmt: Format, input_spec, labels, *, extra, example_shape=None):
     """A module of unknown architecture: input spec from the user, the sidecar, or the example shape."""
     side = read_sidecar(path) or {}
-    spec = input_spec or (InputSpec.from_dict(side["input_spec"]) if "input_spec" in side else None)
-    if spec is None and example_shape is not None and len(example_shape) == 4:
+    spec = input_spec or (InputSpec.from_dict(side["input_spec"]) if side.get("input_spec") else None)
+    if spec is None and example_shape is not None and len(example_shape) == 4 and example_shape[1] == 3:
         spec = InputSpec(shape=tuple(example_shape[1:]))
     if spec is None:
+        contract = file_contract(path) if path.is_file() else None
+        if contract is not None and (len(contract.inputs) != 1 or not _runs_as_rgb_224(model)):
+            # not an RGB classifier: no guess; the contract (completed by --input) says what it takes
+            return Artifact(format=fmt, model=model, arch=side.get("arch"), input_spec=None,
+                            labels=tuple(labels or side.get("labels") or ()), extra=extra, contract=contract)
         spec = InputSpec(shape=(3, 224, 224))
         log.warning("%s carries no input spec; assuming 3x224x224 with ImageNet normalisation", path)
     labs = labels or side.get("labels")
@@ -128,21 +133,74 @@ def _plain_module_artifact(model, path: Path, fmt: Format, input_spec, labels, *
                     labels=tuple(labs), extra=extra)
 
 
+def _runs_as_rgb_224(model) -> bool:
+    """Whether ``model`` takes one 1x3x224x224 image and returns one N x classes tensor (the legacy guess)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, 224, 224))
+    except Exception:  # noqa: BLE001 - any refusal means: not that kind of model
+        return False
+    return isinstance(out, torch.Tensor) and out.dim() == 2
+
+
 def _from_exported_file(path: Path, fmt: Format, *, input_spec, labels) -> Artifact:
 
     side = read_sidecar(path) or {}
-    spec = input_spec or (InputSpec.from_dict(side["input_spec"]) if "input_spec" in side else None)
+    spec = input_spec or (InputSpec.from_dict(side["input_spec"]) if side.get("input_spec") else None)
     if spec is None and fmt is Format.ONNX:
         spec = _onnx_spec(path)
-    if spec is None:
-        raise InputFileError(f"{path} has no {path.name}{SIDECAR_SUFFIX} metadata; pass the input shape "
-                             "(--input-shape C,H,W) so edgetl knows what to feed it")
+    contract = file_contract(path)
+    if spec is None and contract is None:
+        raise InputFileError(f"{path} has no {path.name}{SIDECAR_SUFFIX} metadata and its inputs cannot be read; "
+                             "give them with --input NAME:SHAPE[:DTYPE] so edgetl knows what to feed it")
     labs = labels or side.get("labels")
-    if labs is None:
+    if labs is None and contract is None:
         raise InputFileError(f"{path}: unknown number of classes (no {SIDECAR_SUFFIX} sidecar); pass --labels")
     history = [StageRecord.from_dict(d) for d in side.get("history", [])]
-    return Artifact(format=fmt, path=path, arch=side.get("arch"), input_spec=spec, labels=tuple(labs),
-                    history=history, extra=side.get("extra", {}))
+    return Artifact(format=fmt, path=path, arch=side.get("arch"), input_spec=spec, labels=tuple(labs or ()),
+                    history=history, extra=side.get("extra", {}), contract=contract)
+
+
+def file_contract(path: Path) -> Any:
+    """The contract a model file carries (ONNX, OpenVINO IR, .pt2, TorchScript), None for formats it cannot be
+    read from (.ort, .pte, .tflite, engines) or when the reader's package is not installed."""
+    from edgetl.contract_read import read_contract
+    from edgetl.errors import MissingDependencyError
+
+    try:
+        return read_contract(path)
+    except (InputFileError, MissingDependencyError):
+        return None
+
+
+def attach_contract(art: Artifact, path: Path | None = None) -> Artifact:
+    """``art`` with its contract filled: the file's (``path``), completed for an edgetl classifier (one input,
+    one output, an input spec and labels) by what its :class:`InputSpec` says; a module's from its InputSpec."""
+    import dataclasses
+
+    from edgetl.contract_read import from_input_spec
+
+    contract = art.contract
+    if contract is None and path is not None and path.is_file():
+        contract = file_contract(path)
+    spec, labels = art.input_spec, art.labels
+    if spec is not None and labels:
+        classifier = from_input_spec(spec, labels, output_name="logits")  # the name edgetl's exports give it
+        if contract is None:
+            contract = classifier
+        elif len(contract.inputs) == 1 and len(contract.outputs) <= 1 and contract.source != "input_spec" \
+                and contract.task.value == "generic":
+            ci, co = classifier.inputs[0], classifier.outputs[0]
+            inp = contract.inputs[0]
+            inp = dataclasses.replace(ci, name=inp.name, shape=inp.shape or ci.shape, dtype=inp.dtype or ci.dtype)
+            outs = tuple(dataclasses.replace(co, name=o.name, shape=o.shape or co.shape) for o in contract.outputs)
+            contract = dataclasses.replace(contract, inputs=(inp,), outputs=outs or (co,), task="classification")
+    if contract is None:
+        return art
+    art.contract = contract
+    return art
 
 
 def _from_tensorrt_bundle(path: Path, sidecar: Path) -> Artifact:
@@ -169,9 +227,10 @@ def _onnx_spec(path: Path) -> InputSpec | None:
         raise InputFileError(f"{path}: not a readable ONNX model ({_first_line(e)})") from None
     meta = {p.key: p.value for p in m.metadata_props}
     if "edgetl" in meta:
-        return InputSpec.from_dict(json.loads(meta["edgetl"])["input_spec"])
+        recorded = json.loads(meta["edgetl"]).get("input_spec")
+        return InputSpec.from_dict(recorded) if recorded else None  # None: a model exported by its contract
     dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
-    if len(dims) == 4 and all(d > 0 for d in dims[1:]):
+    if len(dims) == 4 and dims[1] == 3 and all(d > 0 for d in dims[1:]):  # an RGB image classifier's input
         return InputSpec(shape=tuple(dims[1:]))
     return None
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from edgetl.model_files import (
     _from_exported_program,
     _from_tensorrt_bundle,
     _plain_module_artifact,
+    attach_contract,
     read_sidecar,
 )
 
@@ -267,8 +269,8 @@ def load_model(
     path = Path(source)
     if not path.exists():
         if isinstance(source, str) and not any(sep in source for sep in ("/", "\\")) and "." not in source:
-            return _from_zoo(source, num_classes=num_classes, pretrained=pretrained, input_spec=input_spec,
-                             labels=labels)
+            return attach_contract(_from_zoo(source, num_classes=num_classes, pretrained=pretrained,
+                                             input_spec=input_spec, labels=labels))
         raise InputFileError(f"model file not found: {source}; give a path, or a zoo name (see `edgetl models`)")
     if path.is_dir():
         xmls = sorted(path.glob("*.xml"))
@@ -281,11 +283,12 @@ def load_model(
             raise InputFileError(f"{path} is a directory; give the model file inside it (.pt, .onnx, .xml, ...)")
     fmt = format_for_suffix(path.suffix)
     if fmt is Format.EXPORTED_PROGRAM:
-        return _from_exported_program(path, input_spec=input_spec, labels=labels)
+        return attach_contract(_from_exported_program(path, input_spec=input_spec, labels=labels), path)
     if fmt is not None:
-        return _from_exported_file(path, fmt, input_spec=input_spec, labels=labels)
-    return _from_torch_file(path, arch=arch, num_classes=num_classes, unsafe_pickle=unsafe_pickle,
-                            input_spec=input_spec, labels=labels)
+        return attach_contract(_from_exported_file(path, fmt, input_spec=input_spec, labels=labels), path)
+    art = _from_torch_file(path, arch=arch, num_classes=num_classes, unsafe_pickle=unsafe_pickle,
+                           input_spec=input_spec, labels=labels)
+    return attach_contract(art, path if art.extra.get("torchscript") else None)
 
 
 def _default_spec(spec: ArchSpec) -> InputSpec:
@@ -328,7 +331,9 @@ def _from_torch_file(path, *, arch, num_classes, unsafe_pickle, input_spec, labe
 
     if _is_torchscript(path):
         try:
-            model = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch's deprecation notice, not the user's problem
+                model = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # noqa: BLE001 - torch raises many kinds for corrupt archives
             raise InputFileError(f"{path}: corrupt TorchScript archive ({type(e).__name__}: {_first_line(e)})") from None
         return _plain_module_artifact(model.eval(), path, Format.TORCH, input_spec, labels, extra={"torchscript": True})

@@ -85,7 +85,7 @@ def export_onnx(
     with tempfile.TemporaryDirectory(prefix=".onnx-export.", dir=path.parent) as scratch:
         raw = Path(scratch) / "raw.onnx"
         errors: list[BaseException] = []
-        if exporter in ("auto", "dynamo"):
+        if exporter in ("auto", "dynamo") and not _is_script(model):
             try:
                 _dynamo(model, artifact, raw, opset=opset, dynamic_batch=dynamic_batch)
                 used = "dynamo"
@@ -108,6 +108,7 @@ def export_onnx(
         proto = _simplify(proto)
     proto = global_pool_from_reduce_mean(proto)
     _check(proto)
+    contract = _embed_contract(proto, artifact) if _by_contract(artifact) else None
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
     record = StageRecord(
@@ -116,11 +117,61 @@ def export_onnx(
                  "exporter": used},
         seconds=time.perf_counter() - start,
     )
+    in_names, out_names = _io_names(artifact)
     extra: dict[str, Any] = {"precision": "fp32", "dynamic_batch": bool(dynamic_batch), "opset": opset,
-                             "onnx_exporter": used, "input_name": INPUT_NAME, "output_name": OUTPUT_NAME}
+                             "onnx_exporter": used, "input_name": in_names[0], "output_name": out_names[0]}
     if fallback_reason and used == "torchscript":
         extra["onnx_exporter_fallback"] = fallback_reason
-    return artifact.with_stage(record, path=path, format=Format.ONNX, extra=extra)
+    return artifact.with_stage(record, path=path, format=Format.ONNX, extra=extra, contract=contract)
+
+
+# --------------------------------------------------------------------------- any model: by its contract
+def _by_contract(artifact: Artifact) -> bool:
+    """A model that is not an input-spec classifier is exported by its contract: its input and output names,
+    dynamic axes (a dynamic H x W survives) and example inputs at the contract's opt shapes."""
+    return artifact.input_spec is None and artifact.contract is not None
+
+
+def _is_script(model) -> bool:
+    import torch
+
+    return isinstance(model, torch.jit.ScriptModule)
+
+
+def _io_names(artifact: Artifact) -> tuple[list[str], list[str]]:
+    if not _by_contract(artifact):
+        return [INPUT_NAME], [OUTPUT_NAME]
+    c = artifact.contract
+    return list(c.input_names), list(c.output_names) or ["output"]
+
+
+def _contract_example(artifact: Artifact) -> tuple:
+    import torch
+
+    from edgetl.contract_shapes import example_inputs
+
+    feed = example_inputs(artifact.contract)
+    return tuple(torch.from_numpy(feed[n]) for n in artifact.contract.input_names)
+
+
+def _embed_contract(proto, artifact: Artifact):
+    """The exported file's own contract (names and dims as the graph has them) with the source's roles, layouts
+    and task (outputs matched by position), recorded in the file's metadata and returned."""
+    import dataclasses
+
+    from edgetl.contract_read import embed_onnx, read_onnx
+
+    src = artifact.contract
+    got = read_onnx(proto)
+    outs = tuple(dataclasses.replace(o, role=s.role, layout=s.layout, box_format=s.box_format)
+                 for o, s in zip(got.outputs, src.outputs, strict=False)) + got.outputs[len(src.outputs):]
+    ins = tuple(dataclasses.replace(t, value_range=s.value_range, mean=s.mean, std=s.std, layout=s.layout,
+                                    min_shape=s.min_shape, opt_shape=s.opt_shape, max_shape=s.max_shape)
+                for t, s in zip(got.inputs, src.inputs, strict=True))
+    selected = tuple(outs[src.output_names.index(n)].name for n in src.selected if n in src.output_names)
+    contract = dataclasses.replace(got, inputs=ins, outputs=outs, task=src.task, selected=selected)
+    embed_onnx(proto, contract)
+    return contract
 
 
 # --------------------------------------------------------------------------- the two exporters
@@ -160,11 +211,21 @@ def _dynamo(model, artifact: Artifact, path: Path, *, opset: int, dynamic_batch:
     import torch
 
     kw: dict[str, Any] = {}
-    if dynamic_batch:
-        kw["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1)},)
+    if _by_contract(artifact):
+        from edgetl.contract_shapes import torch_dynamic_shapes
+
+        example = _contract_example(artifact)
+        dyn = torch_dynamic_shapes(artifact.contract)
+        if any(v for v in dyn.values()):
+            kw["dynamic_shapes"] = tuple(dyn[n] for n in artifact.contract.input_names)
+    else:
+        example = (_example(artifact, dynamic_batch),)
+        if dynamic_batch:
+            kw["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1)},)
+    in_names, out_names = _io_names(artifact)
     with _quiet():
-        torch.onnx.export(model, (_example(artifact, dynamic_batch),), str(path), dynamo=True, external_data=False,
-                          opset_version=opset, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        torch.onnx.export(model, example, str(path), dynamo=True, external_data=False,
+                          opset_version=opset, input_names=in_names, output_names=out_names,
                           verbose=False, **kw)
     got = _default_opset(onnx.load(str(path), load_external_data=False))
     if got != opset:
@@ -177,11 +238,19 @@ def _torchscript(model, artifact: Artifact, path: Path, *, opset: int, dynamic_b
 
     import torch
 
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    in_names, out_names = _io_names(artifact)
+    if _by_contract(artifact):
+        from edgetl.contract_shapes import onnx_dynamic_axes
+
+        example = _contract_example(artifact)
+        axes = {k: v for k, v in onnx_dynamic_axes(artifact.contract).items() if k in in_names + out_names} or None
+    else:
+        example = (_example(artifact, False),)
+        axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     with _quiet(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its deprecation notice is logged once by the caller instead
-        torch.onnx.export(model, (_example(artifact, False),), str(path), dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
+        torch.onnx.export(model, example, str(path), dynamo=False, opset_version=opset,
+                          input_names=in_names, output_names=out_names, dynamic_axes=axes,
                           do_constant_folding=True)
 
 

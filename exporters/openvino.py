@@ -59,6 +59,9 @@ def export_openvino(
     if path.suffix != ".xml":
         raise ExportError(f"an OpenVINO IR path must end in .xml, got {path.name}")
     start = time.perf_counter()
+    if artifact.input_spec is None and artifact.contract is not None:
+        return _export_by_contract(ov, artifact, path, compress_to_fp16=compress_to_fp16, ov_model=ov_model,
+                                   start=start)
     batch = -1 if dynamic_batch else 1
     shape = [batch, *artifact.input_spec.shape]
     if ov_model is None:
@@ -105,6 +108,62 @@ def _convert(ov, artifact: Artifact, shape: list[int]):
         raise ExportError(
             f"OpenVINO could not convert the model{f' (operation {op})' if op else ''}: {_first_line(e)}"
         ) from None
+
+
+def _export_by_contract(ov, artifact: Artifact, path: Path, *, compress_to_fp16: bool, ov_model: Any,
+                        start: float) -> Artifact:
+    """Any model by its contract: inputs keep their names and partial shapes (a dynamic H x W survives, bounded
+    by --min-shape/--max-shape where given), the example inputs come from the contract, and the IR records the
+    contract (roles, layouts, task) in its rt_info."""
+    import dataclasses
+
+    from edgetl.contract_read import embed_openvino, read_openvino
+    from edgetl.contract_shapes import example_inputs, openvino_partial_shapes
+
+    contract = artifact.contract
+    partial = openvino_partial_shapes(contract)
+    if ov_model is None:
+        if artifact.format is Format.ONNX and artifact.path is not None:
+            source: Any = str(artifact.path)
+            kw: dict[str, Any] = {}
+        elif artifact.format is Format.TORCH and artifact.model is not None:
+            import torch
+
+            source = artifact.model.eval()
+            feed = example_inputs(contract)
+            kw = {"example_input": tuple(torch.from_numpy(feed[n]) for n in contract.input_names),
+                  "input": [ov.PartialShape(partial[n]) for n in contract.input_names]}
+        else:
+            raise ExportError(f"OpenVINO export takes a PyTorch or ONNX artifact, not {artifact.format.value}")
+        try:
+            ov_model = ov.convert_model(source, **kw)
+        except Exception as e:  # noqa: BLE001 - the frontends raise their own types
+            raise ExportError(f"OpenVINO could not convert the model: {_first_line(e)}") from None
+    for port, name in zip(ov_model.inputs, contract.input_names, strict=True):
+        if name not in port.get_names():
+            port.get_tensor().set_names(set(port.get_names()) | {name})
+    for port, o in zip(ov_model.outputs, contract.outputs, strict=False):
+        if not port.get_names():
+            port.get_tensor().set_names({o.name})
+    try:
+        ov_model.reshape({n: ov.PartialShape(partial[n]) for n in contract.input_names})
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"OpenVINO cannot give the inputs the contract's shapes {partial}: {_first_line(e)}") from None
+    got = read_openvino(ov_model)
+    outs = tuple(dataclasses.replace(o, role=s.role, layout=s.layout, box_format=s.box_format)
+                 for o, s in zip(got.outputs, contract.outputs, strict=False)) + got.outputs[len(contract.outputs):]
+    ins = tuple(dataclasses.replace(t, value_range=s.value_range, mean=s.mean, std=s.std, layout=s.layout,
+                                    opt_shape=s.opt_shape) for t, s in zip(got.inputs, contract.inputs, strict=True))
+    recorded = dataclasses.replace(got, inputs=ins, outputs=outs, task=contract.task)
+    embed_openvino(ov_model, recorded)
+    ov_model.set_rt_info(json.dumps(artifact.metadata(), default=str), ["edgetl", "source"])
+    _save_atomic(ov, ov_model, path, compress_to_fp16)
+    precision = "fp16" if compress_to_fp16 else "fp32"
+    record = StageRecord(stage="export", options={"format": "openvino", "precision": precision,
+                                                  "compress_to_fp16": bool(compress_to_fp16), "by_contract": True},
+                         seconds=time.perf_counter() - start)
+    extra = {"precision": precision, "openvino": ov.get_version(), "input_shapes": partial}
+    return artifact.with_stage(record, path=path, format=Format.OPENVINO, extra=extra, contract=recorded)
 
 
 def _name_io(model) -> None:

@@ -29,8 +29,9 @@ from edgetl.formats import FORMAT_INFO, Precision, runs_here
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgetl.data import DataSplits
+    from edgetl.inputs import InputSet
 
-__all__ = ["THRESHOLDS", "ParityInputs", "ParityThresholds", "check_parity", "compare", "parity_inputs"]
+__all__ = ["THRESHOLDS", "ContractParityInputs", "ParityInputs", "ParityThresholds", "check_parity", "compare", "parity_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,29 @@ class ParityInputs:
         return self.source.startswith("synthetic")
 
 
-def parity_inputs(artifact: Artifact, *, data: DataSplits | None = None, count: int = DEFAULT_COUNT,
-                  seed: int = 0) -> ParityInputs:
-    """``count`` inputs for a parity check: from ``data``, the recorded dataset, or labelled synthetic images."""
+@dataclass(frozen=True)
+class ContractParityInputs:
+    """Samples (``{input name: array}``, batch 1 each) for a model exported by its contract, and their origin."""
+
+    samples: tuple[dict[str, np.ndarray], ...]
+    source: str
+
+    @property
+    def synthetic(self) -> bool:
+        return self.source.startswith("synthetic")
+
+
+def parity_inputs(artifact: Artifact, *, data: DataSplits | InputSet | None = None, count: int = DEFAULT_COUNT,
+                  seed: int = 0) -> ParityInputs | ContractParityInputs:
+    """``count`` inputs for a parity check: from ``data``, the recorded dataset, or labelled synthetic images.
+    A model with a contract and no input spec gets :class:`ContractParityInputs`: ``data`` an
+    :class:`~edgetl.inputs.InputSet`, else seeded synthetic inputs at the contract's opt shapes."""
     import torch
 
     from edgetl.data import prepare
+
+    if artifact.input_spec is None and artifact.contract is not None:
+        return _contract_inputs(artifact, data, count, seed)
 
     splits, origin = data, "given"
     if splits is None:
@@ -184,6 +202,8 @@ def check_parity(source: Artifact, exported: Artifact, inputs: ParityInputs, *,
     if runnable is None:
         return {"checked": False, "reason": f"{exported.format.value} does not run on this machine",
                 "inputs": inputs.source}
+    if isinstance(inputs, ContractParityInputs):
+        return _contract_parity(source, exported, runnable, inputs, prec, thresholds)
     if runnable is not exported:
         # What runs here is the bundle's ONNX: fp32, or int8 where it is Q/DQ, whatever the engine will use.
         qdq = bool(exported.history and exported.history[-1].options.get("qdq"))
@@ -230,3 +250,69 @@ def _runnable(art: Artifact) -> Artifact | None:
 
 def _runtime_name(art: Artifact) -> str:
     return FORMAT_INFO[art.format].runtime or "?"
+
+
+# --------------------------------------------------------------------------- any model: every output
+def _contract_inputs(artifact: Artifact, data: Any, count: int, seed: int) -> ContractParityInputs:
+    from edgetl.contract_shapes import example_inputs
+    from edgetl.inputs import InputSet
+
+    if isinstance(data, InputSet):
+        samples = tuple(dict(s) for s in data.samples[:count])
+        return ContractParityInputs(samples, f"data: first {len(samples)} samples of {data.origin!r}")
+    samples = tuple(example_inputs(artifact.contract, seed=seed + i) for i in range(count))
+    return ContractParityInputs(samples, f"synthetic: {count} seeded random inputs at the contract's shapes (pass "
+                                         "--data for real inputs)")
+
+
+def _run_samples(art: Artifact, samples) -> list[dict[str, np.ndarray]]:
+    from edgetl.runtimes import open_runtime
+
+    with open_runtime(art, threads=None) as rt:
+        return [rt.run_named(dict(s)) for s in samples]
+
+
+def _contract_parity(source: Artifact, exported: Artifact, runnable: Artifact, inputs: ContractParityInputs,
+                     prec: Precision, thresholds: ParityThresholds | None) -> dict[str, Any]:
+    """Every output of the export against the source's (matched by position: a module's are output0..),
+    with :func:`edgetl.fidelity.compare`; fails on any output's relative error over the precision's limit or the
+    task's agreement metric under it."""
+    from edgetl.fidelity import compare as fidelity_compare
+    from edgetl.fidelity import headline
+
+    contract = runnable.contract or exported.contract
+    cand = _run_samples(runnable, inputs.samples)
+    ref = _run_samples(source, inputs.samples)
+    names = tuple(cand[0])
+    if len(ref[0]) != len(names):
+        raise ParityError(f"the export gives {len(names)} outputs ({', '.join(names)}), the source {len(ref[0])}",
+                          metrics={"outputs": list(names), "source_outputs": list(ref[0])})
+    ref = [dict(zip(names, r.values(), strict=True)) for r in ref]
+    for r, c in zip(ref, cand, strict=True):
+        for n in names:
+            if np.shape(r[n]) != np.shape(c[n]):
+                raise ParityError(f"output {n!r}: the export gives shape {tuple(np.shape(c[n]))}, the source "
+                                  f"{tuple(np.shape(r[n]))}")
+            if not np.isfinite(c[n]).all():
+                raise ParityError(f"output {n!r}: the export produced non-finite values on the parity inputs")
+    result = fidelity_compare(ref, cand, contract=contract)
+    head = headline(result, contract.task)
+    limits = thresholds or THRESHOLDS[prec.value]
+    per = {o.output: o for o in result.outputs}
+    max_abs = max(o.max_abs for o in result.outputs)
+    max_rel = max(o.max_rel for o in result.outputs)
+    metrics: dict[str, Any] = {
+        "checked": True, "precision": prec.value, "inputs": inputs.source, "runtime": _runtime_name(runnable),
+        "samples": len(inputs.samples), "max_abs_error": max_abs, "max_rel_error": max_rel,
+        "top1_agreement": head.value if head.metric == "top1_agreement" else None,
+        "headline": head.to_dict(), "fidelity": result.to_dict(),
+        "thresholds": {"max_rel_error": limits.max_rel_error, "min_agreement": limits.min_top1_agreement}}
+    failures = [f"output {n!r}: max relative error {o.max_rel:.3g} > {limits.max_rel_error:g}"
+                for n, o in per.items() if o.max_rel > limits.max_rel_error]
+    if head.metric != "snr_db" and head.value is not None and head.value < limits.min_top1_agreement:
+        failures.append(f"{head.metric} of {head.output!r} {head.value:.3f} < {limits.min_top1_agreement:g}")
+    if failures:
+        raise ParityError(f"{exported.format.value} export of {source.name} does not match the source "
+                          f"({'; '.join(failures)}) on {len(inputs.samples)} inputs ({inputs.source})",
+                          metrics=metrics)
+    return metrics

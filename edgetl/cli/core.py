@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgetl.cli import contract_options as co
 from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
 
 ModelArg = Annotated[str, typer.Argument(help="Model file (.pt, .pt2, TorchScript, .onnx, .xml ...) or zoo name.")]
@@ -77,18 +78,28 @@ def finetune_cmd(
 
 def eval_cmd(
     model: ModelArg,
-    data: DataOpt = "mnist5k",
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    data: Annotated[str, typer.Option("--data", "-d", help="Built-in dataset name, image folder (with or without "
+                                      "class folders), .npz named after the inputs, or module:function.")] = "mnist5k",
+    split: Annotated[str, typer.Option(help="train, val or test (built-in datasets).")] = "test",
     arch: ArchOpt = None,
     unsafe_pickle: UnsafeOpt = False,
     threads: Annotated[Optional[int], typer.Option(help="Runtime threads.")] = None,
     runtime: Annotated[Optional[str], typer.Option(help="Run it in this runtime (default: the format's own; "
                                                    "see `edgetl plugins`).")] = None,
     seed: SeedOpt = 0,
+    input_: co.InputFlag = None,
+    opt_shape: co.OptShapeFlag = None,
+    output: co.OutputFlag = None,
+    role: co.RoleFlag = None,
+    task: co.TaskFlag = None,
+    metric: co.MetricFlag = None,
+    reference: co.ReferenceFlag = None,
+    limit: co.LimitFlag = None,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Top-1 accuracy (and loss) of any supported model on a dataset split."""
+    """Evaluate any model: top-1 accuracy of a classifier on a dataset split, or, for any model and task
+    (contract flags, --reference), label-free fidelity per output with the task's headline metric."""
 
     def body():
         from edgetl.data import SPLITS, load_data
@@ -97,9 +108,14 @@ def eval_cmd(
         from edgetl.models import load_model
 
         _set_threads()
+        flags = co.contract_flags(inputs=input_, opt_shapes=opt_shape, outputs=output, roles=role, task=task)
         if split not in SPLITS:
             raise UnknownNameError("split", split, SPLITS)
         art = load_model(model, arch=arch, unsafe_pickle=unsafe_pickle)
+        if co.wants_contract(flags, art, reference=reference, metric=metric):
+            return co.contract_eval(model, art, flags, data=data, reference=reference, metric=metric,
+                                    runtime=runtime, threads=threads, limit=limit, arch=arch,
+                                    unsafe_pickle=unsafe_pickle)
         splits = load_data(data, seed=seed)
         r = evaluate(art, splits, split=split, threads=threads, runtime=runtime)
         result = {"model": model, "format": art.format.value, "data": splits.name, **r}

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgetl.cli import contract_options as co
 from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
 
 
@@ -46,6 +47,10 @@ def export_cmd(
     unsafe_pickle: Annotated[bool, typer.Option("--unsafe-pickle", help="Allow loading a fully pickled nn.Module "
                                                 "(runs code from the file: only for files you trust).")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the dataset's train/val/test split.")] = 0,
+    input_: co.InputFlag = None,
+    opt_shape: co.OptShapeFlag = None,
+    role: co.RoleFlag = None,
+    task: co.TaskFlag = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory (only "
                                             "once the new one is complete).")] = False,
     json_: JsonOpt = False,
@@ -71,12 +76,20 @@ def export_cmd(
         from edgetl.models import load_model
 
         torch.set_flush_denormal(True)
+        flags = co.contract_flags(inputs=input_, opt_shapes=opt_shape, roles=role, task=task)  # -o is the directory
         art = load_model(model, arch=arch, unsafe_pickle=unsafe_pickle)
         splits = None
+        if art.input_spec is None or co.flags_given(flags):
+            art = co.with_contract(art, flags)  # a contradiction with the file: one line, before any export
         if data is not None and not no_parity:
-            from edgetl.data import load_data
+            if art.input_spec is None:  # any model: the data forms of edgetl.inputs, read against its contract
+                from edgetl.inputs import load_inputs
 
-            splits = load_data(data, seed=seed)
+                splits = load_inputs(data, contract=art.contract)
+            else:
+                from edgetl.data import load_data
+
+                splits = load_data(data, seed=seed)
         from edgetl.errors import PartialExportError
 
         try:

@@ -52,6 +52,23 @@ class Runtime:
     def run(self, batch):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def run_named(self, feed: dict[str, Any]) -> dict[str, Any]:
+        """Every input by name in, every output by name out (numpy). The base runs a one-input model through
+        :meth:`run`, naming things after the artifact's contract; multi-input runtimes override it."""
+        from edgetl.errors import ConfigError
+
+        contract = self.artifact.contract
+        in_names = contract.input_names if contract is not None else ()
+        out_names = contract.output_names if contract is not None else ()
+        if len(feed) != 1 or (in_names and tuple(feed) != in_names[:1]) or len(in_names) > 1:
+            raise ConfigError(f"the {self.runtime} runtime runs one-input models only; this one takes "
+                              f"{', '.join(in_names or tuple(feed))}")
+        out = self.run(next(iter(feed.values())))
+        outs = list(out) if isinstance(out, (tuple, list)) else [out]
+        names = out_names if len(out_names) == len(outs) else [f"output{i}" if len(outs) > 1 else "output"
+                                                             for i in range(len(outs))]
+        return dict(zip(names, outs, strict=True))
+
     def synchronize(self) -> None:
         """Wait for queued work; CPU runtimes return when ``run`` does."""
 

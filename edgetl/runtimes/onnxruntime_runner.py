@@ -44,6 +44,15 @@ class OnnxRuntimeRunner(Runtime):
     def run(self, batch):
         return self.session.run(None, {self.input_name: batch})[0]
 
+    def run_named(self, feed):
+        want = {i.name for i in self.session.get_inputs()}
+        if set(feed) != want:
+            from edgetl.errors import ConfigError
+
+            raise ConfigError(f"the model takes inputs {', '.join(sorted(want))}; got {', '.join(sorted(feed))}")
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, dict(feed)), strict=True))
+
     def describe(self):
         return {"runtime": "onnxruntime", "version": self._ort.__version__, "threads": self.options.threads,
                 "providers": self.session.get_providers(), "precision": "as-stored",

@@ -40,9 +40,13 @@ class OpenVinoRunner(Runtime):
         try:
             model = core.read_model(str(artifact.path))
             want = options.extra.get("batch")
-            if want is not None or model.inputs[0].get_partial_shape().is_dynamic:
+            # A classifier (input spec) runs at its spec's shape; a contract-only model keeps its partial shapes
+            # (dynamic H x W survives) and is fed through run_named.
+            if artifact.input_spec is not None and (want is not None or model.inputs[0].get_partial_shape().is_dynamic):
                 model.reshape({model.inputs[0].any_name: list(artifact.input_spec.batch_shape(want or 1))})
-            self.fixed_batch = int(model.inputs[0].get_partial_shape()[0].get_length())
+            first = model.inputs[0].get_partial_shape()
+            self.fixed_batch = int(first[0].get_length()) if first.rank.is_static and len(first) and \
+                first[0].is_static else None
             self.compiled = core.compile_model(model, options.device.upper() if options.device else "CPU", config)
         except Exception as e:  # noqa: BLE001
             raise InputFileError(f"{artifact.path}: OpenVINO cannot load it ({str(e).splitlines()[0][:300]})") from None
@@ -52,6 +56,27 @@ class OpenVinoRunner(Runtime):
         # share_inputs: the request reads the caller's array in place (the call is synchronous).
         res = self.request.infer({0: batch}, share_inputs=True)
         return next(iter(res.values()))
+
+    def run_named(self, feed):
+        """Inputs by name (a port's any name), every output by name; unnamed outputs are output0.. as
+        :func:`edgetl.contract_read.read_openvino` names them."""
+        from edgetl.errors import ConfigError
+
+        ports = {}
+        for i, p in enumerate(self.compiled.inputs):
+            names = p.get_names()
+            ports.update({n: i for n in names} if names else {("input" if len(self.compiled.inputs) == 1
+                                                                  else f"input{i}"): i})
+        unknown = [k for k in feed if k not in ports]
+        if unknown or len(feed) != len(self.compiled.inputs):
+            raise ConfigError(f"the model takes inputs {', '.join(sorted(ports))}; got {', '.join(sorted(feed))}")
+        res = self.request.infer({ports[k]: v for k, v in feed.items()})
+        outs = self.compiled.outputs
+        named = {}
+        for i, port in enumerate(outs):
+            name = port.get_any_name() if port.get_names() else ("output" if len(outs) == 1 else f"output{i}")
+            named[name] = res[port]
+        return named
 
     @property
     def last_latency_ms(self) -> float:

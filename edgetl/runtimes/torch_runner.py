@@ -52,6 +52,21 @@ class TorchRunner(Runtime):
                 return out.numpy()
             return self._fn(torch.from_numpy(batch)).numpy()
 
+    def run_named(self, feed):
+        """Inputs by ``forward``'s parameter names; tuple/dict/namedtuple returns flattened and named after the
+        artifact's contract (else the way :func:`edgetl.contract_read.read_module` names them)."""
+        from edgetl.contract_read import _flatten_outputs
+
+        torch = self._torch
+        args = {k: torch.from_numpy(v) if hasattr(v, "dtype") else v for k, v in feed.items()}
+        with torch.inference_mode():
+            out = self.model(**args)
+        flat = _flatten_outputs(out)
+        contract = self.artifact.contract
+        if contract is not None and len(contract.outputs) == len(flat):  # the names the contract (and exports) use
+            return {o.name: v.numpy() for o, (_, v) in zip(contract.outputs, flat, strict=True)}
+        return {k: v.numpy() for k, v in flat}
+
     def describe(self):
         return {"runtime": "torch", "version": self._torch.__version__, "threads": self._torch.get_num_threads(),
                 "precision": "fp32", "flush_denormal": self.flush_denormal, "mode": f"compile:{self.compile_mode or 'default'}" if self.compiled else "eager"}
