@@ -25,7 +25,26 @@ from benchmarks.harness import BenchResult
 from edgetl.errors import ConfigError
 from edgetl.fileio import atomic_path
 
-__all__ = ["latency_plot", "markdown_table", "pareto_front", "pareto_plot", "write_report"]
+__all__ = ["format_ratio", "latency_plot", "markdown_table", "pareto_front", "pareto_plot", "speedup_cell",
+           "write_report"]
+
+
+def format_ratio(x: float | None) -> str:
+    """A speed-up with three significant digits, never rounded to nothing: 0.0012 -> "0.00120x", 12.34 -> "12.3x"."""
+    if x is None:
+        return "-"
+    if x != x or x in (float("inf"), float("-inf")):
+        return f"{x}x"
+    return f"{x:.3g}x" if abs(x) < 1000 else f"{x:,.0f}x"
+
+
+def speedup_cell(r) -> str:
+    """The speed-up of a result over its baseline as a table cell: "base" for the baseline itself, the ratio
+    with "(unreliable)" when its rounds disagree or were contended, "-" when not measured interleaved."""
+    sp = getattr(r, "speedup", None)
+    if sp is None:
+        return "base" if getattr(r, "rounds", None) else "-"
+    return format_ratio(sp["ratio"]) + ("" if sp["reliable"] else " (unreliable)")
 
 _COLUMNS = ["device", "host", "artifact", "format", "runtime", "precision", "batch", "threads", "p50 ms", "p90 ms",
             "p99 ms", "n", "cold start ms", "peak MB", "size MB", "accuracy %"]

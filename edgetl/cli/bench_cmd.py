@@ -20,24 +20,19 @@ def register(app: typer.Typer) -> None:
 
 def result_row(r, *, with_host: bool = False) -> list[Any]:
     """One table row per result (device, batch and threads go in the title)."""
+    from benchmarks.report import speedup_cell
+
     s = r.latency_ms
-    return [*([r.host] if with_host else []), r.artifact, r.format, r.runtime, r.precision,
-            f"{s.p50:.3f}", f"{s.p90:.3f}", f"{s.p99:.3f}", s.count,
+    return [*([r.host] if with_host else []), r.artifact + (" (contended)" if r.contended else ""), r.format,
+            r.runtime, r.precision, f"{s.p50:.3f}", f"{s.p90:.3f}", f"{s.p99:.3f}", s.count, speedup_cell(r),
             f"{r.cold_start_ms:.0f}" if r.cold_start_ms is not None else "-",
             f"{r.peak_rss_delta_mb:.0f}" if r.peak_rss_delta_mb is not None else "-",
             f"{r.model_size_bytes / 1e6:.1f}" if r.model_size_bytes else "-",
             f"{100 * r.accuracy:.2f}" if r.accuracy is not None else "-"]
 
 
-RESULT_COLUMNS = ["artifact", "format", "runtime", "precision", "p50", "p90", "p99", "n", "cold", "peak MB", "MB",
-                  "acc %"]
-
-
-def _keep_going_note(e: Exception, done: int, db: str | None) -> Exception:
-    if done:
-        where = f" in {db}" if db else ""
-        e.args = (f"{e} ({done} earlier result(s) kept{where})",)
-    return e
+RESULT_COLUMNS = ["artifact", "format", "runtime", "precision", "p50", "p90", "p99", "n", "vs base", "cold",
+                  "peak MB", "MB", "acc %"]
 
 
 def bench_cmd(
@@ -64,6 +59,10 @@ def bench_cmd(
     port: Annotated[Optional[int], typer.Option(help="SSH port (default: the profile's, else the SSH config's).")] = None,
     remote_edgetl: Annotated[Optional[str], typer.Option("--remote-edgetl", help="Command that runs edgetl on the board, e.g. '~/venv/bin/edgetl'.")] = None,
     connect_timeout: Annotated[Optional[int], typer.Option("--connect-timeout", help="SSH connect timeout, seconds.")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Artifact the speed-ups are against (its path or file name; default: the first).")] = None,
+    rounds: Annotated[int, typer.Option("--rounds", help="Interleaved rounds (A B C A B C ...); contended rounds are re-measured up to as many times again.")] = 5,
+    max_spread: Annotated[float, typer.Option("--max-spread", help="A speed-up whose per-round ratios spread more than this fraction is marked unreliable.")] = 0.25,
+    emulate: Annotated[bool, typer.Option("--emulate", help="Time this machine with a profile that describes another one (labelled 'emulated on ...').")] = False,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -82,10 +81,22 @@ def bench_cmd(
             raise UnknownNameError("performance hint", hint, ["latency", "throughput", "none"])
         if not artifacts:
             raise ConfigError("give at least one artifact to benchmark")
+        from benchmarks.interleave import InterleaveConfig
+
+        interleave = InterleaveConfig(rounds=rounds, max_spread=max_spread)
+        base_index = _baseline_index(baseline)
         prof = load_profile(device)
+        hosts = list(host or [])
+        if not hosts and not local and prof.connection.method is Method.SSH and prof.connection.host:
+            hosts = [prof.connection.host]
+        emulated = None
+        if not hosts:  # a profile of another machine is refused before anything is loaded or timed
+            from benchmarks.profiles import check_local
+
+            emulated = check_local(prof, emulate=emulate)
         b = prof.bench
         config = BenchConfig(
-            batch=batch, threads=threads if threads is not None else prof.threads,
+            batch=batch, threads=threads if threads is not None else _local_threads(prof.threads, hosts),
             warmup_runs=warmup_runs if warmup_runs is not None else b.warmup_runs,
             warmup_s=warmup if warmup is not None else b.warmup_s,
             min_time_s=min_time if min_time is not None else b.min_time_s,
@@ -99,13 +110,10 @@ def bench_cmd(
 
             store = ResultsStore(db)
         run_id = time.strftime("%Y%m%d-%H%M%S")
-        hosts = list(host or [])
-        if not hosts and not local and prof.connection.method is Method.SSH and prof.connection.host:
-            hosts = [prof.connection.host]
         if hosts:
             results, errors = _remote(hosts, prof, config, store, run_id)
         else:
-            results, errors = _local(prof, config, store, run_id), {}
+            results, errors = _local(prof, config, store, run_id, interleave, base_index, emulated), {}
         db_path = str(store.path) if store else None
         result = {"device": prof.name, "run_id": run_id, "db": db_path,
                   "results": [r.to_dict() for r in results], "errors": errors}
@@ -117,8 +125,15 @@ def bench_cmd(
                   f"{'/'.join(thr)}; cold = load + first call", ["host"] * remote + RESULT_COLUMNS,
                   [result_row(r, with_host=remote) for r in results])
             for r in results:
+                if r.emulated:
+                    console.print(f"[yellow]note:[/] {r.artifact}: {r.emulated}, not measured on {prof.name}",
+                                  highlight=False)
                 for w in r.warnings:
                     console.print(f"[yellow]warning:[/] {r.host}:{r.artifact}: {w}", highlight=False)
+                sp = r.speedup
+                if sp and not sp["reliable"]:
+                    console.print(f"[yellow]unreliable speed-up:[/] {r.artifact} vs {sp['baseline']}: "
+                                  f"{sp['unreliable_because']}", highlight=False)
             if db_path:
                 console.print(f"stored in {db_path} (run {run_id}); `edgetl report` draws the plots")
 
@@ -132,25 +147,36 @@ def bench_cmd(
             raise RemoteError("; ".join(f"{h}: {m}" for h, m in errors.items()))
         return result, render
 
-    def _local(prof, config, store, run_id):
-        from benchmarks.harness import measure
-        from edgetl.errors import EdgetlError
+    def _baseline_index(name):
+        if name is None:
+            return 0
+        for i, p in enumerate(artifacts):
+            if name in (str(p), p.name):
+                return i
+        from edgetl.errors import UnknownNameError
+
+        raise UnknownNameError("--baseline artifact", name, [str(p) for p in artifacts])
+
+    def _local(prof, config, store, run_id, interleave, base_index, emulated):
+        from benchmarks.contention import choose_omp_wait_policy
+        from benchmarks.interleave import Candidate, measure_interleaved
         from edgetl.models import load_model
 
-        results = []
+        omp = choose_omp_wait_policy()  # before torch loads OpenMP (load_model imports torch)
+        cands = []
         for path in artifacts:
-            try:
-                art = load_model(str(path))
-                reload = (lambda p=str(path): load_model(p)) if art.path is None else None
-                res = measure(art, config, profile=prof, source_path=path, reload=reload)
-                if eval_data:
-                    _add_accuracy(res, art, eval_data, config.threads)
-            except EdgetlError as e:
-                raise _keep_going_note(e, len(results), str(store.path) if store else None) from None
+            art = load_model(str(path))
+            reload = (lambda p=str(path): load_model(p)) if art.path is None else None
+            cands.append(Candidate(art, source_path=path, reload=reload))
+        run = measure_interleaved(cands, config, profile=prof, baseline=base_index, interleave=interleave)
+        for c, res in zip(cands, run.results, strict=True):
+            res.env["omp_wait_policy"] = omp
+            res.emulated = emulated
+            if eval_data:
+                _add_accuracy(res, c.artifact, eval_data, config.threads)
             if store is not None:
                 store.add(res, run_id=run_id)
-            results.append(res)
-        return results
+        return run.results
 
     def _remote(hosts, prof, config, store, run_id):
         from benchmarks.remote import SshTarget, bench_farm
@@ -168,6 +194,20 @@ def bench_cmd(
         return farm.results, farm.errors
 
     execute(body, json_=json_, debug=debug)
+
+
+def _local_threads(profile_threads: int | None, hosts: list[str]) -> int | None:
+    """The profile's thread count, but never more threads than this machine lets the process use when the
+    measurement runs here (a 6-thread board profile emulated on 2 cores would time oversubscription)."""
+    import os
+
+    if hosts or profile_threads is None:
+        return profile_threads
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or profile_threads
+    return min(profile_threads, usable)
 
 
 def _add_accuracy(res, art, data: str, threads: int | None) -> None:
