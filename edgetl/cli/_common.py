@@ -160,7 +160,9 @@ def execute(body: Callable[[], tuple[dict[str, Any], Render | None]], *, json_: 
         with _stdout_to_stderr() if json_ else contextlib.nullcontext():
             result, render = body()
     except EdgetlError as e:
-        _fail(str(e), type(e).__name__, e.exit_code, json_=json_, debug=debug)
+        verdict = getattr(e, "verdict", None)
+        _fail(str(e), type(e).__name__, e.exit_code, json_=json_, debug=debug,
+              details={"verdict": verdict.to_dict()} if verdict is not None else None)
     except KeyboardInterrupt:
         _fail("interrupted", "KeyboardInterrupt", 130, json_=json_, debug=debug)
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence: one line, not a traceback
@@ -175,7 +177,7 @@ def execute(body: Callable[[], tuple[dict[str, Any], Render | None]], *, json_: 
     raise typer.Exit(0)
 
 
-def _fail(message: str, kind: str, code: int, *, json_: bool, debug: bool):
+def _fail(message: str, kind: str, code: int, *, json_: bool, debug: bool, details: dict | None = None):
     if debug:
         traceback.print_exc()
     from rich.markup import escape
@@ -183,7 +185,7 @@ def _fail(message: str, kind: str, code: int, *, json_: bool, debug: bool):
     # Escaped: messages quote things like pip install 'edgetl[mobile]', which rich would eat as markup.
     _console().print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
     if json_:
-        sys.stdout.write(json.dumps({"ok": False, "error": message, "error_type": kind}) + "\n")
+        sys.stdout.write(json.dumps({"ok": False, "error": message, "error_type": kind, **(details or {})}) + "\n")
     raise typer.Exit(code)
 
 

@@ -32,10 +32,11 @@ def quantize_cmd(
     precision: Annotated[str, typer.Option("--precision", help="int8 or fp16.")] = "int8",
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="Calibration images, stratified across "
                                                "classes (at least 100 recommended).")] = 300,
-    max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Largest accuracy loss in points; "
-                                                      "sensitive layers are kept in float until it holds.")] = None,
-    allow_drop: Annotated[bool, typer.Option("--allow-drop", help="Write the best model even when --max-drop "
-                                             "cannot be met (exit 0).")] = False,
+    max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Largest accuracy loss in points "
+                                                      "(default: the quantize gate's budget, 1 point); sensitive "
+                                                      "layers are kept in float until it holds.")] = None,
+    allow_drop: Annotated[bool, typer.Option("--allow-drop", help="Write the best model even when the budget "
+                                             "cannot be met (exit 0; the result says so).")] = False,
     mode: Annotated[str, typer.Option("--mode", help="onnxruntime: static (CNNs) or dynamic (Linear-heavy).")]
     = "static",
     calibration: Annotated[str, typer.Option("--calibration", help="Activation ranges (onnxruntime / "
@@ -53,11 +54,13 @@ def quantize_cmd(
     """Quantize a model for one backend and check its accuracy against the fp32 model."""
 
     def body():
-        from edgetl.errors import ConfigError
+        from edgetl import gates
+        from edgetl.errors import BudgetError, ConfigError
         from edgetl.quantize import QuantizeConfig, quantize
 
         # Cheap checks first: names, values and the output, before any model or data loads.
-        cfg = QuantizeConfig(backend=backend, precision=precision, calib_samples=calib_samples, max_drop=max_drop,
+        budget = gates.budget_for("quantize", max_drop)
+        cfg = QuantizeConfig(backend=backend, precision=precision, calib_samples=calib_samples, max_drop=budget,
                              allow_drop=allow_drop, mode=mode, calibration=calibration, seed=seed,
                              keep_float=tuple(k.strip() for k in (keep_float or "").split(",") if k.strip()),
                              max_float_layers=max_float_layers)
@@ -73,8 +76,20 @@ def quantize_cmd(
         torch.set_flush_denormal(True)
         art = load_model(model)
         splits = load_data(data, seed=seed)
-        q = quantize(art, cfg, data=splits, out=output)
+        try:
+            q = quantize(art, cfg, data=splits, out=output)
+        except BudgetError as e:  # the quantizer's fallback could not bring it inside: nothing was written
+            bm = getattr(e, "metrics", None)
+            if bm is None:
+                raise
+            kept = bm.get("kept_float") or []
+            v = gates.check("quantize", before=bm["fp32_accuracy"], after=bm["accuracy"], split=cfg.eval_split,
+                            budget=budget, note=f"best reached keeps {len(kept)} layer(s) in float"
+                            + (f": {', '.join(kept)}" if kept else ""))
+            raise gates.gate_error(v) from None
         m = q.history[-1].metrics
+        verdict = gates.check("quantize", before=m["fp32_accuracy"], after=m["accuracy"], agreement=m["agreement"],
+                              split=m["split"], budget=budget, allow_drop=allow_drop)
         result = {
             "output": str(q.path), "model": model, "backend": cfg.backend.value, "precision": cfg.precision.value,
             "data": splits.name, "split": m["split"],
@@ -83,7 +98,7 @@ def quantize_cmd(
             "kept_float": m["kept_float"], "unquantizable": m["unquantizable"], "max_drop": m["max_drop"],
             "budget_met": m["budget_met"], "calibration": {k: v for k, v in m["calibration"].items() if k != "indices"},
             "warnings": m["warnings"], "attempts": m["attempts"], "backend_info": m["backend_info"],
-            "seconds": q.history[-1].seconds,
+            "seconds": q.history[-1].seconds, "gate": verdict.to_dict(),
         }
         if "note" in m:
             result["note"] = m["note"]
@@ -98,8 +113,8 @@ def quantize_cmd(
                 console.print(f"kept in float ({cfg.backend.value} cannot quantize it): {u['op']} {u['node']}")
             for w in m["warnings"]:
                 console.print(f"[yellow]warning:[/] {w}")
-            if m["budget_met"] is False:
-                console.print(f"[yellow]budget of {m['max_drop']:g} points not met (--allow-drop)[/]")
+            if not verdict.passed:
+                console.print(f"[yellow]warning:[/] {verdict.line()}", highlight=False)
             console.print(f"wrote {q.path}")
 
         return result, render
