@@ -108,6 +108,11 @@ def bench_cmd(
         if not no_store:
             from benchmarks.store import ResultsStore
 
+            if db is not None:
+                from edgetl.fileio import check_output
+
+                check_output(db, what="--db")
+
             store = ResultsStore(db)
         run_id = time.strftime("%Y%m%d-%H%M%S")
         if hosts:

@@ -67,6 +67,11 @@ def quantize_cmd(
         if output.exists() and not overwrite:
             raise ConfigError(f"{output} exists; pass --overwrite to replace it")
         _check_suffix(cfg, output)
+        from edgetl.fileio import check_output
+        from edgetl.quantize import Backend, QuantPrecision
+
+        bundle = cfg.backend is Backend.TENSORRT and cfg.precision is QuantPrecision.FP16
+        check_output(output, kind="dir" if bundle else "file")  # before any model or data loads
 
         import torch
 
@@ -102,6 +107,13 @@ def quantize_cmd(
         }
         if "note" in m:
             result["note"] = m["note"]
+        if cfg.backend is Backend.ONNXRUNTIME and q.path is not None and q.path.suffix == ".onnx":
+            from edgetl.quantize.onnxruntime import explain_size
+
+            why = explain_size(q.path, m.get("fp32_size_bytes"))
+            if why:
+                result["warnings"] = [*result["warnings"], why]
+                m["warnings"] = result["warnings"]
 
         def render(console):
             table(console, f"quantize {model} -> {cfg.backend.value} {cfg.precision.value}",

@@ -52,6 +52,9 @@ def run_cmd(
             return result, render
         if output is None:
             raise ConfigError("give a run directory with -o RUN_DIR")
+        from edgetl.fileio import check_output
+
+        check_output(output, kind="dir")  # before the run directory is claimed or any stage runs
         res = run_recipe(r, output, from_stage=from_stage)
         rep = res.report
 
