@@ -59,12 +59,18 @@ def run_cmd(
         rep = res.report
 
         def render(c):
-            table(c, f"run {r.name}", ["role", "artifact", "format", "runtime", "acc %", "p90 ms"],
-                  [[a["role"], a["artifact"], a["format"], a["runtime"],
-                    f"{100 * a['accuracy']:.2f}" if a["accuracy"] is not None else "-", a["p90_ms"]]
+            table(c, f"run {r.name} (files relative to {output})", ["role", "file", "format", "runtime", "acc %",
+                                                                    "p90 ms", "timing"],
+                  [[a["role"], a.get("file") or "-", a["format"], a["runtime"],
+                    f"{100 * a['accuracy']:.2f}" if a["accuracy"] is not None else "-", a["p90_ms"],
+                    "contended" if a.get("contended") else "clean"]
                    for a in rep["artifacts"]])
+            from rich.markup import escape
+
+            for w in rep.get("warnings", []):
+                c.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, markup=True)
             if rep.get("recommendation"):
-                c.print(rep["recommendation"]["line"])
+                c.print(rep["recommendation"]["line"], highlight=False, markup=False)
             c.print(f"report: {output / 'report.html'}")
 
         return {"run_dir": str(output), "report": rep}, render
