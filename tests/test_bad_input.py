@@ -160,3 +160,12 @@ def test_third_party_warnings_only_with_verbose():
         warnings.warn_explicit("chatter", UserWarning, "x.py", 1, module="onnxruntime.quantization")
         warnings.warn_explicit("ours", UserWarning, "y.py", 1, module="edgetl.quantize")
     assert [str(w.message) for w in caught] == ["ours"]
+
+
+def test_a_refused_run_leaves_no_run_directory_behind(tmp_path):
+    out = tmp_path / "run"
+    for args, needle in ((["--model", str(tmp_path / "missing.pt"), "--data", "digits"], "model file not found"),
+                         (["--model", "efficientnet_lite0", "--data", str(tmp_path / "nope")], "dataset not found")):
+        r = run_cli("run", "--recipe", "cpu-tiny-int8", *args, "-o", str(out))
+        assert r.returncode == 2 and needle in _one_line(r.stderr)
+        assert not out.exists()  # nothing claimed: the corrected rerun is not "made for another model"

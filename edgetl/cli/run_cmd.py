@@ -55,6 +55,7 @@ def run_cmd(
         from edgetl.fileio import check_output
 
         check_output(output, kind="dir")  # before the run directory is claimed or any stage runs
+        _precheck_sources(r.model, r.data)
         res = run_recipe(r, output, from_stage=from_stage)
         rep = res.report
 
@@ -76,3 +77,25 @@ def run_cmd(
         return {"run_dir": str(output), "report": rep}, render
 
     execute(body, json_=json_, debug=debug)
+
+
+def _precheck_sources(model: str | None, data: str | None) -> None:
+    """Refuse a model or dataset that cannot exist before the run directory is claimed (a refused run must leave
+    nothing behind that would make the corrected rerun look like another run's directory)."""
+    from edgetl.data import BUILTIN_DATASETS
+    from edgetl.errors import ConfigError, InputFileError, UnknownNameError
+    from edgetl.models import list_archs
+
+    if model is None:
+        raise ConfigError("no model: give one with --model, or set 'model:' in the recipe")
+    if data is None:
+        raise ConfigError("no data: give it with --data, or set 'data:' in the recipe")
+    if not Path(model).exists():
+        if any(sep in model for sep in ("/", "\\")) or "." in model:
+            raise InputFileError(f"model file not found: {model}; give a path, or a zoo name (see `edgetl models`)")
+        if model not in list_archs():
+            raise UnknownNameError("model", model, list_archs(), hint="Or give a model file.")
+    if not Path(data).exists() and data not in BUILTIN_DATASETS:
+        if any(sep in data for sep in ("/", "\\")) or "." in data:
+            raise InputFileError(f"dataset not found: {data}")
+        raise UnknownNameError("dataset", data, BUILTIN_DATASETS, hint="Or give an image folder or an .npz file.")
