@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_dir", "atomic_path", "check_output", "write_json"]
+__all__ = ["atomic_dir", "atomic_path", "check_output", "final_path", "write_json"]
 
 # atomic_path / atomic_dir write ".NAME.XXXXXXXX.part" beside the output: the name must leave room for that.
 _TEMP_OVERHEAD = len("..part") + 8
@@ -124,6 +124,20 @@ def _name_max(directory: Path) -> int:
         return int(os.pathconf(directory, "PC_NAME_MAX"))
     except (OSError, ValueError, AttributeError):
         return 255
+
+
+def final_path(path: str | os.PathLike[str]) -> Path:
+    """The path a file recorded *inside* an :func:`atomic_dir` block has once the block succeeded: each
+    ``.NAME.XXXXXXXX.part`` component becomes ``NAME``.
+
+    Example::
+
+        final_path("run/stages/.04-bench-ab12.k3j2h1.part/base/model.xml")   # run/stages/04-bench-ab12/base/model.xml
+    """
+    import re
+
+    parts = [re.sub(r"^\.(.+)\.[A-Za-z0-9_]{8}\.part$", r"\1", part) for part in Path(path).parts]
+    return Path(*parts) if parts else Path(path)
 
 
 def _umask() -> int:

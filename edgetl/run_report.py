@@ -108,7 +108,9 @@ class RunReport:
 def _rel(path: str | None, run_dir: Path) -> str | None:
     if not path:
         return None
-    p = Path(path)
+    from edgetl.fileio import final_path
+
+    p = final_path(path)  # a file recorded while its stage directory was still the temporary one
     try:
         return str(p.resolve().relative_to(run_dir.resolve()))
     except ValueError:

@@ -95,3 +95,11 @@ def test_contended_rows_are_marked_and_speedups_keep_their_digits(tmp_path):
     page = paths["html"].read_text()
     assert "<li>" in page and "contended" in page and "data:image/png;base64," in page
     assert render(back, "md") == md  # one typed source: the JSON renders to the same Markdown
+
+
+def test_a_file_recorded_inside_the_temporary_stage_directory_is_named_by_its_final_path(tmp_path):
+    tmp_stage = tmp_path / "run" / "stages" / ".04-bench-f268.cw42txzd.part" / "baseline-teacher-int8"
+    rows = [("teacher", _result(None, "torch", 5.0, 0.92)),
+            ("baseline:teacher-int8", _result(tmp_stage / "model.int8.xml", "openvino", 1.0, 0.92))]
+    rep, _ = _run(tmp_path, rows)
+    assert rep.recommendation()["file"] == "stages/04-bench-f268/baseline-teacher-int8/model.int8.xml"

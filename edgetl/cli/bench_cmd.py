@@ -93,6 +93,14 @@ def bench_cmd(
         if not hosts:  # a profile of another machine is refused before anything is loaded or timed
             from benchmarks.profiles import check_local
 
+            if runtime is None:  # the more specific refusal first: a format the profile does not run
+                from edgetl.models import _FILE_FORMATS
+
+                for p in artifacts:
+                    fmt = _FILE_FORMATS.get(p.suffix.lower())
+                    if fmt is not None and p.exists():
+                        prof.runtime_for(fmt)
+
             emulated = check_local(prof, emulate=emulate)
         b = prof.bench
         config = BenchConfig(
