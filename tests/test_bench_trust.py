@@ -11,6 +11,7 @@ import json
 import platform
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,10 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 
 def _burners(n: int, seconds: int) -> list[subprocess.Popen]:
-    return [subprocess.Popen(["timeout", str(seconds), "yes"], stdout=subprocess.DEVNULL) for _ in range(n)]
+    """CPU-bound processes that stop on their own after ``seconds`` (one process each: killing it leaves no
+    child behind, unlike `timeout yes`)."""
+    spin = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+    return [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(n)]
 
 
 def test_bench_beside_two_busy_processes_marks_every_row_contended(tiny, tmp_path):
