@@ -28,6 +28,9 @@ def run_cmd(
     """Run a recipe: prune -> distill -> quantize -> export -> bench, then write report.{md,html,json}."""
 
     def body():
+        from benchmarks.contention import choose_omp_wait_policy
+
+        choose_omp_wait_policy()  # before torch starts OpenMP: PASSIVE on a busy machine (see benchmarks/contention)
         import torch
 
         from edgetl.errors import ConfigError
