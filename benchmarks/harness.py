@@ -146,6 +146,12 @@ class BenchResult:
     env: dict[str, Any] = field(default_factory=dict)
     artifact_meta: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    arch: str = field(default_factory=platform.machine)  # the machine that measured (x86_64, aarch64, ...)
+    emulated: str | None = None  # e.g. "emulated on x86-64": a profile measured on a machine it does not describe
+    contended: bool = False  # other processes took CPU while this was timed (see benchmarks.contention)
+    contention: dict[str, Any] = field(default_factory=dict)
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # interleaved rounds (benchmarks.interleave)
+    speedup: dict[str, Any] | None = None  # against the baseline of the same rounds
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     schema: int = SCHEMA_VERSION
 
@@ -612,7 +618,8 @@ def measure(artifact: Artifact, config: BenchConfig | None = None, *, profile=No
     stats = LatencyStats.from_ns(samples)
     warnings: list[str] = []
     background = _background_load(busy0, busy1, loop_ns / 1e9)
-    if background is not None and background > 0.25:
+    contended = background is not None and background > 0.25
+    if contended:
         warnings.append(f"other processes used {background:.1f} cores while this was timed: the latency is "
                         "inflated (thread pools that wait on busy cores, e.g. PyTorch eager with several threads, "
                         "suffer most); measure on an idle machine")
@@ -638,7 +645,9 @@ def measure(artifact: Artifact, config: BenchConfig | None = None, *, profile=No
         model_size_bytes=model_size(artifact, Path(source_path) if source_path else None),
         accuracy=acc, accuracy_source=acc_src, inputs=origin,
         runner={**info, "outputs_finite": finite, "warmup_calls": i},
-        config=config.to_dict(), env={**environment(profile), "background_load_cores": background}, warnings=warnings, device=getattr(profile, "name", None) or "local",
+        config=config.to_dict(), env={**environment(profile), "background_load_cores": background}, warnings=warnings,
+        device=getattr(profile, "name", None) or "local", contended=contended,
+        contention={"others_cores_max": background, "rule": {"others_cores": 0.25}},
         artifact_meta={"arch": artifact.arch, "stages": [r.stage for r in artifact.history],
                        "input_shape": list(artifact.input_spec.shape)},
     )

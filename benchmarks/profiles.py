@@ -25,7 +25,7 @@ from edgetl.artifact import Format
 from edgetl.errors import ConfigError, InputFileError, UnknownNameError, check_names
 
 __all__ = ["BUILTIN_DIR", "Accelerator", "BenchDefaults", "Connection", "DeviceProfile", "Method", "Precision",
-           "RUNTIMES", "list_profiles", "load_profile", "parse_profile", "user_dirs"]
+           "RUNTIMES", "check_local", "list_profiles", "load_profile", "local_arch", "parse_profile", "user_dirs"]
 
 BUILTIN_DIR = Path(__file__).with_name("devices")
 # Runtimes a profile may name: the in-process runners plus trtexec (NVIDIA's own tool, used on boards
@@ -137,6 +137,49 @@ class DeviceProfile:
             return v
 
         return conv(dataclasses.asdict(self))
+
+
+# --------------------------------------------------------------------------- does it describe this machine?
+_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "x86-64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
+
+
+def local_arch() -> str:
+    """This machine's architecture, normalised (``x86_64``, ``aarch64``, ...)."""
+    import platform
+
+    m = platform.machine().lower()
+    return _ARCH_ALIASES.get(m, m)
+
+
+def _has_cuda() -> bool:
+    import shutil
+
+    return Path("/dev/nvidia0").exists() or Path("/dev/nvhost-ctrl").exists() or shutil.which("nvidia-smi") is not None
+
+
+def check_local(profile: DeviceProfile, *, emulate: bool = False) -> str | None:
+    """Refuse to measure ``profile`` on this machine when it describes another one (arch or accelerator).
+
+    Returns ``None`` when the profile matches, the label ``"emulated on <arch>"`` when it does not and
+    ``emulate`` is set; otherwise raises :class:`ConfigError` saying to pass ``--host`` (or ``--emulate``).
+    """
+    here = local_arch()
+    want = _ARCH_ALIASES.get(profile.arch.lower(), profile.arch.lower())
+    problems = []
+    if want != here:
+        problems.append(f"its arch is {profile.arch}, this machine is {here}")
+    if profile.accelerator is Accelerator.CUDA and not _has_cuda():
+        problems.append("it has a CUDA GPU, this machine has none")
+    elif profile.accelerator in (Accelerator.GPU, Accelerator.NPU):
+        problems.append(f"it runs on its {profile.accelerator.value.upper()}, which edgetl cannot use here")
+    if not problems:
+        return None
+    label = f"emulated on {here.replace('_', '-')}"
+    if emulate:
+        return label
+    raise ConfigError(f"device profile {profile.name!r} describes another machine ({'; '.join(problems)}): "
+                      "measure it there with --host user@board, or pass --emulate to time this machine with the "
+                      f"profile's settings, labelled {label!r}")
 
 
 # --------------------------------------------------------------------------- parsing

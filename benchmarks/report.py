@@ -25,10 +25,35 @@ from benchmarks.harness import BenchResult
 from edgetl.errors import ConfigError
 from edgetl.fileio import atomic_path
 
-__all__ = ["latency_plot", "markdown_table", "pareto_front", "pareto_plot", "write_report"]
+__all__ = ["format_ratio", "latency_plot", "markdown_table", "pareto_front", "pareto_plot", "speedup_cell",
+           "write_report"]
+
+
+def format_ratio(x: float | None) -> str:
+    """A speed-up with three significant digits, never rounded to nothing: 0.0012 -> "0.00120x", 12.34 -> "12.3x"."""
+    if x is None:
+        return "-"
+    if x != x or x in (float("inf"), float("-inf")):
+        return f"{x}x"
+    return f"{x:.3g}x" if abs(x) < 1000 else f"{x:,.0f}x"
+
+
+def speedup_cell(r) -> str:
+    """The speed-up of a result over its baseline as a table cell: "base" for the baseline itself, the ratio
+    with "(unreliable)" when its rounds disagree or were contended, "-" when not measured interleaved."""
+    sp = getattr(r, "speedup", None)
+    if sp is None:
+        return "base" if getattr(r, "rounds", None) else "-"
+    return format_ratio(sp["ratio"]) + ("" if sp["reliable"] else " (unreliable)")
 
 _COLUMNS = ["device", "host", "artifact", "format", "runtime", "precision", "batch", "threads", "p50 ms", "p90 ms",
-            "p99 ms", "n", "cold start ms", "peak MB", "size MB", "accuracy %"]
+            "p99 ms", "n", "cold start ms", "peak MB", "size MB", "accuracy %", "vs base", "timing"]
+
+
+def timing_cell(r: BenchResult) -> str:
+    """How far the row's latency can be trusted: contended, emulated on another machine, or clean."""
+    marks = [m for m in ("contended" if r.contended else None, r.emulated) if m]
+    return "; ".join(marks) or "clean"
 
 
 def _row(r: BenchResult) -> list[str]:
@@ -40,7 +65,7 @@ def _row(r: BenchResult) -> list[str]:
     return [r.device, r.host, r.artifact, r.format, r.runtime, r.precision, str(r.batch), str(r.threads or "-"),
             f"{s.p50:.3f}", f"**{s.p90:.3f}**", f"{s.p99:.3f}", str(s.count), opt(r.cold_start_ms, "{:.0f}"),
             opt(r.peak_rss_delta_mb, "{:.0f}"), opt(r.model_size_bytes / 1e6 if r.model_size_bytes else None, "{:.2f}"),
-            opt(100 * r.accuracy if r.accuracy is not None else None, "{:.2f}")]
+            opt(100 * r.accuracy if r.accuracy is not None else None, "{:.2f}"), speedup_cell(r), timing_cell(r)]
 
 
 def markdown_table(results: Sequence[BenchResult]) -> str:
@@ -151,6 +176,13 @@ def pareto_plot(results: Sequence[BenchResult]) -> bytes | None:
     return _png(fig)
 
 
+def _warning_lines(results: Sequence[BenchResult]) -> list[str]:
+    out = [f"{r.device} @ {r.host}: {r.artifact}: {w}" for r in results for w in r.warnings]
+    out += [f"{r.artifact}: speed-up vs {r.speedup['baseline']} unreliable ({r.speedup['unreliable_because']})"
+            for r in results if r.speedup and not r.speedup.get("reliable", True)]
+    return out
+
+
 def _env_rows(results: Sequence[BenchResult]) -> list[list[str]]:
     seen: dict[tuple[str, str], list[str]] = {}
     for r in results:
@@ -180,6 +212,9 @@ def write_report(results: Sequence[BenchResult], out_dir: str | Path, *, title: 
                 tmp.write_bytes(data)
             files[name.split(".")[0] + "_png"] = str(out / name)
     md = [f"# {title}", "", markdown_table(results)]
+    warn = _warning_lines(results)
+    if warn:
+        md += ["## Warnings", "", *[f"- {w}" for w in warn], ""]
     md += ["Latency per call in ms, single stream: p90 is the headline (MLPerf single-stream), with p50, p99 and "
            "the sample count n. Cold start = load + first inference. Peak MB = RSS high-water mark over the "
            "pre-load RSS.", ""]
@@ -214,6 +249,7 @@ td:nth-child(10) {{ font-weight: bold; }} img {{ max-width: 100%; }} .note {{ co
 the sample count n show the spread. Cold start = model load + first inference. Peak MB = RSS high-water mark over
 the pre-load RSS. {len(results)} result(s).</p>
 {htable(_COLUMNS, [_row(r) for r in results])}
+{("<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in warn) + "</ul>") if warn else ""}
 <h2>Latency per format and precision</h2>
 {img(lat_png, "latency per artifact and device")}
 <h2>Accuracy vs latency</h2>

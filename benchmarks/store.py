@@ -27,7 +27,7 @@ from benchmarks.harness import BenchResult
 from edgetl.errors import InputFileError
 from edgetl.fileio import atomic_path
 
-__all__ = ["CSV_COLUMNS", "ResultsStore", "default_db_path"]
+__all__ = ["CSV_COLUMNS", "ResultsStore", "default_db_path", "record_run"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -51,11 +51,13 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE INDEX IF NOT EXISTS results_device ON results(device, artifact);
 """
+# Columns added after the first schema: added in place to older databases (values NULL for old rows).
+_ADDED_COLUMNS = (("arch", "TEXT"), ("emulated", "TEXT"), ("contended", "INTEGER"))
 
 CSV_COLUMNS = ("id", "created", "run_id", "device", "host", "artifact", "format", "runtime", "precision", "batch",
                "threads", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "count",
                "throughput", "cold_start_ms", "peak_rss_delta_mb", "model_size_bytes", "accuracy", "tool", "inputs",
-               "cpu")
+               "cpu", "arch", "emulated", "contended")
 
 
 def default_db_path() -> Path:
@@ -76,6 +78,10 @@ class ResultsStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as db:
                 db.executescript(_SCHEMA)
+                have = {row[1] for row in db.execute("PRAGMA table_info(results)")}
+                for col, kind in _ADDED_COLUMNS:
+                    if col not in have:
+                        db.execute(f"ALTER TABLE results ADD COLUMN {col} {kind}")
         except (OSError, sqlite3.DatabaseError) as e:
             raise InputFileError(f"{self.path}: cannot open the results database ({e}); pass another --db or set "
                                  "EDGETL_RESULTS_DB") from None
@@ -94,12 +100,12 @@ class ResultsStore:
         s = result.latency_ms
         row = (result.created, run_id, result.device, result.host, result.artifact, result.format, result.runtime,
                result.precision, result.batch, result.threads, s.p50, s.p90, s.p99, s.count, result.accuracy,
-               json.dumps(result.to_dict(), default=str))
+               json.dumps(result.to_dict(), default=str), result.arch, result.emulated, int(bool(result.contended)))
         with self._lock, self._connect() as db:
             cur = db.execute(
                 "INSERT INTO results (created, run_id, device, host, artifact, format, runtime, precision, batch, "
-                "threads, p50_ms, p90_ms, p99_ms, count, accuracy, result_json) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                "threads, p50_ms, p90_ms, p99_ms, count, accuracy, result_json, arch, emulated, contended) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
             return int(cur.lastrowid)
 
     def query(self, *, device: str | None = None, artifact: str | None = None, run_id: str | None = None,
@@ -118,7 +124,8 @@ class ResultsStore:
             newest: dict[tuple, tuple[int, str | None, BenchResult]] = {}
             for item in out:
                 res = item[2]
-                newest[(res.device, res.host, res.artifact, res.runtime, res.precision, res.batch, res.threads)] = item
+                newest[(res.device, res.host, res.emulated, res.path or res.artifact, res.runtime, res.precision,
+                        res.batch, res.threads)] = item
             out = sorted(newest.values(), key=lambda t: t[0])
         return out
 
@@ -146,5 +153,12 @@ class ResultsStore:
                 w.writerow([i, r.created, rid, r.device, r.host, r.artifact, r.format, r.runtime, r.precision,
                             r.batch, r.threads, s.p50, s.p90, s.p99, s.mean, s.std, s.min, s.max, s.count,
                             r.throughput, r.cold_start_ms, r.peak_rss_delta_mb, r.model_size_bytes, r.accuracy,
-                            r.tool, r.inputs, r.env.get("cpu")])
+                            r.tool, r.inputs, r.env.get("cpu"), r.arch, r.emulated or "", int(bool(r.contended))])
         return Path(path)
+
+
+def record_run(results, *, run_id: str, db: str | os.PathLike[str] | None = None) -> list[int]:
+    """Append the measurements of one ``edgetl run`` (``BenchResult``s or their dicts) under ``run_id``, so
+    ``edgetl report`` shows them; returns the row ids."""
+    store = ResultsStore(db)
+    return [store.add(r if isinstance(r, BenchResult) else BenchResult.from_dict(r), run_id=run_id) for r in results]

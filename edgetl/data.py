@@ -195,6 +195,8 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], dict]:
         raise DataError(f"{path}: 'x' must be N x H x W, N x H x W x C or N x C x H x W with 1 or 3 channels, got {x.shape}")
     if len(x) != len(y):
         raise DataError(f"{path}: 'x' has {len(x)} images but 'y' has {len(y)} labels")
+    if x.dtype.kind == "f":
+        _refuse_non_finite(x, path)
     if x.dtype != np.uint8:
         xf = x.astype(np.float64)
         scale = 255.0 if xf.max() <= 1.0 else 1.0
@@ -208,6 +210,18 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], dict]:
         else:
             classes = tuple(str(i) for i in range(int(uniq.max()) + 1))
     return x, y.astype(np.int64), classes, {"origin": str(path)}
+
+
+def _refuse_non_finite(x: np.ndarray, path: Path) -> None:
+    """NaN or inf pixels would be cast to arbitrary bytes and silently wreck every accuracy: refuse them."""
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return
+    images = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
+    nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+    shown = ", ".join(str(i) for i in images[:5]) + (", ..." if len(images) > 5 else "")
+    raise DataError(f"{path}: 'x' holds {nan} NaN and {inf} infinite value(s) in {len(images)} image(s) (index "
+                    f"{shown}); fix or drop those images")
 
 
 def _image_folder(path: Path, resolution: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], dict]:

@@ -7,7 +7,7 @@ Exception tree::
     │   └── UnknownNameError         a name not in a closed set; suggests the nearest
     ├── InputFileError               a missing, unreadable or wrong-kind file (exit 2)
     │   └── UnsafeCheckpointError    a pickled module refused without ``--unsafe-pickle``
-    ├── DataError                    a dataset that cannot be used as asked
+    ├── DataError                    a dataset that cannot be used as asked (exit 2)
     ├── MissingDependencyError       an optional backend is not installed; names the extra
     ├── ModelError                   a model that cannot go through a stage
     ├── ExportError                  a format conversion failed
@@ -96,7 +96,7 @@ class UnsafeCheckpointError(InputFileError):
 
 
 class DataError(EdgetlError):
-    pass
+    exit_code = 2  # the user's data: the same rule as a bad model file
 
 
 class MissingDependencyError(EdgetlError, ImportError):

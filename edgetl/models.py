@@ -326,9 +326,62 @@ def _is_torchscript(path: Path) -> bool:
     return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
 
 
+_EXPECTED = "expected an edgetl checkpoint (.pt), a state dict, TorchScript, .pt2, .onnx or an OpenVINO .xml"
+
+
+def _sniff(path: Path) -> str:
+    """What the file's first bytes say it is: ``zip`` (torch.save's format), ``pickle`` (the legacy format),
+    ``text`` or ``binary`` (anything else), so only a real pickle is called one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        raise InputFileError(f"{path}: cannot read the model file ({e.strerror})") from None
+    if not head:
+        return "empty"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:
+        return "pickle"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+        if len(head) == 512:  # a multi-byte character cut at the end of the sample
+            try:
+                text = head[:-3].decode("utf-8", errors="strict")
+            except UnicodeDecodeError:
+                pass
+    if text is not None and "\x00" not in text and all(c.isprintable() or c in "\r\n\t" for c in text[:200]):
+        return "text"
+    return "binary"
+
+
+def _unsafe_refusal(path: Path) -> UnsafeCheckpointError:
+    base = (f"{path} holds a pickled Python object (a whole model, not just tensors), which can run arbitrary code "
+            "when loaded; refusing")
+    # (CLI option, advice): the CLI keeps only the advice whose option the command has; None: always applies.
+    advice = (("--unsafe-pickle", "if you trust the file, pass --unsafe-pickle"),
+              ("--arch", "or save its state dict (torch.save(model.state_dict(), PATH)) and load that with --arch NAME"),
+              (None, "or re-save it with edgetl.save_model (tensors and layer widths only) and give that file"))
+    err = UnsafeCheckpointError(f"{base}. If you trust the file, pass --unsafe-pickle (unsafe_pickle=True); or save "
+                                "a state dict and load it with --arch NAME (arch=NAME)")
+    err.cli_base, err.cli_advice = base, advice  # type: ignore[attr-defined]
+    return err
+
+
 def _from_torch_file(path, *, arch, num_classes, unsafe_pickle, input_spec, labels) -> Artifact:
     import torch
 
+    kind = _sniff(path)
+    if kind == "empty":
+        raise InputFileError(f"{path}: the file is empty; {_EXPECTED}")
+    if kind == "text":
+        first = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        raise InputFileError(f"{path}: a text file, not a model (it starts {first[0][:60]!r}); {_EXPECTED}"
+                             if first else f"{path}: a text file of blank lines, not a model; {_EXPECTED}")
+    if kind == "binary":
+        raise InputFileError(f"{path}: not a PyTorch file (neither torch.save's zip nor a pickle); {_EXPECTED}")
     if _is_torchscript(path):
         try:
             with warnings.catch_warnings():
@@ -340,19 +393,14 @@ def _from_torch_file(path, *, arch, num_classes, unsafe_pickle, input_spec, labe
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        if "Unsupported global" in str(e) or "GLOBAL" in str(e) or "Unsupported class" in str(e):
             if not unsafe_pickle:
-                raise UnsafeCheckpointError(
-                    f"{path} holds a pickled Python object, which can run arbitrary code when loaded; "
-                    "refusing. If you trust the file, pass --unsafe-pickle (unsafe_pickle=True), or save a "
-                    "state dict and load it with --arch NAME"
-                ) from None
+                raise _unsafe_refusal(path) from None
             return _from_pickle(path, input_spec=input_spec, labels=labels)
-        raise InputFileError(f"{path}: corrupt or unreadable checkpoint ({_first_line(e)})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        raise InputFileError(f"{path}: corrupt or truncated PyTorch file ({_first_line(e)}); {_EXPECTED}") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file fails inside torch in many ways (IndexError, KeyError...)
         raise InputFileError(
-            f"{path}: not a readable PyTorch file ({type(e).__name__}: {_first_line(e)}); expected an edgetl "
-            "checkpoint, a state dict, TorchScript, .pt2, .onnx or an OpenVINO .xml"
+            f"{path}: corrupt or truncated PyTorch file ({type(e).__name__}: {_first_line(e)}); {_EXPECTED}"
         ) from None
     if isinstance(obj, dict) and obj.get("kind") == CHECKPOINT_KIND:
         return _from_checkpoint(path, obj, unsafe_pickle=unsafe_pickle)
@@ -415,7 +463,11 @@ def _from_pickle(path: Path, *, input_spec, labels) -> Artifact:
     import torch
 
     log.warning("loading %s with full unpickling (--unsafe-pickle): this can run code from the file", path)
-    obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a missing class, a damaged stream: name the file and the cause
+        raise InputFileError(f"{path}: cannot unpickle it ({type(e).__name__}: {_first_line(e)}); if it names a "
+                             "class, the module defining it must be importable") from None
     if isinstance(obj, dict) and obj.get("kind") == CHECKPOINT_KIND and "pickled_module" in obj:
         from edgetl.artifact import StageRecord
 

@@ -1,117 +1,270 @@
-"""The one report of an ``edgetl run``: ``report.json`` (data first), ``report.md`` and a self-contained
-``report.html`` with the accuracy-vs-latency plot and a recommendation: the fastest artifact within the
-accuracy budget (``budgets.max_accuracy_drop``, 1 point when the recipe sets none)."""
+"""The one report of an ``edgetl run``: a typed :class:`RunReport`, rendered once into blocks that become
+``report.md`` and a self-contained ``report.html``; ``report.json`` is its ``to_dict``.
+
+It answers "which file do I ship": each row names its file relative to the run directory and the split its
+accuracy comes from; the recommendation is the fastest *deployable* artifact (an exported file, not the PyTorch
+model in memory) within the accuracy budget (``budgets.max_accuracy_drop``, 1 point when the recipe sets none)
+whose stage passed its quality gate, with one sentence of why, or says plainly that no artifact met the budget.
+Warnings collect what a reader must know before trusting a number: contended timings, budgets missed,
+relevance not conserved, stages skipped. Speed-ups keep three significant digits (never "0.0x").
+
+Example::
+
+    report = build_run_report(ctx, outcomes, search=[], chosen_ratio=None, budget_met=None)
+    render(report, "md")             # or "html", "json"
+"""
 
 from __future__ import annotations
 
 import base64
 import html
+import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgetl.fileio import atomic_path, write_json
 
-__all__ = ["build_report", "write_reports"]
+__all__ = ["DEFAULT_DROP", "ReportRow", "RunReport", "build_report", "build_run_report", "render", "write_reports"]
 
 DEFAULT_DROP = 1.0
+_CONSERVATION_OK = (0.9, 1.1)  # LRP: share of the seeded relevance reaching the input
 
 
-def build_report(ctx, outcomes, *, search, chosen_ratio, budget_met) -> dict[str, Any]:
-    recipe = ctx.recipe
+@dataclass(frozen=True)
+class ReportRow:
+    """One measured artifact on one device, with the real statistics of its benchmark (never rebuilt)."""
+
+    role: str
+    device: str
+    result: dict[str, Any]  # the BenchResult as measured (benchmarks.harness.BenchResult.to_dict())
+    file: str | None  # relative to the run directory where it lies inside it
+    accuracy: float | None
+    accuracy_split: str
+    agreement: float | None = None
+    params: int | None = None
+    flops: int | None = None
+
+    @property
+    def deployable(self) -> bool:
+        """An exported file a device can load; the PyTorch model in memory (eager) is a baseline only."""
+        return self.result.get("format") != "torch" and self.file is not None
+
+    @property
+    def contended(self) -> bool:
+        return bool(self.result.get("contended"))
+
+    def flat(self) -> dict[str, Any]:
+        r, lat = self.result, self.result["latency_ms"]
+        return {"role": self.role, "device": self.device, "artifact": r["artifact"], "file": self.file,
+                "format": r["format"], "runtime": r["runtime"], "precision": r["precision"],
+                "accuracy": self.accuracy, "accuracy_split": self.accuracy_split, "agreement": self.agreement,
+                "params": self.params, "flops": self.flops, "size_bytes": r.get("model_size_bytes"),
+                "p50_ms": lat["p50"], "p90_ms": lat["p90"], "p99_ms": lat["p99"], "samples": lat["count"],
+                "threads": r.get("threads"), "batch": r.get("batch"), "deployable": self.deployable,
+                "contended": self.contended, "emulated": r.get("emulated"), "result": r}
+
+
+@dataclass(frozen=True)
+class RunReport:
+    recipe: dict[str, Any]
+    fingerprint: str
+    run_dir: str
+    model: str | None
+    data: str | None
+    stages: list[dict[str, Any]]
+    rows: list[ReportRow]
+    budget_points: float
+    blocked_roles: tuple[str, ...] = ()  # roles whose stage failed its gate: never recommended
+    search: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def recommendation(self) -> dict[str, Any] | None:
+        return _recommend(self.rows, self.budget_points, set(self.blocked_roles))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"recipe": self.recipe, "fingerprint": self.fingerprint, "run_dir": self.run_dir, "model": self.model,
+             "data": self.data, "stages": self.stages, "artifacts": [r.flat() for r in self.rows],
+             "recommendation": self.recommendation(), "accuracy_budget_points": self.budget_points,
+             "blocked_roles": list(self.blocked_roles), "warnings": self.warnings, "speedups": _speedups(self)}
+        if self.search is not None:
+            d["budget"] = self.search
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunReport:
+        rows = [ReportRow(role=a["role"], device=a["device"], result=a["result"], file=a.get("file"),
+                          accuracy=a.get("accuracy"), accuracy_split=a.get("accuracy_split", "test"),
+                          agreement=a.get("agreement"), params=a.get("params"), flops=a.get("flops"))
+                for a in d["artifacts"]]
+        return cls(recipe=d["recipe"], fingerprint=d["fingerprint"], run_dir=d["run_dir"], model=d.get("model"),
+                   data=d.get("data"), stages=d["stages"], rows=rows, budget_points=d["accuracy_budget_points"],
+                   blocked_roles=tuple(d.get("blocked_roles", ())), search=d.get("budget"),
+                   warnings=list(d.get("warnings", [])))
+
+
+# --------------------------------------------------------------------------- building
+def _rel(path: str | None, run_dir: Path) -> str | None:
+    if not path:
+        return None
+    from edgetl.fileio import final_path
+
+    p = final_path(path)  # a file recorded while its stage directory was still the temporary one
+    try:
+        return str(p.resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(p)  # outside the run directory (the user's own model): as given
+
+
+def build_run_report(ctx, outcomes, *, search, chosen_ratio, budget_met, gates=()) -> RunReport:
+    """The typed report of one run; ``gates`` are :class:`edgetl.gates.Verdict`s the pipeline applied."""
+    recipe, run_dir = ctx.recipe, Path(ctx.run_dir)
     stages = [{"stage": o.kind, "key": o.key, "cached": o.cached, "seconds": round(o.seconds, 2),
-               "directory": str(o.directory), "summary": _short(o.kind, o.summary)} for o in outcomes]
-    bench = next((o for o in outcomes if o.kind == "bench"), None)
+               "directory": _rel(str(o.directory), run_dir), "summary": _short(o.kind, o.summary)}
+              for o in outcomes]
+    split = f"{getattr(ctx.data, 'name', recipe.data)} test split"
     rows = []
-    if bench is not None:
-        for item in bench.summary.get("results", []):
-            r = item["result"]
-            lat = r["latency_ms"]
-            rows.append({"role": item["role"], "device": item["device"], "artifact": r["artifact"],
-                         "format": r["format"], "runtime": r["runtime"], "precision": r["precision"],
-                         "accuracy": r.get("accuracy"), "agreement": item.get("agreement"),
-                         "params": (item.get("cost") or {}).get("params"), "flops": (item.get("cost") or {}).get("flops"),
-                         "size_bytes": r.get("model_size_bytes"), "p50_ms": lat["p50"], "p90_ms": lat["p90"],
-                         "p99_ms": lat["p99"], "samples": lat["count"], "threads": r.get("threads"),
-                         "batch": r.get("batch")})
+    bench = next((o for o in outcomes if o.kind == "bench"), None)
+    for item in (bench.summary.get("results", []) if bench is not None else []):
+        r = item["result"]
+        rows.append(ReportRow(role=item["role"], device=item["device"], result=r,
+                              file=_rel(r.get("path"), run_dir), accuracy=r.get("accuracy"),
+                              accuracy_split=r.get("accuracy_source") or split, agreement=item.get("agreement"),
+                              params=(item.get("cost") or {}).get("params"),
+                              flops=(item.get("cost") or {}).get("flops")))
     budget = recipe.budgets.max_accuracy_drop if recipe.budgets.max_accuracy_drop is not None else DEFAULT_DROP
-    rec = _recommend(rows, budget)
-    report: dict[str, Any] = {
-        "recipe": recipe.to_dict(), "fingerprint": recipe.fingerprint(), "run_dir": str(ctx.run_dir),
-        "model": recipe.model, "data": recipe.data, "stages": stages, "artifacts": rows,
-        "recommendation": rec, "accuracy_budget_points": budget,
-    }
-    if search:
-        msg = (f"budget met at pruning ratio {chosen_ratio}" if budget_met else
-               "budget unreachable: no pruning ratio tried met "
-               + ", ".join(f"{k}={v}" for k, v in (("max_accuracy_drop", recipe.budgets.max_accuracy_drop),
-                                                   ("target_latency_ms", recipe.budgets.target_latency_ms)) if v is not None)
-               + f"; best reached: {_best(search)}")
-        report["budget"] = {"met": budget_met, "ratio": chosen_ratio, "tried": search, "message": msg}
-    report["speedups"] = _speedups(rows)
+    blocked = tuple(_blocked_roles(gates))
+    report = RunReport(recipe=recipe.to_dict(), fingerprint=recipe.fingerprint(), run_dir=str(run_dir),
+                       model=recipe.model, data=recipe.data, stages=stages, rows=rows, budget_points=budget,
+                       blocked_roles=blocked, search=_search_block(recipe, search, chosen_ratio, budget_met))
+    report.warnings.extend(_warnings(report, outcomes, gates))
     return report
 
 
-def _best(search) -> str:
-    b = max(search, key=lambda t: t["val_accuracy"])
-    extra = f", p90 {b['p90_ms']:.3f} ms" if "p90_ms" in b else ""
-    return f"ratio {b['ratio']}: drop {b['drop_points']:.2f} points{extra}"
+def build_report(ctx, outcomes, *, search, chosen_ratio, budget_met, gates=()) -> dict[str, Any]:
+    """:func:`build_run_report` as the dict ``report.json`` holds (what ``run_recipe`` returns)."""
+    return build_run_report(ctx, outcomes, search=search, chosen_ratio=chosen_ratio, budget_met=budget_met,
+                            gates=gates).to_dict()
+
+
+def _blocked_roles(gates) -> list[str]:
+    by_stage = {"quantize": "quantized", "prune": "compressed", "distill": "compressed"}
+    return [by_stage[v.stage] for v in gates if not v.allowed and v.stage in by_stage] + \
+        [f"export:{v.stage.split(':', 1)[1]}" for v in gates if not v.allowed and v.stage.startswith("export:")]
+
+
+def _search_block(recipe, search, chosen_ratio, budget_met) -> dict[str, Any] | None:
+    if not search:
+        return None
+    b = recipe.budgets
+    if budget_met:
+        msg = f"budget met at pruning ratio {chosen_ratio}"
+    else:
+        given = ", ".join(f"{k}={v}" for k, v in (("max_accuracy_drop", b.max_accuracy_drop),
+                                                  ("target_latency_ms", b.target_latency_ms)) if v is not None)
+        best = max(search, key=lambda t: t["val_accuracy"])
+        extra = f", p90 {best['p90_ms']:.3f} ms" if "p90_ms" in best else ""
+        msg = (f"budget unreachable: no pruning ratio tried met {given}; best reached: ratio {best['ratio']}: "
+               f"drop {best['drop_points']:.2f} points (val split){extra}")
+    return {"met": budget_met, "ratio": chosen_ratio, "tried": search, "message": msg}
+
+
+_KEEP = ("params", "flops", "macs", "accuracy", "val_accuracy", "test_accuracy", "accuracy_before", "accuracy_after",
+         "agreement", "ratio", "size_bytes", "exports", "best_val_accuracy", "epochs_run", "kept_in_float",
+         "scoring_cost_ratio", "params_before", "params_after", "flops_before", "flops_after", "fp32_accuracy",
+         "drop_points", "val_accuracy_before", "val_accuracy_after")
 
 
 def _short(kind: str, summary: dict[str, Any]) -> dict[str, Any]:
     if kind == "bench":
         return {"measured": len(summary.get("results", []))}
-    keep = ("params", "flops", "macs", "accuracy", "val_accuracy", "test_accuracy", "accuracy_before", "accuracy_after",
-            "agreement", "ratio", "size_bytes", "exports", "best_val_accuracy", "epochs_run", "kept_in_float",
-            "scoring_cost_ratio", "params_before", "params_after", "flops_before", "flops_after")
-    return {k: v for k, v in summary.items() if k in keep}
+    out = {k: v for k, v in summary.items() if k in _KEEP}
+    if kind == "quantize" and "accuracy" in out:  # the quantizer measures on its eval split (val by default)
+        out["split"] = summary.get("split", "val")
+    return out
 
 
-def _recommend(rows: list[dict[str, Any]], budget_points: float) -> dict[str, Any] | None:
-    """The fastest artifact (p90, first device) whose accuracy is within the budget of the teacher's."""
+def _warnings(report: RunReport, outcomes, gates) -> list[str]:
+    out = []
+    contended = [r for r in report.rows if r.contended]
+    if contended:
+        worst = max((r.result.get("contention") or {}).get("others_cores_max") or 0 for r in contended)
+        out.append(f"{len(contended)} of {len(report.rows)} timings were measured under contention (other "
+                   f"processes used up to {worst:.2f} cores): their latencies are inflated and the speed-ups "
+                   "between them are not reliable; rerun the bench stage on an idle machine")
+    out += [v.line() for v in gates if not v.passed]
+    for o in outcomes:
+        for s in (o.summary.get("scoring") or []) if o.kind == "prune" else []:
+            c = (s.get("conservation") or {}).get("input_over_seed") if isinstance(s, dict) else None
+            if c is not None and not _CONSERVATION_OK[0] <= c <= _CONSERVATION_OK[1]:
+                out.append(f"prune: only {100 * c:.0f} % of the seeded LRP relevance reached the input (conserved "
+                           "is 100 %): the channel scores are less trustworthy for this architecture")
+    formats = {e.get("format") for o in outcomes if o.kind == "export" for e in o.summary.get("exports", [])}
+    if "tensorrt" in formats or "tensorrt-bundle" in formats:
+        out.append("export: the TensorRT bundle is built into an engine on its device; it was not measured here "
+                   "(edgetl bench --host user@board)")
+    if not report.rows:
+        out.append("no bench stage ran: no latency was measured, so nothing is recommended")
+    out += [f"{r.role}: {r.result['emulated']}" for r in report.rows if r.result.get("emulated")]
+    return out
+
+
+# --------------------------------------------------------------------------- choosing
+def _recommend(rows: list[ReportRow], budget: float, blocked: set[str]) -> dict[str, Any] | None:
     if not rows:
         return None
-    device = rows[0]["device"]
-    on_dev = [r for r in rows if r["device"] == device and r["accuracy"] is not None]
-    teacher = next((r for r in on_dev if r["role"] == "teacher"), None)
+    device = rows[0].device
+    on_dev = [r for r in rows if r.device == device and r.accuracy is not None]
+    teacher = next((r for r in on_dev if r.role == "teacher"), None)
     if teacher is None:
         return None
-    # Baselines are real artifacts of the run too: if plain int8 of the teacher is the best choice, say so.
-    ok = [r for r in on_dev if 100 * (teacher["accuracy"] - r["accuracy"]) <= budget_points + 1e-9]
+    ok = [r for r in on_dev if r.deployable and r.role not in blocked
+          and 100 * (teacher.accuracy - r.accuracy) <= budget + 1e-9]
     if not ok:
-        return {"device": device, "line": f"no artifact is within {budget_points} points of the teacher's accuracy"}
-    best = min(ok, key=lambda r: r["p90_ms"])
-    speed = teacher["p90_ms"] / best["p90_ms"]
-    line = (f"ship {best['artifact']} ({best['format']}, {best['runtime']}, {best['precision']}): p90 "
-            f"{best['p90_ms']:.3f} ms on {device}, {speed:.1f}x faster than the teacher in PyTorch eager, accuracy "
-            f"{100 * best['accuracy']:.2f} % vs {100 * teacher['accuracy']:.2f} %")
-    return {"device": device, "role": best["role"], "artifact": best["artifact"], "format": best["format"],
-            "runtime": best["runtime"], "p90_ms": best["p90_ms"], "accuracy": best["accuracy"],
-            "teacher_accuracy": teacher["accuracy"], "line": line}
+        return {"device": device, "line": f"no artifact met the budget: no deployable artifact is within {budget:g} "
+                                          f"points of the teacher's accuracy ({100 * teacher.accuracy:.2f} %)"}
+    best = min(ok, key=lambda r: r.result["latency_ms"]["p90"])
+    from benchmarks.report import format_ratio
+
+    p90 = best.result["latency_ms"]["p90"]
+    speed = teacher.result["latency_ms"]["p90"] / p90
+    trust = (" (timings contended: the ratio is not reliable)" if best.contended or teacher.contended else "")
+    line = (f"ship {best.file} ({best.result['format']}, {best.result['runtime']}, {best.result['precision']}): the "
+            f"fastest deployable artifact within {budget:g} points of the teacher, p90 {p90:.3f} ms on {device}, "
+            f"{format_ratio(speed)} the teacher in PyTorch eager{trust}, top-1 {100 * best.accuracy:.2f} % vs "
+            f"{100 * teacher.accuracy:.2f} % ({best.accuracy_split})")
+    return {"device": device, "role": best.role, "artifact": best.result["artifact"], "file": best.file,
+            "format": best.result["format"], "runtime": best.result["runtime"], "p90_ms": p90,
+            "accuracy": best.accuracy, "teacher_accuracy": teacher.accuracy, "reliable": not trust, "line": line}
 
 
-def _speedups(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """p90 ratios of the recommended artifact against the teacher and the plain-int8 baseline, per device."""
+def _speedups(report: RunReport) -> dict[str, Any]:
+    """p90 ratios of the recommended artifact against the baselines, per device (``reliable`` says whether the
+    timings behind them were uncontended)."""
     out: dict[str, Any] = {}
-    for device in dict.fromkeys(r["device"] for r in rows):
-        on = {r["role"]: r for r in rows if r["device"] == device}
-        rec = _recommend([r for r in rows if r["device"] == device], DEFAULT_DROP)
+    for device in dict.fromkeys(r.device for r in report.rows):
+        rows = [r for r in report.rows if r.device == device]
+        rec = _recommend(rows, report.budget_points, set(report.blocked_roles))
         if not rec or "role" not in rec:
             continue
+        on = {r.role: r for r in rows}
         best = on[rec["role"]]
-        d: dict[str, Any] = {"shipped": rec["artifact"]}
-        if "teacher" in on:
-            d["vs_teacher_eager"] = on["teacher"]["p90_ms"] / best["p90_ms"]
-        if "baseline:teacher-int8" in on:
-            d["vs_teacher_int8"] = on["baseline:teacher-int8"]["p90_ms"] / best["p90_ms"]
+        d: dict[str, Any] = {"shipped": rec["file"], "reliable": True}
+        for key, role in (("vs_teacher_eager", "teacher"), ("vs_teacher_int8", "baseline:teacher-int8"),
+                          ("vs_teacher_fp32_export", "baseline:teacher-fp32")):
+            if role in on:
+                d[key] = on[role].result["latency_ms"]["p90"] / best.result["latency_ms"]["p90"]
+                d["reliable"] = d["reliable"] and not (on[role].contended or best.contended)
         out[device] = d
     return out
 
 
-# --------------------------------------------------------------------------- rendering
-_COLS = [("role", "role"), ("artifact", "artifact"), ("format", "format"), ("runtime", "runtime"),
+# --------------------------------------------------------------------------- rendering: one set of blocks
+_COLS = [("role", "role"), ("file", "file"), ("format", "format"), ("runtime", "runtime"),
          ("precision", "precision"), ("accuracy", "top-1 %"), ("agreement", "agree %"), ("params", "params"),
          ("flops", "FLOPs"), ("size_bytes", "size KiB"), ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"),
-         ("p99_ms", "p99 ms"), ("samples", "n")]
+         ("p99_ms", "p99 ms"), ("samples", "n"), ("timing", "timing")]
 
 
 def _fmt(key: str, v: Any) -> str:
@@ -128,30 +281,41 @@ def _fmt(key: str, v: Any) -> str:
     return str(v)
 
 
-def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# edgetl run: {report['recipe']['name']}", "",
-             f"model `{report['model']}` on `{report['data']}`; recipe fingerprint `{report['fingerprint']}`", ""]
-    rec = report.get("recommendation")
+def _blocks(rep: RunReport) -> list[tuple]:
+    from benchmarks.report import format_ratio
+
+    d = rep.to_dict()
+    out: list[tuple] = [("h1", f"edgetl run: {rep.recipe['name']}"),
+                        ("p", f"model {rep.model} on {rep.data}; recipe fingerprint {rep.fingerprint}; files are "
+                              f"relative to {rep.run_dir}")]
+    rec = d["recommendation"]
     if rec:
-        lines += [f"**Recommendation:** {rec['line']}", ""]
-    if "budget" in report:
-        lines += [f"**Budget:** {report['budget']['message']}", ""]
-    for device in dict.fromkeys(r["device"] for r in report["artifacts"]):
-        lines += [f"## {device}", "", "| " + " | ".join(h for _, h in _COLS) + " |",
-                  "|" + "---|" * len(_COLS)]
-        for r in (x for x in report["artifacts"] if x["device"] == device):
-            lines.append("| " + " | ".join(_fmt(k, r.get(k)) for k, _ in _COLS) + " |")
-        sp = report.get("speedups", {}).get(device)
+        out.append(("p", f"**Recommendation:** {rec['line']}"))
+    if rep.search:
+        out.append(("p", f"**Budget:** {rep.search['message']}"))
+    if rep.warnings:
+        out += [("h2", "Warnings"), ("ul", list(rep.warnings))]
+    for device in dict.fromkeys(r.device for r in rep.rows):
+        rows = [r.flat() for r in rep.rows if r.device == device]
+        splits = sorted({r["accuracy_split"] for r in rows if r["accuracy"] is not None})
+        table = [[_fmt(k, r.get(k)) if k != "timing" else ("contended" if r["contended"] else "clean")
+                  for k, _ in _COLS] for r in rows]
+        out += [("h2", device), ("table", [h for _, h in _COLS], table),
+                ("p", f"top-1 and agreement: {'; '.join(splits) or 'not measured'}. Latency: batch 1, "
+                      "single stream, p90 the headline.")]
+        sp = d["speedups"].get(device)
         if sp:
-            parts = [f"{sp['vs_teacher_eager']:.1f}x vs teacher eager" if "vs_teacher_eager" in sp else None,
-                     f"{sp['vs_teacher_int8']:.1f}x vs teacher int8 (NNCF)" if "vs_teacher_int8" in sp else None]
-            lines += ["", f"Shipped artifact p90 speed-up: {', '.join(p for p in parts if p)}"]
-        lines.append("")
-    lines += ["## Stages", "", "| stage | cached | seconds | summary |", "|---|---|---|---|"]
-    for s in report["stages"]:
-        summary = ", ".join(f"{k}={_compact(v)}" for k, v in s["summary"].items())
-        lines.append(f"| {s['stage']} | {'yes' if s['cached'] else 'no'} | {s['seconds']:.1f} | {summary} |")
-    return "\n".join(lines) + "\n"
+            parts = [f"{format_ratio(sp[k])} {label}" for k, label in
+                     (("vs_teacher_eager", "vs teacher eager"), ("vs_teacher_fp32_export", "vs teacher fp32 export"),
+                      ("vs_teacher_int8", "vs teacher int8 (NNCF)")) if k in sp]
+            if sp["reliable"]:
+                out.append(("p", f"Shipped artifact p90 speed-up: {', '.join(parts)}"))
+            else:
+                out.append(("p", f"Speed-up not headlined (contended timings): {', '.join(parts)}"))
+    out += [("h2", "Stages"), ("table", ["stage", "cached", "seconds", "directory", "summary"],
+             [[s["stage"], "yes" if s["cached"] else "no", f"{s['seconds']:.1f}", s["directory"] or "-",
+               ", ".join(f"{k}={_compact(v)}" for k, v in s["summary"].items())] for s in rep.stages])]
+    return out
 
 
 def _compact(v: Any) -> str:
@@ -162,68 +326,79 @@ def _compact(v: Any) -> str:
     return str(v)
 
 
-def _plot(report: dict[str, Any]) -> bytes | None:
+def _md(blocks: list[tuple]) -> str:
+    lines: list[str] = []
+    for b in blocks:
+        if b[0] == "h1":
+            lines += [f"# {b[1]}", ""]
+        elif b[0] == "h2":
+            lines += [f"## {b[1]}", ""]
+        elif b[0] == "p":
+            lines += [b[1], ""]
+        elif b[0] == "ul":
+            lines += [f"- {x}" for x in b[1]] + [""]
+        elif b[0] == "table":
+            lines += ["| " + " | ".join(b[1]) + " |", "|" + "---|" * len(b[1])]
+            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in b[2]] + [""]
+    return "\n".join(lines)
+
+
+def _html(blocks: list[tuple], png: bytes | None, title: str) -> str:
+    e = html.escape
+    body = []
+    for b in blocks:
+        if b[0] in ("h1", "h2"):
+            body.append(f"<{b[0]}>{e(b[1])}</{b[0]}>")
+        elif b[0] == "p":
+            text = e(b[1])
+            body.append("<p>" + (text.replace("**", "<b>", 1).replace("**", "</b>", 1) if "**" in text else text)
+                        + "</p>")
+        elif b[0] == "ul":
+            body.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in b[1]) + "</ul>")
+        elif b[0] == "table":
+            head = "".join(f"<th>{e(c)}</th>" for c in b[1])
+            rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in b[2])
+            body.append(f"<table><tr>{head}</tr>{rows}</table>")
+    img = (f'<img alt="accuracy vs p90 latency" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+           if png else "<p>(no latency measured: add a bench stage)</p>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>body{{font-family:"
+            "sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+            "padding:3px 6px;font-size:13px}</style></head><body>" + "\n".join(body)
+            + f"<h2>Accuracy vs latency</h2>{img}</body></html>")
+
+
+def _plot(rep: RunReport) -> bytes | None:
+    import dataclasses
+
     from benchmarks.harness import BenchResult
     from benchmarks.report import pareto_plot
-    from benchmarks.stats import LatencyStats
 
-    results = []
-    for r in report["artifacts"]:
-        if r["accuracy"] is None:
-            continue
-        lat = LatencyStats(count=r["samples"], mean=r["p50_ms"], std=0.0, min=r["p50_ms"], max=r["p99_ms"],
-                           p50=r["p50_ms"], p90=r["p90_ms"], p95=r["p90_ms"], p99=r["p99_ms"])
-        results.append(BenchResult(artifact=r["role"], format=r["format"], runtime=r["runtime"],
-                                   precision=r["precision"], batch=r["batch"] or 1, threads=r["threads"],
-                                   latency_ms=lat, throughput=0.0, device=r["device"], accuracy=r["accuracy"]))
+    results = [dataclasses.replace(BenchResult.from_dict(r.result), artifact=r.role, accuracy=r.accuracy)
+               for r in rep.rows if r.accuracy is not None]
     return pareto_plot(results) if results else None
 
 
-def write_reports(report: dict[str, Any], run_dir: str | Path) -> dict[str, Path]:
+def render(report: RunReport | dict[str, Any], fmt: str, *, plot: bool = True) -> str:
+    """The report as ``md``, ``html`` (plot embedded) or ``json`` text."""
+    rep = report if isinstance(report, RunReport) else RunReport.from_dict(report)
+    if fmt == "json":
+        return json.dumps(rep.to_dict(), indent=2, default=str) + "\n"
+    if fmt == "md":
+        return _md(_blocks(rep))
+    if fmt == "html":
+        return _html(_blocks(rep), _plot(rep) if plot else None, f"edgetl run {rep.recipe['name']}")
+    from edgetl.errors import UnknownNameError
+
+    raise UnknownNameError("report format", fmt, ["md", "html", "json"])
+
+
+def write_reports(report: RunReport | dict[str, Any], run_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and ``report.html`` (each atomically) into ``run_dir``."""
+    rep = report if isinstance(report, RunReport) else RunReport.from_dict(report)
     run_dir = Path(run_dir)
-    paths = {"json": write_json(run_dir / "report.json", report)}
-    md = markdown(report)
-    with atomic_path(run_dir / "report.md") as tmp:
-        tmp.write_text(md)
-    paths["md"] = run_dir / "report.md"
-    png = _plot(report)
-    img = (f'<img alt="accuracy vs p90 latency" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-           if png else "<p>(no latency measured: add a bench stage)</p>")
-    body = _md_to_html(md)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>edgetl run {html.escape(report['recipe']['name'])}"
-            "</title><style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}</style></head><body>"
-            f"{body}<h2>Accuracy vs latency</h2>{img}</body></html>")
-    with atomic_path(run_dir / "report.html") as tmp:
-        tmp.write_text(page)
-    paths["html"] = run_dir / "report.html"
+    paths = {"json": write_json(run_dir / "report.json", rep.to_dict())}
+    for fmt, name in (("md", "report.md"), ("html", "report.html")):
+        with atomic_path(run_dir / name) as tmp:
+            tmp.write_text(render(rep, fmt), encoding="utf-8")
+        paths[fmt] = run_dir / name
     return paths
-
-
-def _md_to_html(md: str) -> str:
-    out, in_table = [], False
-    for line in md.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if all(set(c) <= {"-"} for c in cells):
-                continue
-            if not in_table:
-                out.append("<table>")
-                in_table = True
-                out.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
-            else:
-                out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            out.append("</table>")
-            in_table = False
-        if line.startswith("## "):
-            out.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("# "):
-            out.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.strip():
-            text = html.escape(line).replace("**", "")
-            out.append(f"<p>{text}</p>")
-    if in_table:
-        out.append("</table>")
-    return "\n".join(out)

@@ -55,7 +55,7 @@ def test_eval_json_on_saved_model(lite0_digits_path):
         (["eval", "resnt18", "--data", "digits"], 2, "did you mean 'resnet18'"),
         (["eval", "resnet18", "--data", "mnist6k"], 2, "did you mean 'mnist5k'"),
         (["eval", "resnet18", "--data", "digits", "--split", "tset"], 2, "did you mean 'test'"),
-        (["eval", "efficientnet_lite0", "--data", "digits"], 1, "1000 outputs but dataset 'digits' has 10"),
+        (["eval", "efficientnet_lite0", "--data", "digits"], 2, "1000 outputs but dataset 'digits' has 10"),
     ],
 )
 def test_bad_input_is_one_line_with_exit_code(args, code, needle):

@@ -178,9 +178,12 @@ def test_full_chain_report_has_every_artifact_and_a_recommendation(tmp_path, lit
         assert 0.0 <= a["accuracy"] <= 1.0 and 0.0 <= a["agreement"] <= 1.0
     rec = rep["recommendation"]
     assert rec["line"].startswith("ship ") or rec["line"].startswith("no artifact")
-    if "role" in rec:  # the recommended artifact is within the default 1-point budget and the fastest such
-        within = [a for a in rep["artifacts"] if 100 * (teacher["accuracy"] - a["accuracy"]) <= 1.0 + 1e-9]
+    if "role" in rec:  # the recommended artifact is deployable, within the default 1-point budget, the fastest such
+        within = [a for a in rep["artifacts"]
+                  if a["deployable"] and 100 * (teacher["accuracy"] - a["accuracy"]) <= 1.0 + 1e-9]
         assert rec["p90_ms"] == min(a["p90_ms"] for a in within)
+        assert rec["role"] != "teacher" and not Path(rec["file"]).is_absolute()  # a file inside the run directory
+        assert (run_dir / rec["file"]).exists()
     md = (run_dir / "report.md").read_text()
     assert "Recommendation" in md or "no artifact" in md
     assert "| teacher |" in md

@@ -32,4 +32,6 @@ _register_stages()
 
 
 def main() -> None:
-    app()
+    from edgetl.cli._common import run_app
+
+    run_app(app)

@@ -160,7 +160,9 @@ def execute(body: Callable[[], tuple[dict[str, Any], Render | None]], *, json_: 
         with _stdout_to_stderr() if json_ else contextlib.nullcontext():
             result, render = body()
     except EdgetlError as e:
-        _fail(str(e), type(e).__name__, e.exit_code, json_=json_, debug=debug)
+        verdict = getattr(e, "verdict", None)
+        _fail(_cli_message(e), type(e).__name__, e.exit_code, json_=json_, debug=debug,
+              details={"verdict": verdict.to_dict()} if verdict is not None else None)
     except KeyboardInterrupt:
         _fail("interrupted", "KeyboardInterrupt", 130, json_=json_, debug=debug)
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence: one line, not a traceback
@@ -176,7 +178,32 @@ def execute(body: Callable[[], tuple[dict[str, Any], Render | None]], *, json_: 
     raise typer.Exit(code)
 
 
-def _fail(message: str, kind: str, code: int, *, json_: bool, debug: bool):
+def _command_options() -> set[str]:
+    try:  # typer >= 0.29 carries its own copy of click
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older typer on click
+        from click import get_current_context
+
+    ctx = get_current_context(silent=True)
+    if ctx is None:
+        return set()
+    return {o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts)}
+
+
+def _cli_message(e: Exception) -> str:
+    """The error's message, with advice that names only options this command has (``cli_advice`` pairs)."""
+    advice = getattr(e, "cli_advice", None)
+    if not advice:
+        return str(e)
+    have = _command_options()
+    tips = [tip for opt, tip in advice if opt is None or opt in have]
+    if tips and tips[0].startswith("or "):
+        tips[0] = tips[0][3:]
+    return getattr(e, "cli_base", str(e)) + (". " + tips[0][0].upper() + tips[0][1:] + "".join(
+        f"; {t}" for t in tips[1:]) if tips else "")
+
+
+def _fail(message: str, kind: str, code: int, *, json_: bool, debug: bool, details: dict | None = None):
     if debug:
         traceback.print_exc()
     from rich.markup import escape
@@ -184,8 +211,117 @@ def _fail(message: str, kind: str, code: int, *, json_: bool, debug: bool):
     # Escaped: messages quote things like pip install 'edgetl[mobile]', which rich would eat as markup.
     _console().print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
     if json_:
-        sys.stdout.write(json.dumps({"ok": False, "error": message, "error_type": kind}) + "\n")
+        sys.stdout.write(json.dumps({"ok": False, "error": message, "error_type": kind, **(details or {})}) + "\n")
     raise typer.Exit(code)
+
+
+# --------------------------------------------------------------------------- the process
+VERBOSE = False  # set by --verbose (any position): third-party libraries' own messages are shown
+
+
+def _usage_types():
+    try:
+        from typer._click import exceptions as ce
+    except ImportError:  # pragma: no cover - older typer on click
+        from click import exceptions as ce
+    from typer.exceptions import Abort, Exit
+
+    return ce.UsageError, Exit, Abort
+
+
+def run_app(app, argv: list[str] | None = None) -> None:
+    """Run the typer app with edgetl's conventions for what happens before a command body runs: a usage error
+    (unknown option, missing argument, bad value) is one line on stderr, plus one JSON object on stdout under
+    ``--json``, and exit code 2. ``--verbose`` anywhere lets third-party libraries' messages through."""
+    global VERBOSE
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    VERBOSE = "--verbose" in args or "--debug" in args
+    args = [a for a in args if a != "--verbose"]
+    json_ = "--json" in args
+    usage_error, exit_, abort = _usage_types()
+    quiet_third_party(VERBOSE)
+    try:
+        rv = app(args=args, prog_name="edgetl", standalone_mode=False)
+    except usage_error as e:
+        where = e.ctx.command_path if getattr(e, "ctx", None) is not None else "edgetl"
+        line = f"{e.format_message()} (see `{where} --help`)"
+        _console().print(f"[bold red]error:[/] {_escape(line)}", highlight=False, markup=True)
+        if json_:
+            sys.stdout.write(json.dumps({"ok": False, "error": line, "error_type": "UsageError"}) + "\n")
+        sys.exit(2)
+    except exit_ as e:
+        sys.exit(e.exit_code)
+    except abort:
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+# Python loggers of libraries that report routine steps as warnings (ONNX Runtime's quantizer: "Removing
+# initializer ..."; NNCF; torch's export and ONNX paths).
+_CHATTY_LOGGERS = ("onnxruntime", "root", "nncf", "torch", "torch.onnx", "torch.export", "torch._dynamo",
+                   "openvino", "executorch", "urllib3", "matplotlib", "PIL")
+
+
+def quiet_third_party(verbose: bool) -> None:
+    """Unless ``verbose``: Python warnings from libraries are hidden, their loggers show errors only, and native
+    runtimes log errors only (ONNX Runtime's C++ logger). edgetl's own warnings still print."""
+    if verbose:
+        return
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module=r"edgetl(\..*)?$")
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # LiteRT / TensorFlow Lite native logs
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    _quiet_ort_when_loaded()
+
+
+def _quiet_ort_when_loaded() -> None:
+    """Lower ONNX Runtime's native log severity to errors as soon as it is imported (not before: it is heavy)."""
+    import importlib.abc
+    import importlib.machinery
+
+    if "onnxruntime" in sys.modules:
+        _set_ort_severity(sys.modules["onnxruntime"])
+        return
+
+    class _Hook(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name != "onnxruntime":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            if spec is None or spec.loader is None:
+                return spec
+            loader = spec.loader
+            original = loader.exec_module
+
+            def exec_module(module):
+                original(module)
+                _set_ort_severity(module)
+
+            loader.exec_module = exec_module  # type: ignore[method-assign]
+            return spec
+
+    if not any(type(f).__name__ == "_Hook" for f in sys.meta_path):
+        sys.meta_path.insert(0, _Hook())
+
+
+def _set_ort_severity(ort) -> None:
+    try:
+        ort.set_default_logger_severity(3)
+    except Exception:  # noqa: BLE001 - an ORT build without it: its messages stay
+        pass
 
 
 def _default(obj: Any) -> Any:

@@ -20,24 +20,19 @@ def register(app: typer.Typer) -> None:
 
 def result_row(r, *, with_host: bool = False) -> list[Any]:
     """One table row per result (device, batch and threads go in the title)."""
+    from benchmarks.report import speedup_cell
+
     s = r.latency_ms
-    return [*([r.host] if with_host else []), r.artifact, r.format, r.runtime, r.precision,
-            f"{s.p50:.3f}", f"{s.p90:.3f}", f"{s.p99:.3f}", s.count,
+    return [*([r.host] if with_host else []), r.artifact + (" (contended)" if r.contended else ""), r.format,
+            r.runtime, r.precision, f"{s.p50:.3f}", f"{s.p90:.3f}", f"{s.p99:.3f}", s.count, speedup_cell(r),
             f"{r.cold_start_ms:.0f}" if r.cold_start_ms is not None else "-",
             f"{r.peak_rss_delta_mb:.0f}" if r.peak_rss_delta_mb is not None else "-",
             f"{r.model_size_bytes / 1e6:.1f}" if r.model_size_bytes else "-",
             f"{100 * r.accuracy:.2f}" if r.accuracy is not None else "-"]
 
 
-RESULT_COLUMNS = ["artifact", "format", "runtime", "precision", "p50", "p90", "p99", "n", "cold", "peak MB", "MB",
-                  "acc %"]
-
-
-def _keep_going_note(e: Exception, done: int, db: str | None) -> Exception:
-    if done:
-        where = f" in {db}" if db else ""
-        e.args = (f"{e} ({done} earlier result(s) kept{where})",)
-    return e
+RESULT_COLUMNS = ["artifact", "format", "runtime", "precision", "p50", "p90", "p99", "n", "vs base", "cold",
+                  "peak MB", "MB", "acc %"]
 
 
 def bench_cmd(
@@ -64,13 +59,17 @@ def bench_cmd(
     port: Annotated[Optional[int], typer.Option(help="SSH port (default: the profile's, else the SSH config's).")] = None,
     remote_edgetl: Annotated[Optional[str], typer.Option("--remote-edgetl", help="Command that runs edgetl on the board, e.g. '~/venv/bin/edgetl'.")] = None,
     connect_timeout: Annotated[Optional[int], typer.Option("--connect-timeout", help="SSH connect timeout, seconds.")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Artifact the speed-ups are against (its path or file name; default: the first).")] = None,
+    rounds: Annotated[int, typer.Option("--rounds", help="Interleaved rounds (A B C A B C ...); contended rounds are re-measured up to as many times again.")] = 5,
+    max_spread: Annotated[float, typer.Option("--max-spread", help="A speed-up whose per-round ratios spread more than this fraction is marked unreliable.")] = 0.25,
+    emulate: Annotated[bool, typer.Option("--emulate", help="Time this machine with a profile that describes another one (labelled 'emulated on ...').")] = False,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Measure single-stream latency (p90 headline, p50/p99, cold start, memory) of each artifact."""
 
     def body():
-        from benchmarks.harness import InputSource
+        from benchmarks.harness import BenchConfig, InputSource
         from benchmarks.profiles import Method, load_profile
         from edgetl.errors import ConfigError, UnknownNameError
 
@@ -82,32 +81,74 @@ def bench_cmd(
             raise UnknownNameError("performance hint", hint, ["latency", "throughput", "none"])
         if not artifacts:
             raise ConfigError("give at least one artifact to benchmark")
+        from benchmarks.interleave import InterleaveConfig
+
+        interleave = InterleaveConfig(rounds=rounds, max_spread=max_spread)
+        base_index = _baseline_index(baseline)
         prof = load_profile(device)
-        given = {"threads": threads, "warmup_runs": warmup_runs, "warmup_s": warmup, "min_time_s": min_time,
-                 "min_count": min_count, "max_time_s": max_time}
-        config = _bench_config(prof, given, batch=batch, runtime=runtime, precision=precision, hint=hint,
-                               compile=compile_, inputs=source)
+        hosts = list(host or [])
+        if not hosts and not local and prof.connection.method is Method.SSH and prof.connection.host:
+            hosts = [prof.connection.host]
+        emulated = None
+        if not hosts:  # a profile of another machine is refused before anything is loaded or timed
+            from benchmarks.profiles import check_local
+
+            if runtime is None:  # the more specific refusal first: a format the profile does not run
+                from edgetl.models import _FILE_FORMATS
+
+                for p in artifacts:
+                    fmt = _FILE_FORMATS.get(p.suffix.lower())
+                    if fmt is not None and p.exists():
+                        prof.runtime_for(fmt)
+
+            emulated = check_local(prof, emulate=emulate)
+        b = prof.bench
+        config = BenchConfig(
+            batch=batch, threads=threads if threads is not None else _local_threads(prof.threads, hosts),
+            warmup_runs=warmup_runs if warmup_runs is not None else b.warmup_runs,
+            warmup_s=warmup if warmup is not None else b.warmup_s,
+            min_time_s=min_time if min_time is not None else b.min_time_s,
+            min_count=min_count if min_count is not None else b.min_count,
+            max_time_s=max(max_time if max_time is not None else b.max_time_s,
+                           min_time if min_time is not None else b.min_time_s),
+            runtime=runtime, precision=precision, hint=hint, compile=compile_, inputs=source)
         store = None
         if not no_store:
             from benchmarks.store import ResultsStore
 
+            if db is not None:
+                from edgetl.fileio import check_output
+
+                check_output(db, what="--db")
+
             store = ResultsStore(db)
         run_id = time.strftime("%Y%m%d-%H%M%S")
-        hosts = list(host or [])
-        if not hosts and not local and prof.connection.method is Method.SSH and prof.connection.host:
-            hosts = [prof.connection.host]
         if hosts:
-            ssh = {"ssh_config": str(ssh_config) if ssh_config else None, "port": port,
-                   "remote_edgetl": remote_edgetl, "connect_timeout_s": connect_timeout}
-            results, errors = _remote(artifacts, hosts, prof, config, store, run_id, eval_data=eval_data, ssh=ssh)
+            results, errors = _remote(hosts, prof, config, store, run_id)
         else:
-            results, errors = _local(artifacts, prof, config, store, run_id, eval_data=eval_data), {}
+            results, errors = _local(prof, config, store, run_id, interleave, base_index, emulated), {}
         db_path = str(store.path) if store else None
         result = {"device": prof.name, "run_id": run_id, "db": db_path,
                   "results": [r.to_dict() for r in results], "errors": errors}
 
         def render(console):
-            _render(console, prof, results, batch=batch, db_path=db_path, run_id=run_id)
+            remote = any(r.host != "local" for r in results)
+            thr = sorted({str(r.threads or "all") for r in results})
+            table(console, f"{prof.name}: latency per call in ms (p90 headline), batch {batch}, threads "
+                  f"{'/'.join(thr)}; cold = load + first call", ["host"] * remote + RESULT_COLUMNS,
+                  [result_row(r, with_host=remote) for r in results])
+            for r in results:
+                if r.emulated:
+                    console.print(f"[yellow]note:[/] {r.artifact}: {r.emulated}, not measured on {prof.name}",
+                                  highlight=False)
+                for w in r.warnings:
+                    console.print(f"[yellow]warning:[/] {r.host}:{r.artifact}: {w}", highlight=False)
+                sp = r.speedup
+                if sp and not sp["reliable"]:
+                    console.print(f"[yellow]unreliable speed-up:[/] {r.artifact} vs {sp['baseline']}: "
+                                  f"{sp['unreliable_because']}", highlight=False)
+            if db_path:
+                console.print(f"stored in {db_path} (run {run_id}); `edgetl report` draws the plots")
 
         if errors:
             from rich.console import Console
@@ -119,70 +160,67 @@ def bench_cmd(
             raise RemoteError("; ".join(f"{h}: {m}" for h, m in errors.items()))
         return result, render
 
+    def _baseline_index(name):
+        if name is None:
+            return 0
+        for i, p in enumerate(artifacts):
+            if name in (str(p), p.name):
+                return i
+        from edgetl.errors import UnknownNameError
+
+        raise UnknownNameError("--baseline artifact", name, [str(p) for p in artifacts])
+
+    def _local(prof, config, store, run_id, interleave, base_index, emulated):
+        from benchmarks.contention import choose_omp_wait_policy
+        from benchmarks.interleave import Candidate, measure_interleaved
+        from edgetl.models import load_model
+
+        omp = choose_omp_wait_policy()  # before torch loads OpenMP (load_model imports torch)
+        cands = []
+        for path in artifacts:
+            art = load_model(str(path))
+            reload = (lambda p=str(path): load_model(p)) if art.path is None else None
+            cands.append(Candidate(art, source_path=path, reload=reload))
+        run = measure_interleaved(cands, config, profile=prof, baseline=base_index, interleave=interleave)
+        for c, res in zip(cands, run.results, strict=True):
+            res.env["omp_wait_policy"] = omp
+            res.emulated = emulated
+            if eval_data:
+                _add_accuracy(res, c.artifact, eval_data, config.threads)
+            if store is not None:
+                store.add(res, run_id=run_id)
+        return run.results
+
+    def _remote(hosts, prof, config, store, run_id):
+        from benchmarks.remote import SshTarget, bench_farm
+
+        targets = [SshTarget.from_profile(h, prof, ssh_config=str(ssh_config) if ssh_config else None, port=port,
+                                          remote_edgetl=remote_edgetl, connect_timeout_s=connect_timeout)
+                   for h in hosts]
+        from edgetl.progress import task
+
+        with task(f"bench on {len(hosts)} board(s)", total=len(hosts) * len(artifacts)) as bar:
+            farm = bench_farm(artifacts, targets, profile=prof, config=config, store=store, run_id=run_id,
+                              eval_data=eval_data,
+                              on_result=lambda r: bar.advance(1, last=f"{r.host}:{r.artifact}",
+                                                              p90_ms=r.latency_ms.p90))
+        return farm.results, farm.errors
+
     execute(body, json_=json_, debug=debug)
 
 
-def _bench_config(prof, given: dict, **fixed):
-    """The measurement settings: what the command line gave, else the device profile's."""
-    from benchmarks.harness import BenchConfig
+def _local_threads(profile_threads: int | None, hosts: list[str]) -> int | None:
+    """The profile's thread count, but never more threads than this machine lets the process use when the
+    measurement runs here (a 6-thread board profile emulated on 2 cores would time oversubscription)."""
+    import os
 
-    b = prof.bench
-
-    def pick(name: str, default):
-        return given[name] if given[name] is not None else default
-
-    min_time = pick("min_time_s", b.min_time_s)
-    return BenchConfig(threads=pick("threads", prof.threads), warmup_runs=pick("warmup_runs", b.warmup_runs),
-                       warmup_s=pick("warmup_s", b.warmup_s), min_time_s=min_time,
-                       min_count=pick("min_count", b.min_count),
-                       max_time_s=max(pick("max_time_s", b.max_time_s), min_time), **fixed)
-
-
-def _render(console, prof, results, *, batch: int, db_path: str | None, run_id: str) -> None:
-    remote = any(r.host != "local" for r in results)
-    thr = sorted({str(r.threads or "all") for r in results})
-    table(console, f"{prof.name}: latency per call in ms (p90 headline), batch {batch}, threads "
-          f"{'/'.join(thr)}; cold = load + first call", ["host"] * remote + RESULT_COLUMNS,
-          [result_row(r, with_host=remote) for r in results])
-    for r in results:
-        for w in r.warnings:
-            console.print(f"[yellow]warning:[/] {r.host}:{r.artifact}: {w}", highlight=False)
-    if db_path:
-        console.print(f"stored in {db_path} (run {run_id}); `edgetl report` draws the plots")
-
-
-def _local(artifacts, prof, config, store, run_id, *, eval_data: str | None):
-    from benchmarks.harness import measure
-    from edgetl.errors import EdgetlError
-    from edgetl.models import load_model
-
-    results = []
-    for path in artifacts:
-        try:
-            art = load_model(str(path))
-            reload = (lambda p=str(path): load_model(p)) if art.path is None else None
-            res = measure(art, config, profile=prof, source_path=path, reload=reload)
-            if eval_data:
-                _add_accuracy(res, art, eval_data, config.threads)
-        except EdgetlError as e:
-            raise _keep_going_note(e, len(results), str(store.path) if store else None) from None
-        if store is not None:
-            store.add(res, run_id=run_id)
-        results.append(res)
-    return results
-
-
-def _remote(artifacts, hosts, prof, config, store, run_id, *, eval_data: str | None, ssh: dict):
-    from benchmarks.remote import SshTarget, bench_farm
-    from edgetl.progress import task
-
-    targets = [SshTarget.from_profile(h, prof, **ssh) for h in hosts]
-    with task(f"bench on {len(hosts)} board(s)", total=len(hosts) * len(artifacts)) as bar:
-        farm = bench_farm(artifacts, targets, profile=prof, config=config, store=store, run_id=run_id,
-                          eval_data=eval_data,
-                          on_result=lambda r: bar.advance(1, last=f"{r.host}:{r.artifact}",
-                                                          p90_ms=r.latency_ms.p90))
-    return farm.results, farm.errors
+    if hosts or profile_threads is None:
+        return profile_threads
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or profile_threads
+    return min(profile_threads, usable)
 
 
 def _add_accuracy(res, art, data: str, threads: int | None) -> None:

@@ -55,6 +55,9 @@ def finetune_cmd(
         _set_threads()
         if output.exists() and not overwrite:
             raise ConfigError(f"{output} exists; pass --overwrite to replace it")
+        from edgetl.fileio import check_output
+
+        check_output(output)  # parent, writability, name length: before any work
         cfg = FinetuneConfig(resolution=resolution, epochs=epochs, head_epochs=head_epochs, lr=lr, seed=seed)
         splits = load_data(data, seed=seed)
         src = model if not Path(model).exists() else load_model(model)

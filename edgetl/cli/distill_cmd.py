@@ -59,6 +59,9 @@ def distill_cmd(
         state = resume_path(output)
         if output.exists() and not (overwrite or resume):
             raise ConfigError(f"{output} exists; pass --overwrite to replace it")
+        from edgetl.fileio import check_output
+
+        check_output(output)  # parent, writability, name length: before any work
         if state.exists() and not (resume or overwrite):
             raise ConfigError(f"an interrupted run left {state}; pass --resume to continue it or --overwrite to "
                               "start over")

@@ -70,6 +70,9 @@ def export_cmd(
         check_request(format_, options)
         if output.exists() and not overwrite:
             raise ConfigError(f"output directory {output} exists; pass --overwrite to replace it")
+        from edgetl.fileio import check_output
+
+        check_output(output, kind="dir")  # parent, writability, name length: before any work
 
         import torch
 

@@ -72,6 +72,9 @@ def prune_cmd(
         torch.set_flush_denormal(True)
         if output.exists() and not overwrite:
             raise ConfigError(f"{output} exists; pass --overwrite to replace it")
+        from edgetl.fileio import check_output
+
+        check_output(output)  # parent, writability, name length: before any work
         if output.suffix.lower() not in (".pt", ".pth"):
             raise ConfigError(f"the pruned model is saved as an edgetl checkpoint; give a .pt output, not {output.name}")
         if "ratio" in options and ("target_flops" in options or "target_params" in options

@@ -32,10 +32,11 @@ def quantize_cmd(
     precision: Annotated[str, typer.Option("--precision", help="int8 or fp16.")] = "int8",
     calib_samples: Annotated[int, typer.Option("--calib-samples", help="Calibration images, stratified across "
                                                "classes (at least 100 recommended).")] = 300,
-    max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Largest accuracy loss in points; "
-                                                      "sensitive layers are kept in float until it holds.")] = None,
-    allow_drop: Annotated[bool, typer.Option("--allow-drop", help="Write the best model even when --max-drop "
-                                             "cannot be met (exit 0).")] = False,
+    max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="Largest accuracy loss in points "
+                                                      "(default: the quantize gate's budget, 1 point); sensitive "
+                                                      "layers are kept in float until it holds.")] = None,
+    allow_drop: Annotated[bool, typer.Option("--allow-drop", help="Write the best model even when the budget "
+                                             "cannot be met (exit 0; the result says so).")] = False,
     mode: Annotated[str, typer.Option("--mode", help="onnxruntime: static (CNNs) or dynamic (Linear-heavy).")]
     = "static",
     calibration: Annotated[str, typer.Option("--calibration", help="Activation ranges (onnxruntime / "
@@ -53,17 +54,24 @@ def quantize_cmd(
     """Quantize a model for one backend and check its accuracy against the fp32 model."""
 
     def body():
-        from edgetl.errors import ConfigError
+        from edgetl import gates
+        from edgetl.errors import BudgetError, ConfigError
         from edgetl.quantize import QuantizeConfig, quantize
 
         # Cheap checks first: names, values and the output, before any model or data loads.
-        cfg = QuantizeConfig(backend=backend, precision=precision, calib_samples=calib_samples, max_drop=max_drop,
+        budget = gates.budget_for("quantize", max_drop)
+        cfg = QuantizeConfig(backend=backend, precision=precision, calib_samples=calib_samples, max_drop=budget,
                              allow_drop=allow_drop, mode=mode, calibration=calibration, seed=seed,
                              keep_float=tuple(k.strip() for k in (keep_float or "").split(",") if k.strip()),
                              max_float_layers=max_float_layers)
         if output.exists() and not overwrite:
             raise ConfigError(f"{output} exists; pass --overwrite to replace it")
         _check_suffix(cfg, output)
+        from edgetl.fileio import check_output
+        from edgetl.quantize import Backend, QuantPrecision
+
+        bundle = cfg.backend is Backend.TENSORRT and cfg.precision is QuantPrecision.FP16
+        check_output(output, kind="dir" if bundle else "file")  # before any model or data loads
 
         import torch
 
@@ -74,8 +82,20 @@ def quantize_cmd(
         torch.set_flush_denormal(True)
         art = load_model(model)
         splits = load_data(data, seed=seed)
-        q = quantize(art, cfg, data=splits, ctx=StageContext(output=output))
+        try:
+            q = quantize(art, cfg, data=splits, ctx=StageContext(output=output))
+        except BudgetError as e:  # the quantizer's fallback could not bring it inside: nothing was written
+            bm = getattr(e, "metrics", None)
+            if bm is None:
+                raise
+            kept = bm.get("kept_float") or []
+            v = gates.check("quantize", before=bm["fp32_accuracy"], after=bm["accuracy"], split=cfg.eval_split,
+                            budget=budget, note=f"best reached keeps {len(kept)} layer(s) in float"
+                            + (f": {', '.join(kept)}" if kept else ""))
+            raise gates.gate_error(v) from None
         m = q.history[-1].metrics
+        verdict = gates.check("quantize", before=m["fp32_accuracy"], after=m["accuracy"], agreement=m["agreement"],
+                              split=m["split"], budget=budget, allow_drop=allow_drop)
         result = {
             "output": str(q.path), "model": model, "backend": cfg.backend.value, "precision": cfg.precision.value,
             "data": splits.name, "split": m["split"],
@@ -84,17 +104,24 @@ def quantize_cmd(
             "kept_float": m["kept_float"], "unquantizable": m["unquantizable"], "max_drop": m["max_drop"],
             "budget_met": m["budget_met"], "calibration": {k: v for k, v in m["calibration"].items() if k != "indices"},
             "warnings": m["warnings"], "attempts": m["attempts"], "backend_info": m["backend_info"],
-            "seconds": q.history[-1].seconds,
+            "seconds": q.history[-1].seconds, "gate": verdict.to_dict(),
         }
         if "note" in m:
             result["note"] = m["note"]
+        if cfg.backend is Backend.ONNXRUNTIME and q.path is not None and q.path.suffix == ".onnx":
+            from edgetl.quantize.onnxruntime import explain_size
 
-        return result, lambda console: _render(console, model, cfg, m, result, q.path)
+            why = explain_size(q.path, m.get("fp32_size_bytes"))
+            if why:
+                result["warnings"] = [*result["warnings"], why]
+                m["warnings"] = result["warnings"]
+
+        return result, lambda console: _render(console, model, cfg, m, result, q.path, verdict)
 
     execute(body, json_=json_, debug=debug)
 
 
-def _render(console, model: str, cfg, m: dict, result: dict, path) -> None:
+def _render(console, model: str, cfg, m: dict, result: dict, path, verdict) -> None:
     table(console, f"quantize {model} -> {cfg.backend.value} {cfg.precision.value}",
           ["fp32 acc", "quantized acc", "drop (points)", "agreement", "size", "kept in float"],
           [[f"{100 * m['fp32_accuracy']:.2f} %", f"{100 * m['accuracy']:.2f} %", f"{m['drop_points']:.2f}",
@@ -106,6 +133,8 @@ def _render(console, model: str, cfg, m: dict, result: dict, path) -> None:
         console.print(f"[yellow]warning:[/] {w}")
     if m["budget_met"] is False:
         console.print(f"[yellow]budget of {m['max_drop']:g} points not met (--allow-drop)[/]")
+    if not verdict.passed:
+        console.print(f"[yellow]warning:[/] {verdict.line()}", highlight=False)
     console.print(f"wrote {path}")
 
 

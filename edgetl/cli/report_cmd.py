@@ -31,9 +31,14 @@ def report_cmd(
         from benchmarks.report import write_report
         from benchmarks.store import ResultsStore
         from edgetl.errors import InputFileError
+        from edgetl.fileio import check_output
 
         if db is not None and not Path(db).exists():
             raise InputFileError(f"results database not found: {db}")
+        check_output(output, kind="dir")
+        for extra, flag in ((csv, "--csv"), (export_json, "--export-json")):
+            if extra is not None:
+                check_output(extra, what=flag)
         store = ResultsStore(db)
         rows = store.query(device=device, run_id=run, latest=not all_)
         files = write_report([r for _, _, r in rows], output, command=None)

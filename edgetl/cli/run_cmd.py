@@ -28,6 +28,9 @@ def run_cmd(
     """Run a recipe: prune -> distill -> quantize -> export -> bench, then write report.{md,html,json}."""
 
     def body():
+        from benchmarks.contention import choose_omp_wait_policy
+
+        choose_omp_wait_policy()  # before torch starts OpenMP: PASSIVE on a busy machine (see benchmarks/contention)
         import torch
 
         from edgetl.errors import ConfigError
@@ -52,18 +55,50 @@ def run_cmd(
             return result, render
         if output is None:
             raise ConfigError("give a run directory with -o RUN_DIR")
+        from edgetl.fileio import check_output
+
+        check_output(output, kind="dir")  # before the run directory is claimed or any stage runs
+        _precheck_sources(r.model, r.data)
         res = run_recipe(r, output, from_stage=from_stage)
         rep = res.report
 
         def render(c):
-            table(c, f"run {r.name}", ["role", "artifact", "format", "runtime", "acc %", "p90 ms"],
-                  [[a["role"], a["artifact"], a["format"], a["runtime"],
-                    f"{100 * a['accuracy']:.2f}" if a["accuracy"] is not None else "-", a["p90_ms"]]
+            table(c, f"run {r.name} (files relative to {output})", ["role", "file", "format", "runtime", "acc %",
+                                                                    "p90 ms", "timing"],
+                  [[a["role"], a.get("file") or "-", a["format"], a["runtime"],
+                    f"{100 * a['accuracy']:.2f}" if a["accuracy"] is not None else "-", a["p90_ms"],
+                    "contended" if a.get("contended") else "clean"]
                    for a in rep["artifacts"]])
+            from rich.markup import escape
+
+            for w in rep.get("warnings", []):
+                c.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, markup=True)
             if rep.get("recommendation"):
-                c.print(rep["recommendation"]["line"])
+                c.print(rep["recommendation"]["line"], highlight=False, markup=False)
             c.print(f"report: {output / 'report.html'}")
 
         return {"run_dir": str(output), "report": rep}, render
 
     execute(body, json_=json_, debug=debug)
+
+
+def _precheck_sources(model: str | None, data: str | None) -> None:
+    """Refuse a model or dataset that cannot exist before the run directory is claimed (a refused run must leave
+    nothing behind that would make the corrected rerun look like another run's directory)."""
+    from edgetl.data import BUILTIN_DATASETS
+    from edgetl.errors import ConfigError, InputFileError, UnknownNameError
+    from edgetl.models import list_archs
+
+    if model is None:
+        raise ConfigError("no model: give one with --model, or set 'model:' in the recipe")
+    if data is None:
+        raise ConfigError("no data: give it with --data, or set 'data:' in the recipe")
+    if not Path(model).exists():
+        if any(sep in model for sep in ("/", "\\")) or "." in model:
+            raise InputFileError(f"model file not found: {model}; give a path, or a zoo name (see `edgetl models`)")
+        if model not in list_archs():
+            raise UnknownNameError("model", model, list_archs(), hint="Or give a model file.")
+    if not Path(data).exists() and data not in BUILTIN_DATASETS:
+        if any(sep in data for sep in ("/", "\\")) or "." in data:
+            raise InputFileError(f"dataset not found: {data}")
+        raise UnknownNameError("dataset", data, BUILTIN_DATASETS, hint="Or give an image folder or an .npz file.")

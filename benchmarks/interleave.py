@@ -1,0 +1,353 @@
+"""Several artifacts measured in interleaved rounds (A B C A B C ...), so their ratios hold on a busy machine.
+
+Measuring A for two seconds and then B for two seconds compares A's machine with B's machine: a build or a
+browser starting in between moves one and not the other. Here every artifact is loaded and warmed up first,
+then each round times a block of calls of every artifact in turn. Per artifact the result pools the calls of
+its blocks (median, p90, ...); the speed-up of an artifact over the baseline is the median over rounds of the
+per-round ratio of their medians, with the rounds' spread (``(max - min) / median``).
+
+Each block records this process's CPU time against wall time and the CPU other processes used
+(:mod:`benchmarks.contention`). Contended blocks are re-measured: up to ``max_extra_rounds`` more rounds run
+while any artifact has fewer than ``rounds`` clean blocks. A row whose figures still include contended blocks is
+marked ``contended``; a speed-up from contended rounds, or whose rounds disagree by more than ``max_spread``, is
+``reliable: False`` and reports say so instead of headlining it.
+
+Example::
+
+    run = measure_interleaved([Candidate(a), Candidate(b)], BenchConfig(threads=2), profile=load_profile("x86-cpu"))
+    run.results[1].speedup     # {"baseline": "a.onnx", "ratio": 1.8, "spread": 0.06, "reliable": True, ...}
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.contention import BlockLoad, ContentionRule, between, snapshot
+from benchmarks.harness import (
+    _PRECISION_NAMES,
+    BenchConfig,
+    BenchResult,
+    _accuracy,
+    _peak_mb,
+    _preimport,
+    _reset_peak,
+    _rss_mb,
+    _runner_extra,
+    _stored_precision,
+    environment,
+    model_size,
+    real_inputs,
+)
+from benchmarks.stats import LatencyStats
+from edgetl.artifact import Artifact
+from edgetl.errors import ConfigError, ModelError
+from edgetl.progress import task
+
+__all__ = ["Candidate", "InterleaveConfig", "InterleavedRun", "measure_interleaved", "speedup"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One artifact to measure; ``reload`` loads it again inside the cold-start timing (PyTorch checkpoints)."""
+
+    artifact: Artifact
+    source_path: str | Path | None = None
+    reload: Callable[[], Artifact] | None = None
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class InterleaveConfig:
+    """How many rounds, how much re-measuring, and when a ratio is too noisy to headline."""
+
+    rounds: int = 5
+    max_extra_rounds: int | None = None  # None: as many as ``rounds``
+    max_spread: float = 0.25  # (max - min) / median of the per-round ratios
+    block_warmup_calls: int = 2  # untimed calls at the start of each block: caches after the switch
+    rule: ContentionRule = field(default_factory=ContentionRule)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be at least 1, got {self.rounds}")
+        if self.max_extra_rounds is not None and self.max_extra_rounds < 0:
+            raise ConfigError(f"max_extra_rounds must not be negative, got {self.max_extra_rounds}")
+        if not (self.max_spread > 0 and math.isfinite(self.max_spread)):
+            raise ConfigError(f"max_spread must be a positive number, got {self.max_spread}")
+
+    @property
+    def extra_rounds(self) -> int:
+        return self.rounds if self.max_extra_rounds is None else self.max_extra_rounds
+
+
+@dataclass
+class _Block:
+    samples_ns: list[int]
+    rt_ms: list[float]
+    load: BlockLoad
+    contended: bool
+    reasons: list[str]
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(self.samples_ns) / 1e6
+
+
+@dataclass
+class _Lane:
+    """One loaded, warmed-up artifact and its blocks."""
+
+    candidate: Candidate
+    artifact: Artifact
+    runner: Any
+    runtime: str
+    inputs: list[np.ndarray]
+    origin: str
+    load_ms: float
+    first_ms: float
+    cold_ms: float
+    peak_delta_mb: float | None
+    warmup_calls: int
+    finite: bool
+    blocks: list[_Block] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        c = self.candidate
+        if c.label:
+            return c.label
+        if c.source_path and self.artifact.path is None:
+            return Path(c.source_path).name
+        return self.artifact.name
+
+
+@dataclass
+class InterleavedRun:
+    results: list[BenchResult]
+    rounds: int  # rounds run, extra rounds included
+    extra_rounds: int
+    baseline: int
+
+
+def _open(c: Candidate, config: BenchConfig, profile) -> _Lane:
+    from benchmarks.runners import RunnerOptions, open_runner, runner_for
+
+    art = c.artifact
+    runtime = config.runtime or (profile.runtime_for(art.format) if profile is not None else None)
+    runtime = runner_for(art.format, runtime)
+    if config.compile and runtime != "torch":
+        raise ConfigError(f"--compile is torch.compile; {art.name} runs in {runtime}")
+    inputs, origin = real_inputs(art, batch=config.batch, count=config.distinct_inputs, source=config.inputs)
+    _preimport(runtime)
+    options = RunnerOptions(threads=config.threads, device=config.device, precision=config.precision,
+                            extra=_runner_extra(art, config, runtime))
+    gc.collect()
+    peak_reset, rss0 = _reset_peak(), _rss_mb()
+    t0 = time.perf_counter_ns()
+    if c.reload is not None:
+        art = c.reload()
+    runner = open_runner(art, runtime=runtime, options=options)
+    try:
+        t1 = time.perf_counter_ns()
+        fixed = getattr(runner, "fixed_batch", None)
+        if fixed and fixed != config.batch:
+            raise ConfigError(f"{art.name} has a static batch of {fixed}; bench it with --batch {fixed}, or "
+                              "export it with a dynamic batch")
+        out = runner.run(inputs[0])
+        runner.synchronize()
+        t2 = time.perf_counter_ns()
+        out = np.asarray(out)
+        if out.shape[0] != config.batch:
+            raise ModelError(f"{art.name} returned {out.shape[0]} rows for a batch of {config.batch}")
+        i, start = 0, time.perf_counter()
+        while i < config.warmup_runs or time.perf_counter() - start < config.warmup_s:
+            runner.run(inputs[i % len(inputs)])
+            runner.synchronize()
+            i += 1
+            if time.perf_counter() - start > config.max_time_s:
+                break
+        peak = _peak_mb()
+    except BaseException:
+        runner.close()
+        raise
+    return _Lane(candidate=c, artifact=art, runner=runner, runtime=runtime, inputs=inputs, origin=origin,
+                 load_ms=(t1 - t0) / 1e6, first_ms=(t2 - t1) / 1e6, cold_ms=(t2 - t0) / 1e6,
+                 peak_delta_mb=(round(peak - rss0, 2) if peak_reset and peak is not None and rss0 is not None
+                                else None),
+                 warmup_calls=i, finite=bool(np.isfinite(out).all()))
+
+
+def _time_block(lane: _Lane, *, count: int, min_ns: int, max_ns: int, warmup: int, rule: ContentionRule,
+                cpu_rule: bool) -> _Block:
+    runner, inputs = lane.runner, lane.inputs
+    for k in range(warmup):
+        runner.run(inputs[k % len(inputs)])
+        runner.synchronize()
+    runtime_side = hasattr(runner, "last_latency_ms")
+    samples: list[int] = []
+    rt: list[float] = []
+    before = snapshot()
+    start = time.perf_counter_ns()
+    while True:
+        x = inputs[len(samples) % len(inputs)]
+        a = time.perf_counter_ns()
+        runner.run(x)
+        runner.synchronize()
+        b = time.perf_counter_ns()
+        samples.append(b - a)
+        if runtime_side:
+            rt.append(runner.last_latency_ms)
+        if (len(samples) >= count and b - start >= min_ns) or b - start >= max_ns:
+            break
+    load = between(before, snapshot())
+    judge = rule if cpu_rule else ContentionRule(others_cores=rule.others_cores, min_cpu_share=0.0,
+                                                 min_block_s=rule.min_block_s)
+    reasons = judge.reasons(load)
+    return _Block(samples_ns=samples, rt_ms=rt, load=load, contended=bool(reasons), reasons=reasons)
+
+
+def _used(lane: _Lane, need: int) -> list[int]:
+    """Indices of the blocks a lane's figures come from: its clean blocks if there are enough, else all."""
+    clean = [i for i, b in enumerate(lane.blocks) if not b.contended]
+    return clean if len(clean) >= need else list(range(len(lane.blocks)))
+
+
+def speedup(base_p50: Sequence[float], p50: Sequence[float], *, max_spread: float,
+            contended: bool = False) -> dict[str, Any]:
+    """Median over rounds of ``base / artifact`` (above 1: faster than the baseline), with the rounds' spread."""
+    ratios = [b / a for b, a in zip(base_p50, p50, strict=True) if a > 0]
+    if not ratios:
+        raise ConfigError("no rounds to compare")
+    med = statistics.median(ratios)
+    spread = (max(ratios) - min(ratios)) / med if med > 0 else math.inf
+    why = []
+    if contended:
+        why.append("measured under contention")
+    if len(ratios) < 3:
+        why.append(f"only {len(ratios)} round(s)")
+    if spread > max_spread:
+        why.append(f"rounds disagree by {100 * spread:.0f} % (more than {100 * max_spread:.0f} %)")
+    return {"ratio": med, "rounds": len(ratios), "per_round": [round(r, 4) for r in ratios],
+            "spread": round(spread, 4), "reliable": not why, "unreliable_because": "; ".join(why) or None}
+
+
+def measure_interleaved(candidates: Sequence[Candidate], config: BenchConfig | None = None, *, profile=None,
+                        baseline: int = 0, interleave: InterleaveConfig | None = None) -> InterleavedRun:
+    """Measure every candidate in interleaved rounds; see the module docstring."""
+    config, il = config or BenchConfig(), interleave or InterleaveConfig()
+    if not candidates:
+        raise ConfigError("give at least one artifact to measure")
+    if not 0 <= baseline < len(candidates):
+        raise ConfigError(f"baseline index {baseline} is outside the {len(candidates)} artifact(s)")
+    lanes: list[_Lane] = []
+    try:
+        for c in candidates:
+            lanes.append(_open(c, config, profile))
+        count = max(1, math.ceil(config.min_count / il.rounds))
+        min_ns = int(config.min_time_s * 1e9 / il.rounds)
+        max_ns = max(min_ns, int(config.max_time_s * 1e9 / il.rounds))
+        cpu_rule = config.device == "cpu"
+        done = extra = 0
+        with task(f"bench {len(lanes)} artifact(s) in interleaved rounds", total=il.rounds) as bar:
+            while True:
+                for lane in lanes:
+                    lane.blocks.append(_time_block(lane, count=count, min_ns=min_ns, max_ns=max_ns,
+                                                   warmup=il.block_warmup_calls, rule=il.rule, cpu_rule=cpu_rule))
+                done += 1
+                if done <= il.rounds:
+                    bar.advance(1, round=done, contended=sum(ln.blocks[-1].contended for ln in lanes))
+                if done < il.rounds:
+                    continue
+                short = any(sum(not b.contended for b in ln.blocks) < il.rounds for ln in lanes)
+                if not short or extra >= il.extra_rounds:
+                    break
+                extra += 1
+        infos = [ln.runner.describe() for ln in lanes]
+    finally:
+        for ln in lanes:
+            ln.runner.close()
+    results = [_result(ln, info, config, profile, il) for ln, info in zip(lanes, infos, strict=True)]
+    _add_speedups(lanes, results, baseline, il)
+    return InterleavedRun(results=results, rounds=done, extra_rounds=extra, baseline=baseline)
+
+
+def _result(lane: _Lane, info: dict[str, Any], config: BenchConfig, profile, il: InterleaveConfig) -> BenchResult:
+    used = _used(lane, il.rounds)
+    blocks = [lane.blocks[i] for i in used]
+    samples = [s for b in blocks for s in b.samples_ns]
+    rt = [x for b in blocks for x in b.rt_ms]
+    wall = sum(b.load.wall_s for b in blocks)
+    contended = any(b.contended for b in blocks)
+    n_contended = sum(b.contended for b in lane.blocks)
+    others = [b.load.others_cores for b in lane.blocks if b.load.others_cores is not None]
+    warnings = []
+    if contended:
+        warnings.append(f"timed under contention in {n_contended} of {len(lane.blocks)} rounds "
+                        f"({_summary(b for b in blocks if b.contended)}), re-measured {len(lane.blocks) - il.rounds} "
+                        "time(s) without a clean set: the latency is inflated; measure on an idle machine")
+    elif n_contended:
+        warnings.append(f"{n_contended} contended round(s) re-measured and left out")
+    if len(samples) < config.min_count:
+        warnings.append(f"only {len(samples)} calls (asked for {config.min_count})")
+    if not lane.finite:
+        warnings.append("the model produced non-finite outputs on real inputs")
+    art = lane.artifact
+    stored = _stored_precision(art)
+    ran = _PRECISION_NAMES.get(str(info.get("precision")).lower()) if lane.runtime == "openvino" else None
+    acc, acc_src = _accuracy(art)
+    src = lane.candidate.source_path
+    env = environment(profile)
+    env["background_load_cores"] = statistics.median(others) if others else None
+    return BenchResult(
+        artifact=lane.name, path=str(art.path or src or "") or None, format=art.format.value,
+        runtime=lane.runtime, precision=str(stored if stored == "int8" or ran is None else ran), batch=config.batch,
+        threads=config.threads if config.threads is not None else info.get("threads"),
+        latency_ms=LatencyStats.from_ns(samples), runtime_latency_ms=LatencyStats.from_samples(rt) if rt else None,
+        throughput=config.batch * len(samples) / wall if wall > 0 else 0.0,
+        load_ms=lane.load_ms, first_inference_ms=lane.first_ms, cold_start_ms=lane.cold_ms,
+        peak_rss_delta_mb=lane.peak_delta_mb, model_size_bytes=model_size(art, Path(src) if src else None),
+        accuracy=acc, accuracy_source=acc_src, inputs=lane.origin,
+        runner={**info, "outputs_finite": lane.finite, "warmup_calls": lane.warmup_calls},
+        config={**config.to_dict(), "interleaved_rounds": il.rounds, "max_spread": il.max_spread},
+        env=env, warnings=warnings, device=getattr(profile, "name", None) or "local",
+        artifact_meta={"arch": art.arch, "stages": [r.stage for r in art.history],
+                       "input_shape": list(art.input_spec.shape)},
+        contended=contended,
+        contention={"rounds": len(lane.blocks), "contended_rounds": n_contended, "used_rounds": used,
+                    "others_cores_max": max(others) if others else None,
+                    "rule": {"others_cores": il.rule.others_cores, "min_cpu_share": il.rule.min_cpu_share}},
+        rounds=[{"round": i, "p50_ms": round(b.p50_ms, 6), "count": len(b.samples_ns), "contended": b.contended,
+                 "reasons": b.reasons, **b.load.to_dict()} for i, b in enumerate(lane.blocks)],
+    )
+
+
+def _summary(blocks) -> str:
+    blocks = list(blocks)
+    others = [b.load.others_cores for b in blocks if b.load.others_cores is not None]
+    parts = [f"other processes used up to {max(others):.2f} cores"] if others else []
+    share = min(b.load.cpu_per_wall for b in blocks)
+    if any("on a CPU" in r for b in blocks for r in b.reasons):
+        parts.append(f"this process was on a CPU as little as {100 * share:.0f} % of the time")
+    return "; ".join(parts)
+
+
+def _add_speedups(lanes: list[_Lane], results: list[BenchResult], baseline: int, il: InterleaveConfig) -> None:
+    base = lanes[baseline]
+    for k, (lane, res) in enumerate(zip(lanes, results, strict=True)):
+        if k == baseline:
+            continue
+        pairs = [i for i in range(len(lane.blocks)) if not (lane.blocks[i].contended or base.blocks[i].contended)]
+        contended = len(pairs) < il.rounds
+        if contended:
+            pairs = list(range(len(lane.blocks)))
+        sp = speedup([base.blocks[i].p50_ms for i in pairs], [lane.blocks[i].p50_ms for i in pairs],
+                     max_spread=il.max_spread, contended=contended)
+        res.speedup = {"baseline": results[baseline].artifact, "statistic": "median of per-round p50 ratios", **sp}
