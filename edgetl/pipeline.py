@@ -156,6 +156,8 @@ class _Context:
     quantized: Artifact | None = None
     exports: list[Artifact] = field(default_factory=list)
     rerun: set[str] = field(default_factory=set)
+    verdicts: list[Any] = field(default_factory=list)  # quality gates (edgetl.gates.Verdict) of the stages run
+    stopped: Any = None  # the verdict that stopped the compressed branch (its later stages are skipped)
     reference_pred: Any = None  # the source model's test-split predictions, computed once
 
 
@@ -168,12 +170,12 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, from_stage: str | None = 
     plan(recipe)  # model and data given
     if any(s.config is None for s in recipe.stages):
         recipe = validate(recipe)  # a recipe made in code: build (and check) its configs once, here
-    _claim(run_dir, recipe)
     data = load_data(recipe.data, seed=recipe.seed)
     source = load_model(recipe.model)
     if source.format is not Format.TORCH:
         raise ConfigError(f"edgetl run starts from a PyTorch model; {recipe.model} is {source.format.value}")
     check_classes(source.labels, data)
+    _claim(run_dir, recipe)  # only once model and data are known good: a refused run leaves nothing behind
     kinds = [s.kind for s in recipe.stages]
     rerun = set(kinds[kinds.index(from_stage):]) if from_stage else set()
     ctx = _Context(recipe=recipe, run_dir=run_dir, data=data, source=source, current=source, rerun=rerun)
@@ -187,8 +189,11 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, from_stage: str | None = 
 
     from edgetl.run_report import build_report, write_reports
 
-    report = build_report(ctx, outcomes, search=search, chosen_ratio=chosen_ratio, budget_met=budget_met)
+    report = build_report(ctx, outcomes, search=search, chosen_ratio=chosen_ratio, budget_met=budget_met,
+                          gates=ctx.verdicts)
     write_reports(report, run_dir)
+    _store_results(outcomes, run_dir)
+    _package(ctx, report)
     result = RunResult(run_dir=run_dir, recipe=recipe, stages=outcomes, report=report, budget_met=budget_met)
     if budget_met is False:
         raise BudgetError(report["budget"]["message"] + f" (report: {run_dir / 'report.md'})")
@@ -196,17 +201,54 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, from_stage: str | None = 
 
 
 def _run_chain(ctx: _Context, *, ratio: float | None, until: int | None = None) -> list[StageOutcome]:
-    """Run the stages in order (those of rank ``until`` at most, when given)."""
+    """Run the stages in order (those of rank ``until`` at most, when given).
+
+    After prune, distill and quantize, the stage's quality gate (:mod:`edgetl.gates`) judges its output against
+    its input. A prune or distill output past its budget (or collapsed) stops the compressed branch: quantize
+    and export are skipped, bench still measures the teacher and the baselines, and the report says why and
+    never recommends the failed output. A quantized output past its budget is measured but never recommended.
+    """
     key = _root_key(ctx.recipe)
     ctx.current, ctx.quantized, ctx.exports = ctx.source, None, []
+    ctx.verdicts, ctx.stopped = [], None
     outcomes: list[StageOutcome] = []
     for i, stage in enumerate(ctx.recipe.stages, 1):
         if until is not None and stage_kind(stage.kind).rank > until:
             break
         stage = _with_ratio(stage, ratio)
         key = _hash(key, stage.canonical())
-        outcomes.append(_run_stage(ctx, i, stage, key))
+        if stage.kind == "package":
+            continue  # after the report, for the recommended artifact (see _package)
+        if ctx.stopped is not None and stage.kind in ("quantize", "export", "distill"):
+            log.warning("stage %s skipped: %s", stage.kind, ctx.stopped.line())
+            continue
+        outcome = _run_stage(ctx, i, stage, key)
+        outcomes.append(outcome)
+        _gate(ctx, outcome)
     return outcomes
+
+
+def _gate(ctx: _Context, outcome: StageOutcome) -> None:
+    """Judge a compress stage's output against its input (val split) and record the verdict."""
+    from edgetl import gates
+
+    m, kind = outcome.summary, outcome.kind
+    if kind == "quantize" and "fp32_accuracy" in m and "accuracy" in m:
+        v = gates.check("quantize", before=m["fp32_accuracy"], after=m["accuracy"], agreement=m.get("agreement"),
+                        split=m.get("split", "val"), budget=ctx.recipe.stage("quantize").config.max_drop)
+    elif kind == "prune" and m.get("val_accuracy_before") is not None and m.get("val_accuracy_after") is not None:
+        v = gates.check("prune", before=m["val_accuracy_before"], after=m["val_accuracy_after"])
+        c = gates.collapse(gates.prune_points(m), before=m["val_accuracy_before"], num_classes=ctx.data.num_classes)
+        if c.collapsed:
+            v = dataclasses.replace(v, passed=False, allowed=False, note=c.line())
+    elif kind == "distill" and m.get("best_val_accuracy") is not None:
+        v = gates.check("distill", before=_accuracy(ctx.source, ctx.data), after=m["best_val_accuracy"])
+    else:
+        return
+    ctx.verdicts.append(v)
+    if not v.allowed and kind in ("prune", "distill"):
+        ctx.stopped = v
+        ctx.current = ctx.source  # nothing downstream builds on the failed output
 
 
 def _run_stage(ctx: _Context, index: int, stage: Stage, key: str) -> StageOutcome:
@@ -268,8 +310,13 @@ def _exec_stage(ctx: _Context, stage: Stage, out: Path, key: str):
     """
     work = ctx.run_dir / "work" / key
     sctx = StageContext(out_dir=out, work_dir=work, teachers=(ctx.source,))
-    art = stage_kind(stage.kind).function()(ctx.current, build_config(stage, seed=ctx.recipe.seed),
-                                            data=ctx.data, ctx=sctx)
+    cfg = build_config(stage, seed=ctx.recipe.seed)
+    if stage.kind == "quantize":
+        from edgetl.gates import budget_for
+
+        # the default budget drives the fallback (layers kept in float); the gate, not an exception, judges it
+        cfg = dataclasses.replace(cfg, max_drop=budget_for("quantize", cfg.max_drop), allow_drop=True)
+    art = stage_kind(stage.kind).function()(ctx.current, cfg, data=ctx.data, ctx=sctx)
     if art.format is Format.TORCH and art.model is not None:
         art = dataclasses.replace(art, path=save_model(art, out / "model.pt"))
     elif art.path is None or not Path(art.path).resolve().is_relative_to(out.resolve()):
@@ -306,7 +353,7 @@ def _exec_export(ctx: _Context, stage: Stage, out: Path, key: str):
 
 def _exec_bench(ctx: _Context, stage: Stage, out: Path, key: str):
     """Measure every artifact of the run (and the baselines) on each device, with its test accuracy."""
-    from benchmarks.harness import measure
+    from benchmarks.interleave import Candidate, measure_interleaved
     from benchmarks.profiles import load_profile
     from benchmarks.stage import BenchRecord
     from edgetl.progress import track
@@ -317,8 +364,9 @@ def _exec_bench(ctx: _Context, stage: Stage, out: Path, key: str):
     records = []
     for dev in cfg.devices:
         profile = load_profile(dev)
-        for role, art in track(candidates, f"latency on {dev}"):
-            r = measure(art, cfg.bench, profile=profile)
+        # interleaved rounds (A B C A B C ...), the teacher first: every speed-up comes from the same rounds
+        run = measure_interleaved([Candidate(a, label=role) for role, a in candidates], cfg.bench, profile=profile)
+        for (role, _art), r in zip(candidates, run.results, strict=True):
             r = dataclasses.replace(r, accuracy=quality[role]["accuracy"],
                                     accuracy_source=f"{ctx.data.name} test split")
             records.append(BenchRecord(role=role, device=dev, result=r, agreement=quality[role]["agreement"],
@@ -358,6 +406,12 @@ def _bench_candidates(ctx: _Context, out: Path) -> list[tuple[str, Artifact]]:
     cands += [(f"export:{a.format.value}", a) for a in ctx.exports if FORMAT_INFO[a.format].runtime]
     if "teacher-int8" in ctx.recipe.baselines:
         cands.append(("baseline:teacher-int8", _teacher_int8(ctx, out)))
+    if ctx.recipe.stage("export") is not None:
+        # the teacher's own fp32 export: the deployable baseline a recommendation is measured against
+        from exporters.base import export
+
+        onnx = export(ctx.source, ["onnx"], out / "baseline-teacher-fp32", data=ctx.data)[0]
+        cands.append(("baseline:teacher-fp32", onnx))
     return cands
 
 
@@ -367,6 +421,34 @@ def _teacher_int8(ctx: _Context, out: Path) -> Artifact:
 
     cfg = QuantizeConfig(backend="openvino", precision="int8")
     return quantize_into(ctx.source, cfg, ctx.data, out / "baseline-teacher-int8")
+
+
+def _store_results(outcomes: list[StageOutcome], run_dir: Path) -> None:
+    """The run's measurements go to the results store too, so ``edgetl report`` shows them."""
+    from benchmarks.store import record_run
+
+    results = [i["result"] for o in outcomes if o.kind == "bench" for i in o.summary.get("results", [])]
+    if results:
+        record_run(results, run_id=f"run:{run_dir.resolve().name}")
+
+
+def _package(ctx: _Context, report: dict[str, Any]) -> None:
+    """A recipe's ``package`` stage: a bundle per device for the recommended artifact, after the report."""
+    stage = ctx.recipe.stage("package")
+    if stage is None:
+        return
+    if not report.get("recommendation"):
+        log.warning("package skipped: no artifact met the budget, so there is nothing to ship")
+        return
+    from edgetl.package import package
+
+    bundles = []
+    for device in stage.config.devices:
+        b = package(ctx.run_dir, ctx.run_dir / f"bundle-{device}", device=device, overwrite=True)
+        bundles.append({"device": device, "path": str(Path(b.path).relative_to(ctx.run_dir))})
+        log.info("bundle for %s: %s", device, b.path)
+    report["bundles"] = bundles
+    write_json(ctx.run_dir / "bundles.json", bundles)
 
 
 # Stages whose pipeline step is more than running the stage on the current model; every other registered stage

@@ -143,6 +143,8 @@ for _row in (
               "export to deployment formats, parity-checked"),
     StageKind("bench", "benchmarks.stage:BenchStageConfig", "benchmarks.stage:bench", 3,
               "latency on each device profile, with test accuracy"),
+    StageKind("package", "edgetl.package.stage:PackageConfig", "edgetl.package.stage:package_stage", 4,
+              "a bundle per device for the recommended artifact (runs after the report)"),
 ):
     register(_row)
 
