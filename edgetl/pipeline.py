@@ -228,6 +228,11 @@ def _run_chain(ctx: _Context, *, ratio: float | None, until: int | None = None) 
     return outcomes
 
 
+def _recovered_later(ctx: _Context, kind: str) -> bool:
+    kinds = [s.kind for s in ctx.recipe.stages]
+    return "distill" in kinds[kinds.index(kind) + 1:]
+
+
 def _gate(ctx: _Context, outcome: StageOutcome) -> None:
     """Judge a compress stage's output against its input (val split) and record the verdict."""
     from edgetl import gates
@@ -236,6 +241,8 @@ def _gate(ctx: _Context, outcome: StageOutcome) -> None:
     if kind == "quantize" and "fp32_accuracy" in m and "accuracy" in m:
         v = gates.check("quantize", before=m["fp32_accuracy"], after=m["accuracy"], agreement=m.get("agreement"),
                         split=m.get("split", "val"), budget=ctx.recipe.stage("quantize").config.max_drop)
+    elif kind == "prune" and _recovered_later(ctx, kind):
+        return  # a distill stage after it is the recovery: the branch is judged after distillation
     elif kind == "prune" and m.get("val_accuracy_before") is not None and m.get("val_accuracy_after") is not None:
         v = gates.check("prune", before=m["val_accuracy_before"], after=m["val_accuracy_after"])
         c = gates.collapse(gates.prune_points(m), before=m["val_accuracy_before"], num_classes=ctx.data.num_classes)

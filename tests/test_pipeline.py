@@ -168,7 +168,9 @@ def test_full_chain_report_has_every_artifact_and_a_recommendation(tmp_path, lit
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((run_dir / "report.json").read_text())
     roles = {a["role"] for a in rep["artifacts"]}
-    assert roles == {"teacher", "compressed", "quantized", "export:onnx", "baseline:teacher-int8"}
+    # baseline:teacher-fp32: the teacher's own ONNX, the deployable baseline every recipe with an export measures
+    assert roles == {"teacher", "compressed", "quantized", "export:onnx", "baseline:teacher-int8",
+                     "baseline:teacher-fp32"}
     teacher = next(a for a in rep["artifacts"] if a["role"] == "teacher")
     student = next(a for a in rep["artifacts"] if a["role"] == "compressed")
     assert teacher["accuracy"] > 0.8 and teacher["agreement"] == 1.0

@@ -94,10 +94,10 @@ def bench_cmd(
             from benchmarks.profiles import check_local
 
             if runtime is None:  # the more specific refusal first: a format the profile does not run
-                from edgetl.models import _FILE_FORMATS
+                from edgetl.formats import format_for_suffix
 
                 for p in artifacts:
-                    fmt = _FILE_FORMATS.get(p.suffix.lower())
+                    fmt = format_for_suffix(p.suffix)
                     if fmt is not None and p.exists():
                         prof.runtime_for(fmt)
 
