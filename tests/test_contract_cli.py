@@ -140,7 +140,7 @@ def test_data_that_contradicts_the_contract_is_one_line(vad, tmp_path):
     np.savez(bad, audio=np.zeros((3, 1, 128), np.float32), state=np.zeros((3, 2, 1, 32), np.float32),
              sr=np.full((3,), 16000, np.int64))
     _refused(run_cli("eval", str(vad["src"]), "--data", str(bad), "--reference", str(vad["ir"])), "audio", "256",
-             code=1)  # edgetl.errors.DataError exits 1
+             code=2)  # the user's data: exit 2 (the README's rule; DataError is user input)
 
 
 # --------------------------------------------------------------------------- three heads
@@ -236,7 +236,7 @@ def test_labels_are_matched_by_name(words):
 
 def test_label_names_the_model_lacks_are_refused(words):
     _refused(run_cli("eval", str(words["src"]), "--data", str(words["d"] / "digits.npz")), "matched by name",
-             code=1)  # DataError
+             code=2)  # DataError: the user's input, exit 2
 
 
 # --------------------------------------------------------------------------- the artifact and the runtimes

@@ -373,7 +373,7 @@ def test_run_directory_packages_its_recommended_artifact(lite0_digits_path, tmp_
     assert man["source"]["sha256"] == hashlib.sha256(lite0_digits_path.read_bytes()).hexdigest()  # no prune/distill
     if rec["role"] == "quantized":  # the NNCF IR the run measured, copied as it is
         assert man["model"]["format"] == "openvino" and man["model"]["precision"] == "int8"
-        assert Path(man["model"]["packaged_from"]).name == rec["artifact"]
+        assert Path(man["model"]["packaged_from"]).name == Path(rec["file"]).name
         assert man["model"]["sha256"] == hashlib.sha256(Path(man["model"]["packaged_from"]).read_bytes()).hexdigest()
     else:  # the eager teacher: exported for the device, and the manifest says its figures are the eager model's
         assert rec["role"] == "teacher" and man["model"]["format"] == "onnx" and "measured as torch" in man["measured"]["note"]
