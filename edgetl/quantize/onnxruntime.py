@@ -31,18 +31,21 @@ from typing import Any
 import numpy as np
 
 from edgetl.errors import ExportError, MissingDependencyError
+from edgetl.quantize.onnx_size import explain_size, size_breakdown
 
-__all__ = ["explain_size", "size_breakdown",
+__all__ = [
     "OrtTypeChoice",
     "choose_ort_types",
     "compute_nodes",
     "convert_fp16",
     "cpu_flags",
+    "explain_size",
     "layer_errors",
     "name_nodes",
     "preprocess",
     "quantize_dynamic_onnx",
     "quantize_static_onnx",
+    "size_breakdown",
     "unquantized_nodes",
 ]
 
@@ -412,37 +415,6 @@ def _nsr(ref: np.ndarray, got: np.ndarray) -> float:
     ref = ref.astype(np.float64)
     noise = float(np.mean((got.astype(np.float64) - ref) ** 2))
     return noise / max(float(np.mean(ref ** 2)), 1e-12)
-
-
-def size_breakdown(path: Path) -> dict[str, Any]:
-    """Where an ONNX file's bytes go: initializer bytes by element type, the number of Quantize/Dequantize nodes,
-    and the rest (graph structure, names). Used to say why an int8 file is not smaller than its fp32 source."""
-    import onnx
-    from onnx import numpy_helper
-
-    proto = onnx.load(str(path))
-    by_type: dict[str, int] = {}
-    for init in proto.graph.initializer:
-        arr = numpy_helper.to_array(init)
-        by_type[str(arr.dtype)] = by_type.get(str(arr.dtype), 0) + int(arr.nbytes)
-    qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
-    total = Path(path).stat().st_size
-    return {"bytes": total, "initializer_bytes": by_type, "qdq_nodes": qdq,
-            "other_bytes": max(0, total - sum(by_type.values()))}
-
-
-def explain_size(int8_path: Path, fp32_bytes: int | None) -> str | None:
-    """None when the int8 file is smaller than ``fp32_bytes``; else one sentence saying where its bytes go."""
-    if not fp32_bytes:
-        return None
-    b = size_breakdown(int8_path)
-    if b["bytes"] < fp32_bytes:
-        return None
-    parts = ", ".join(f"{k} {v / 1e6:.3f} MB" for k, v in sorted(b["initializer_bytes"].items(), key=lambda t: -t[1]))
-    return (f"the int8 file ({b['bytes'] / 1e6:.3f} MB) is not smaller than its fp32 source ({fp32_bytes / 1e6:.3f} "
-            f"MB): its tensors are {parts}, plus {b['other_bytes'] / 1e6:.3f} MB of graph for {b['qdq_nodes']} "
-            "Quantize/DequantizeLinear nodes, which cost more than the int8 weights save here. Ship the fp32 file if "
-            "size matters more than speed")
 
 
 def scratch_dir(near: Path) -> tempfile.TemporaryDirectory:
