@@ -105,11 +105,18 @@ def plan(recipe: Recipe, run_dir: str | Path | None = None, *, ratio: float | No
     out = []
     for i, stage in enumerate(recipe.stages, 1):
         stage = _with_ratio(stage, ratio)
-        key = _hash(key, stage.canonical())
+        key = _stage_key(key, stage, recipe)
         d = Path(run_dir) / "stages" / f"{i:02d}-{stage.kind}-{key}" if run_dir else None
         out.append({"index": i, "stage": stage.kind, "options": stage.options, "key": key,
                     "directory": str(d) if d else None, "done": bool(d and (d / STAGE_FILE).exists())})
     return out
+
+
+def _stage_key(previous: str, stage: Stage, recipe: Recipe) -> str:
+    """A stage's cache key: its input's key, its options, and the recipe budget that changes its output (the
+    quantize budget drives the fallback that keeps layers in float; the other budgets only judge)."""
+    budget = recipe.budgets.stages.get(stage.kind) if stage.kind == "quantize" else None
+    return _hash(previous, stage.canonical()) if budget is None else _hash(previous, stage.canonical(), budget)
 
 
 def _with_ratio(stage: Stage, ratio: float | None) -> Stage:
@@ -224,7 +231,7 @@ def _run_chain(ctx: _Context, *, ratio: float | None, until: int | None = None) 
         if until is not None and stage_kind(stage.kind).rank > until:
             break
         stage = _with_ratio(stage, ratio)
-        key = _hash(key, stage.canonical())
+        key = _stage_key(key, stage, ctx.recipe)
         if stage.kind == "package":
             continue  # after the report, for the recommended artifact (see _package)
         if ctx.stopped is not None and stage.kind in ("quantize", "export", "distill"):

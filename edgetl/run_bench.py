@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgetl.artifact import Artifact, Format
-from edgetl.fileio import write_json
+from edgetl.fileio import final_path, write_json
 from edgetl.recipe import Stage, build_config
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,13 +42,21 @@ def exec_bench(ctx: _Context, stage: Stage, out: Path, key: str):
         # interleaved rounds (A B C A B C ...), the teacher first: every speed-up comes from the same rounds
         run = measure_interleaved([Candidate(a, label=role) for role, a in candidates], cfg.bench, profile=profile)
         for (role, _art), r in zip(candidates, run.results, strict=True):
-            r = dataclasses.replace(r, accuracy=scores[role]["accuracy"],
+            r = dataclasses.replace(r, accuracy=scores[role]["accuracy"], path=_final(r.path, out),
                                     accuracy_source=f"{ctx.data.name} test split")
             records.append(BenchRecord(role=role, device=dev, result=r, agreement=scores[role]["agreement"],
                                        cost=scores[role]["cost"]))
     results = [rec.to_dict() for rec in records]
     write_json(out / "results.json", results)
     return [], {"results": results}
+
+
+def _final(path: str | None, out: Path) -> str | None:
+    """Where a file made by this stage (a baseline) lies once the stage directory is renamed into place: the
+    results (results.json, the results store) name the file a user can open, not the temporary one."""
+    if not path or not Path(path).resolve().is_relative_to(out.resolve()):
+        return path
+    return str(final_path(out) / Path(path).resolve().relative_to(out.resolve()))
 
 
 def quality(art: Artifact, ctx: _Context) -> dict[str, Any]:

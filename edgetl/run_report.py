@@ -79,6 +79,7 @@ class RunReport:
     blocked_roles: tuple[str, ...] = ()  # roles whose stage failed its gate: never recommended
     search: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    gates: list[dict[str, Any]] = field(default_factory=list)  # edgetl.gates.Verdict.to_dict() of each stage judged
 
     def recommendation(self) -> dict[str, Any] | None:
         return _recommend(self.rows, self.budget_points, set(self.blocked_roles))
@@ -87,7 +88,8 @@ class RunReport:
         d = {"recipe": self.recipe, "fingerprint": self.fingerprint, "run_dir": self.run_dir, "model": self.model,
              "data": self.data, "stages": self.stages, "artifacts": [r.flat() for r in self.rows],
              "recommendation": self.recommendation(), "accuracy_budget_points": self.budget_points,
-             "blocked_roles": list(self.blocked_roles), "warnings": self.warnings, "speedups": _speedups(self)}
+             "blocked_roles": list(self.blocked_roles), "warnings": self.warnings, "gates": self.gates,
+             "speedups": _speedups(self)}
         if self.search is not None:
             d["budget"] = self.search
         return d
@@ -101,7 +103,7 @@ class RunReport:
         return cls(recipe=d["recipe"], fingerprint=d["fingerprint"], run_dir=d["run_dir"], model=d.get("model"),
                    data=d.get("data"), stages=d["stages"], rows=rows, budget_points=d["accuracy_budget_points"],
                    blocked_roles=tuple(d.get("blocked_roles", ())), search=d.get("budget"),
-                   warnings=list(d.get("warnings", [])))
+                   warnings=list(d.get("warnings", [])), gates=list(d.get("gates", [])))
 
 
 # --------------------------------------------------------------------------- building
@@ -137,7 +139,8 @@ def build_run_report(ctx, outcomes, *, search, chosen_ratio, budget_met, gates=(
     blocked = tuple(_blocked_roles(gates))
     report = RunReport(recipe=recipe.to_dict(), fingerprint=recipe.fingerprint(), run_dir=str(run_dir),
                        model=recipe.model, data=recipe.data, stages=stages, rows=rows, budget_points=budget,
-                       blocked_roles=blocked, search=_search_block(recipe, search, chosen_ratio, budget_met))
+                       blocked_roles=blocked, search=_search_block(recipe, search, chosen_ratio, budget_met),
+                       gates=[v.to_dict() for v in gates])
     report.warnings.extend(_warnings(report, outcomes, gates))
     return report
 
@@ -194,6 +197,7 @@ def _warnings(report: RunReport, outcomes, gates) -> list[str]:
                    f"processes used up to {worst:.2f} cores): their latencies are inflated and the speed-ups "
                    "between them are not reliable; rerun the bench stage on an idle machine")
     out += [v.line() for v in gates if not v.passed]
+    out += _skipped(report, outcomes, gates)
     for o in outcomes:
         for s in (o.summary.get("scoring") or []) if o.kind == "prune" else []:
             c = (s.get("conservation") or {}).get("input_over_seed") if isinstance(s, dict) else None
@@ -208,6 +212,19 @@ def _warnings(report: RunReport, outcomes, gates) -> list[str]:
         out.append("no bench stage ran: no latency was measured, so nothing is recommended")
     out += [f"{r.role}: {r.result['emulated']}" for r in report.rows if r.result.get("emulated")]
     return out
+
+
+def _skipped(report: RunReport, outcomes, gates) -> list[str]:
+    """The stages a failed prune/distill gate skipped (the compressed branch stops there)."""
+    stopped = next((v for v in gates if not v.allowed and v.stage in ("prune", "distill")), None)
+    if stopped is None:
+        return []
+    ran = {o.kind for o in outcomes}
+    skipped = [k for k in (next(iter(s)) for s in report.recipe["stages"]) if k not in ran and k != "package"]
+    if not skipped:
+        return []
+    return [f"stage{'s' if len(skipped) > 1 else ''} {', '.join(skipped)} skipped: the {stopped.stage} output failed "
+            "its quality gate, so nothing was built on it; the rows measured are the teacher and its baselines"]
 
 
 # --------------------------------------------------------------------------- choosing
@@ -295,6 +312,8 @@ def _blocks(rep: RunReport) -> list[tuple]:
         out.append(("p", f"**Budget:** {rep.search['message']}"))
     if rep.warnings:
         out += [("h2", "Warnings"), ("ul", list(rep.warnings))]
+    if rep.gates:
+        out += [("h2", "Quality gates"), ("ul", [("PASS " if g["passed"] else "FAIL ") + g["line"] for g in rep.gates])]
     for device in dict.fromkeys(r.device for r in rep.rows):
         rows = [r.flat() for r in rep.rows if r.device == device]
         splits = sorted({r["accuracy_split"] for r in rows if r["accuracy"] is not None})

@@ -51,8 +51,10 @@ def exec_stage(ctx: _Context, stage: Stage, out: Path, key: str):
     if stage.kind == "quantize":
         from edgetl.gates import budget_for
 
-        # the default budget drives the fallback (layers kept in float); the gate, not an exception, judges it
-        cfg = dataclasses.replace(cfg, max_drop=budget_for("quantize", cfg.max_drop), allow_drop=True)
+        # the stage's max_drop, else the recipe's quantize budget, else the default drives the fallback (layers
+        # kept in float); the gate, not an exception, judges the result
+        budget = budget_for("quantize", cfg.max_drop, budgets=ctx.recipe.budgets.stages)
+        cfg = dataclasses.replace(cfg, max_drop=budget, allow_drop=True)
     art = stage_kind(stage.kind).function()(ctx.current, cfg, data=ctx.data, ctx=sctx)
     if art.format is Format.TORCH and art.model is not None:
         art = dataclasses.replace(art, path=save_model(art, out / "model.pt"))
@@ -78,14 +80,20 @@ def exec_export(ctx: _Context, stage: Stage, out: Path, key: str):
     q = ctx.quantized
     from_q = [n for n in cfg.formats if q is not None and q.format in format_spec(n).accepts]
     from_fp = [n for n in cfg.formats if n not in from_q]
+    from edgetl.run_gates import export_accuracies
+
     arts: list[Artifact] = []
     if from_fp:
         arts += export(ctx.current, from_fp, out / "exports", options=cfg.options, data=ctx.data)
+    n_fp = len(arts)
     if from_q:
         arts += export(q, from_q, out / "exports-from-quantized", options=cfg.options, data=ctx.data)
+    sources = [ctx.current if i < n_fp else q for i in range(len(arts))]
+    gated = export_accuracies(ctx, arts, sources)  # what the export gate judges (edgetl.run_gates)
     return arts, {"exports": [{"format": a.format.value, "path": a.path.name,
-                               "source": "fp32" if i < len(from_fp) else "quantized",
-                               "parity": a.history[-1].metrics.get("parity")} for i, a in enumerate(arts)]}
+                               "source": "fp32" if i < n_fp else "quantized",
+                               "parity": a.history[-1].metrics.get("parity"), **g}
+                              for i, (a, g) in enumerate(zip(arts, gated, strict=True))]}
 
 
 # Stages whose pipeline step is more than running the stage on the current model.
