@@ -176,7 +176,7 @@ def _search_block(recipe, search, chosen_ratio, budget_met) -> dict[str, Any] | 
 _KEEP = ("params", "flops", "macs", "accuracy", "val_accuracy", "test_accuracy", "accuracy_before", "accuracy_after",
          "agreement", "ratio", "size_bytes", "exports", "best_val_accuracy", "epochs_run", "kept_in_float",
          "scoring_cost_ratio", "params_before", "params_after", "flops_before", "flops_after", "fp32_accuracy",
-         "drop_points", "val_accuracy_before", "val_accuracy_after")
+         "drop_points", "val_accuracy_before", "val_accuracy_after", "fp32_size_bytes")
 
 
 def _short(kind: str, summary: dict[str, Any]) -> dict[str, Any]:
@@ -198,6 +198,7 @@ def _warnings(report: RunReport, outcomes, gates) -> list[str]:
                    "between them are not reliable; rerun the bench stage on an idle machine")
     out += [v.line() for v in gates if not v.passed]
     out += _skipped(report, outcomes, gates)
+    out += [f"quantize: {o.summary['size_note']}" for o in outcomes if o.kind == "quantize" and o.summary.get("size_note")]
     for o in outcomes:
         for s in (o.summary.get("scoring") or []) if o.kind == "prune" else []:
             c = (s.get("conservation") or {}).get("input_over_seed") if isinstance(s, dict) else None

@@ -62,7 +62,24 @@ def exec_stage(ctx: _Context, stage: Stage, out: Path, key: str):
         raise ConfigError(f"stage {stage.kind!r} returned {art.name}, which is not in its stage directory {out}; "
                           "a stage that writes files writes them under ctx.out_dir")
     shutil.rmtree(work, ignore_errors=True)
-    return [art], json_safe(art.history[-1].metrics)
+    summary = json_safe(art.history[-1].metrics)
+    if stage.kind == "quantize":
+        _explain_size(art, summary)
+    return [art], summary
+
+
+def _explain_size(art: Artifact, summary: dict[str, Any]) -> None:
+    """An int8 ONNX no smaller than its fp32 source says why, in the stage's record (and so the report): on tiny
+    models the Quantize/DequantizeLinear nodes and per-channel scales cost more than int8 weights save."""
+    size, fp32 = summary.get("size_bytes"), summary.get("fp32_size_bytes")
+    if art.format is not Format.ONNX or not size or not fp32 or size < fp32:
+        return
+    from edgetl.quantize.onnx_size import explain_size
+
+    note = explain_size(Path(art.path), fp32)
+    if note:
+        summary["size_note"] = note
+        summary["warnings"] = [*summary.get("warnings", []), note]
 
 
 def quantize_into(artifact: Artifact, config, data: DataSplits, directory: Path) -> Artifact:

@@ -162,3 +162,41 @@ def test_a_loose_recipe_budget_lets_the_same_drop_pass(small_cnn_path, tmp_path,
     assert q["stage"] == "quantize" and q["budget_points"] == 100 and q["passed"] is True
     assert q["drop_points"] > 1.0  # the default budget (1 point) would have failed it
     assert "quantized" not in rep["blocked_roles"]
+    summary = next(s for s in rep["stages"] if s["stage"] == "quantize")["summary"]
+    assert summary["size_bytes"] < summary["fp32_size_bytes"]  # 22k parameters: int8 is smaller, nothing to say
+    assert not any("not smaller than its fp32 source" in w for w in rep["warnings"])
+
+
+def _narrow_cnn(path: Path) -> Path:
+    """edgetl's TinyCNN at widths 4-8-8-8 (634 parameters), trained for 2 epochs on digits: a model so small
+    that int8's Quantize/DequantizeLinear nodes outweigh what its int8 weights save."""
+    from edgetl.data import load_data
+    from edgetl.finetune import FinetuneConfig, finetune
+    from edgetl.models import load_model, save_model
+    from edgetl.students import TinyCNN
+
+    data = load_data("digits", seed=0)
+    base = load_model("edgetl_tinycnn", num_classes=10, pretrained=False, labels=list(data.classes))
+    base = dataclasses.replace(base, model=TinyCNN(10, widths=(4, 8, 8, 8)).eval())
+    cfg = FinetuneConfig(**{**SMALL_CNN, "epochs": 2})
+    return save_model(finetune(base, data, cfg), path)
+
+
+@pytest.mark.slow
+def test_an_ort_int8_file_larger_than_its_fp32_source_says_why(tmp_path):
+    from edgetl.pipeline import run_recipe
+
+    model = _narrow_cnn(tmp_path / "narrow.pt")
+    body = {"name": "sizes", "data": "digits", "budgets": {"quantize": 100},
+            "stages": [{"quantize": {"backend": "onnxruntime", "precision": "int8", "calib_samples": 100}}]}
+    result = run_recipe(_recipe(tmp_path, body, model), tmp_path / "run")
+    [q] = result.stages
+    size, fp32 = q.summary["size_bytes"], q.summary["fp32_size_bytes"]
+    assert size > fp32 > 0  # measured: about 17.8 kB of int8 QDQ against 6.2 kB of fp32 ONNX
+    note = q.summary["size_note"]
+    assert "is not smaller than its fp32 source" in note and "Quantize/DequantizeLinear nodes" in note
+    assert note in q.summary["warnings"]  # the stage's record
+    stage_json = json.loads((q.directory / "stage.json").read_text())
+    assert stage_json["summary"]["size_note"] == note
+    assert f"quantize: {note}" in result.report["warnings"]  # and the report
+    assert note in (tmp_path / "run" / "report.md").read_text()
