@@ -107,6 +107,8 @@ class Stage:
     kind: str
     options: dict[str, Any] = field(default_factory=dict)
     config: Any = field(default=None, compare=False, repr=False)
+    # a prune stage's latency target (edgetl.prune.latency_target.LatencyOptions), once validated
+    latency: Any = field(default=None, compare=False, repr=False)
 
     def canonical(self) -> str:
         return json.dumps({"kind": self.kind, "options": self.options}, sort_keys=True, default=str)
@@ -219,10 +221,15 @@ def validate(recipe: Recipe) -> Recipe:
     for kind in set(kinds):
         if kinds.count(kind) > 1:
             raise ConfigError(f"recipe {recipe.name!r}: stage {kind!r} appears {kinds.count(kind)} times; give it once")
-    stages = tuple(dataclasses.replace(s, config=build_config(s, seed=recipe.seed)) for s in recipe.stages)
+    stages = tuple(dataclasses.replace(s, config=build_config(s, seed=recipe.seed), latency=_latency(s))
+                   for s in recipe.stages)
     for s in stages:
         stage_kind(s.kind).check_environment(s.config)
     recipe = dataclasses.replace(recipe, stages=stages)
+    prune = recipe.stage("prune")
+    if prune is not None and prune.latency is not None and recipe.budgets.active:
+        raise ConfigError("the prune stage's target_latency_ms chooses every layer's width; budgets.max_accuracy_drop "
+                          "and budgets.target_latency_ms search a pruning ratio instead: use one or the other")
     b = recipe.stage("bench")
     devices = list(b.config.devices) if b is not None else []
     if recipe.budgets.target_latency_ms is not None:
@@ -252,9 +259,34 @@ def _order_text() -> str:
 def build_config(stage: Stage, *, seed: int = 0):
     """The typed config of a stage: the one validation built, else one built from its recipe options.
 
-    The recipe's ``seed`` is the default of every config that has a seed field.
+    The recipe's ``seed`` is the default of every config that has a seed field. A prune stage's latency-target
+    keys (``target_latency_ms``, ``device``, ``runtime``, ``threads``, ``latency_cache``, ...) are not its
+    config's: the pipeline measures the latency model and injects it (:mod:`edgetl.run_latency`).
     """
     if stage.config is not None:
         return stage.config
     kind = stage_kind(stage.kind)
-    return _build(kind.config_class(), stage.options, where=f"{stage.kind} options", defaults={"seed": seed})
+    options = stage.options
+    if stage.kind == "prune":
+        from edgetl.prune.latency_target import LATENCY_KEYS, LatencyOptions
+        from edgetl.stages import option_names
+
+        valid = dict.fromkeys([*option_names(kind.config_class()), *LATENCY_KEYS])
+        check_names(options, list(valid), f"key in {stage.kind} options")
+        options = LatencyOptions.split(options)[1]
+    return _build(kind.config_class(), options, where=f"{stage.kind} options", defaults={"seed": seed})
+
+
+def _latency(stage: Stage):
+    """A prune stage's latency target, checked against its device profile and runtime; None without one."""
+    if stage.kind != "prune":
+        return None
+    from edgetl.prune.latency_target import LatencyOptions
+
+    latency = LatencyOptions.split(stage.options)[0]
+    if latency is not None:
+        from benchmarks.profiles import load_profile
+        from edgetl.run_latency import choose_runtime
+
+        choose_runtime(load_profile(latency.device), latency.runtime, flag="prune runtime")
+    return latency

@@ -183,6 +183,12 @@ def _short(kind: str, summary: dict[str, Any]) -> dict[str, Any]:
     if kind == "bench":
         return {"measured": len(summary.get("results", []))}
     out = {k: v for k, v in summary.items() if k in _KEEP}
+    lat = summary.get("latency_target")
+    if lat:  # a prune stage with target_latency_ms: predicted against measured
+        out["latency_target"] = {k: lat.get(k) for k in ("target_ms", "predicted_ms", "measured_p50_ms",
+                                                         "unpruned_p50_ms", "met", "device", "runtime", "precision",
+                                                         "threads")}
+        out["latency_target"]["iterations"] = len(lat.get("iterations") or ())
     if kind == "quantize" and "accuracy" in out:  # the quantizer measures on its eval split (val by default)
         out["split"] = summary.get("split", "val")
     return out
@@ -332,9 +338,26 @@ def _blocks(rep: RunReport) -> list[tuple]:
                 out.append(("p", f"Shipped artifact p90 speed-up: {', '.join(parts)}"))
             else:
                 out.append(("p", f"Speed-up not headlined (contended timings): {', '.join(parts)}"))
+    out += _latency_blocks(rep)
     out += [("h2", "Stages"), ("table", ["stage", "cached", "seconds", "directory", "summary"],
              [[s["stage"], "yes" if s["cached"] else "no", f"{s['seconds']:.1f}", s["directory"] or "-",
                ", ".join(f"{k}={_compact(v)}" for k, v in s["summary"].items())] for s in rep.stages])]
+    return out
+
+
+def _latency_blocks(rep: RunReport) -> list[tuple]:
+    """Predicted against measured latency of each stage that pruned to a latency target."""
+    out: list[tuple] = []
+    for s in rep.stages:
+        lat = s["summary"].get("latency_target")
+        if not lat:
+            continue
+        out.append(("p", f"**Latency target ({s['stage']}):** p50 {lat['target_ms']:.4g} ms at batch 1 on "
+                         f"{lat['runtime']} {lat['precision']} ({lat['device']}, {lat['threads']} threads): predicted "
+                         f"{lat['predicted_ms']:.4g} ms, measured {lat['measured_p50_ms']:.4g} ms "
+                         f"({'met' if lat['met'] else 'missed'} after {lat['iterations']} iteration(s)); unpruned "
+                         f"{lat['unpruned_p50_ms']:.4g} ms. Measured during the run, not on a quiet machine: see the "
+                         "bench rows for the interleaved figures"))
     return out
 
 

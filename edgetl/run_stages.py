@@ -55,7 +55,14 @@ def exec_stage(ctx: _Context, stage: Stage, out: Path, key: str):
         # kept in float); the gate, not an exception, judges the result
         budget = budget_for("quantize", cfg.max_drop, budgets=ctx.recipe.budgets.stages)
         cfg = dataclasses.replace(cfg, max_drop=budget, allow_drop=True)
-    art = stage_kind(stage.kind).function()(ctx.current, cfg, data=ctx.data, ctx=sctx)
+    latency = None
+    if stage.kind == "prune" and stage.latency is not None:
+        from edgetl.run_latency import recipe_target
+
+        # widths chosen against the latency table measured here, then measured and tightened until T holds
+        art, latency = recipe_target(stage.latency, splits=ctx.data).prune(ctx.current, cfg, ctx.data)
+    else:
+        art = stage_kind(stage.kind).function()(ctx.current, cfg, data=ctx.data, ctx=sctx)
     if art.format is Format.TORCH and art.model is not None:
         art = dataclasses.replace(art, path=save_model(art, out / "model.pt"))
     elif art.path is None or not Path(art.path).resolve().is_relative_to(out.resolve()):
@@ -63,6 +70,8 @@ def exec_stage(ctx: _Context, stage: Stage, out: Path, key: str):
                           "a stage that writes files writes them under ctx.out_dir")
     shutil.rmtree(work, ignore_errors=True)
     summary = json_safe(art.history[-1].metrics)
+    if latency is not None:
+        summary["latency_target"] = json_safe(latency)  # predicted against measured, per iteration
     if stage.kind == "quantize":
         _explain_size(art, summary)
     return [art], summary

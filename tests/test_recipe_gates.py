@@ -200,3 +200,59 @@ def test_an_ort_int8_file_larger_than_its_fp32_source_says_why(tmp_path):
     assert stage_json["summary"]["size_note"] == note
     assert f"quantize: {note}" in result.report["warnings"]  # and the report
     assert note in (tmp_path / "run" / "report.md").read_text()
+
+
+# --------------------------------------------------------------------------- latency target in a recipe (#15)
+def test_a_prune_latency_target_in_a_recipe_is_validated():
+    base = {"name": "lat", "data": "digits"}
+
+    def recipe(prune, **extra):
+        return validate(parse_recipe({**base, **extra, "stages": [{"prune": prune}]}))
+
+    r = recipe({"criterion": "l1", "target_latency_ms": 2.5, "device": "x86-cpu", "runtime": "onnxruntime",
+                "threads": 1, "latency_cache": "/tmp/x"})
+    lat = r.stage("prune").latency
+    assert lat.target_latency_ms == 2.5 and lat.runtime == "onnxruntime" and lat.threads == 1
+    assert r.stage("prune").config.target_latency_ms is None  # the latency model is measured at run time
+    assert recipe({"criterion": "l1"}).stage("prune").latency is None
+    with pytest.raises(UnknownNameError, match="did you mean 'device'"):
+        recipe({"target_latency_ms": 2.5, "devcie": "x86-cpu"})
+    with pytest.raises(ConfigError, match="target_latency_ms or ratio, not both"):
+        recipe({"target_latency_ms": 2.5, "ratio": 0.5})
+    with pytest.raises(ConfigError, match="add target_latency_ms"):
+        recipe({"runtime": "openvino"})
+    with pytest.raises(ConfigError, match="positive number of milliseconds"):
+        recipe({"target_latency_ms": -1})
+    with pytest.raises(ConfigError, match="latency table measures on"):
+        recipe({"target_latency_ms": 2.5, "runtime": "executorch"})
+    with pytest.raises(UnknownNameError, match="x86-cpu"):
+        recipe({"target_latency_ms": 2.5, "device": "x86-cpuu"})
+    with pytest.raises(ConfigError, match="use one or the other"):
+        recipe({"target_latency_ms": 2.5}, budgets={"max_accuracy_drop": 1.0})
+
+
+@pytest.mark.slow
+def test_a_recipe_prune_stage_prunes_to_a_measured_latency_target(small_cnn_path, tmp_path):
+    """A generous target (1 s): the allocator keeps every channel and the first measurement meets it. What is
+    checked is the wiring: the recipe keys reach the latency table and the harness, and the stage record and the
+    report show predicted against measured (no speed is asserted: the machine is shared)."""
+    from edgetl.pipeline import run_recipe
+
+    prune = {"criterion": "l1", "target_latency_ms": 1000, "device": "x86-cpu", "runtime": "onnxruntime",
+             "threads": 1, "latency_cache": str(tmp_path / "cache"), "quick_latency": True, "samples_per_class": 2}
+    body = {"name": "lat", "data": "digits", "stages": [{"prune": prune}]}
+    result = run_recipe(_recipe(tmp_path, body, small_cnn_path), tmp_path / "run")
+    [p] = result.stages
+    lat = p.summary["latency_target"]
+    assert lat["met"] is True and lat["target_ms"] == 1000 and lat["runtime"] == "onnxruntime"
+    assert lat["threads"] == 1 and lat["device"] == "x86-cpu" and lat["host"] == "local"
+    assert 0 < lat["measured_p50_ms"] <= 1000 and 0 < lat["unpruned_p50_ms"]
+    [it] = lat["iterations"]
+    assert it["predicted_ms"] <= it["budget_ms"] == 1000 and it["measured_ms"] == lat["measured_p50_ms"]
+    assert lat["table"]["measured_points"] > 0 and list((tmp_path / "cache").iterdir())  # measured, cached
+    assert p.summary["latency_allocation"]["feasible"] is True
+    short = next(s for s in result.report["stages"] if s["stage"] == "prune")["summary"]["latency_target"]
+    assert short["predicted_ms"] == lat["predicted_ms"] and short["measured_p50_ms"] == lat["measured_p50_ms"]
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "**Latency target (prune):** p50 1000 ms at batch 1 on onnxruntime fp32" in md
+    assert f"measured {lat['measured_p50_ms']:.4g} ms (met after 1 iteration(s))" in md
