@@ -101,3 +101,35 @@ def test_label_free_distillation_refuses_what_it_cannot_do(seg):
     with pytest.raises(ConfigError, match="--unfreeze"):
         distill(teacher, DistillConfig(epochs=1, unfreeze=(0.5,)), data=data, ctx=StageContext(teachers=(teacher,)))
     assert np.isfinite(_miou(teacher, teacher, train[:3]))
+
+
+def test_cli_distils_a_pruned_segmenter_on_an_unlabelled_npz(seg, tmp_path):
+    import json
+
+    from tests.test_contract_prune import _checkpoint, _cli
+
+    teacher, train, unseen = seg
+    pruned = prune(teacher, PruneConfig(criterion="l1", ratio=0.6, round_to=None),
+                   data=InputSet(samples=train, origin="test"))
+    t_path = _checkpoint(teacher.model, "shapes_segnet", tmp_path / "teacher.pt")
+    s_path = _checkpoint(pruned.model, "shapes_segnet", tmp_path / "pruned.pt")
+    np.savez(tmp_path / "tiles.npz", image=np.concatenate([s["image"] for s in train]))
+    out = tmp_path / "recovered.pt"
+    r = _cli("distill", "-t", str(t_path), "-s", str(s_path), "--data", str(tmp_path / "tiles.npz"), "--task",
+             "segmentation", "-e", "4", "--lr", "0.003", "--batch-size", "16", "--views", "original", "-o", str(out),
+             "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(r.stdout)
+    assert res["labels_used"] is False and res["samples"] == 160 and res["held_out_samples"] == 32
+    assert res["headline_after"]["metric"] == "miou"
+    assert res["headline_after"]["value"] > res["headline_before"]["value"] + 0.1, res
+    from edgetl.models import load_model
+    from tests.test_contract_prune import register_test_archs
+
+    register_test_archs()
+    recovered = load_model(out)
+    recovered.contract = teacher.contract
+    assert _miou(teacher, recovered, unseen) > _miou(teacher, pruned, unseen) + 0.1
+    r = _cli("distill", "-t", str(t_path), "-t", str(t_path), "-s", str(s_path), "--data", str(tmp_path / "tiles.npz"),
+             "--task", "segmentation", "-o", str(tmp_path / "never.pt"))
+    assert r.returncode == 2 and "one teacher" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -27,7 +27,7 @@ import typer
 
 from edgetl.cli import contract_options as co
 
-__all__ = ["contract_prune"]
+__all__ = ["contract_command", "contract_of", "contract_prune", "flags_of", "wanted"]
 
 OutputsFlag = Annotated[Optional[list[str]], typer.Option(
     "--outputs", help="Which outputs relevance is seeded on and fidelity compares: NAME[,NAME] (or an index such "
@@ -37,35 +37,48 @@ _FLAGS = {"input_": co.InputFlag, "opt_shape": co.OptShapeFlag, "outputs": Outpu
           "task": co.TaskFlag}
 
 
+def contract_command(run: Callable[..., Any], *, model_key: str) -> Callable[[Callable], Callable]:
+    """A decorator giving a command the contract flags: when :func:`wanted` says so (a flag given, or the model
+    named by the command's ``model_key`` option is not a labelled one-input classifier), ``run(said, **options)``
+    replaces the command's classic body."""
+
+    def decorate(fn: Callable) -> Callable:
+        hints = typing.get_type_hints(fn, include_extras=True)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation))
+               for p in inspect.signature(fn).parameters.values()]
+        keyword = [p for p in own if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        plain = [p for p in own if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+        extra = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=a)
+                 for n, a in _FLAGS.items()]
+        at = next((i for i, p in enumerate(plain) if p.name in ("json_", "debug")), len(plain))
+        params = [*plain[:at], *extra, *plain[at:], *keyword]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            said = {n: kwargs.pop(n) for n in _FLAGS}
+            model = kwargs[model_key]
+            if not wanted(said, model[0] if isinstance(model, list) else model, kwargs.get("arch")):
+                return fn(**kwargs)
+            return run(said, **kwargs)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate
+
+
 def contract_prune(fn: Callable) -> Callable:
     """Give the prune command the contract flags and its label-free path (module doc)."""
-    hints = typing.get_type_hints(fn, include_extras=True)
-    own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in inspect.signature(fn).parameters.values()]
-    keyword = [p for p in own if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    plain = [p for p in own if p.kind is not inspect.Parameter.KEYWORD_ONLY]
-    extra = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=a)
-             for n, a in _FLAGS.items()]
-    at = next((i for i, p in enumerate(plain) if p.name in ("json_", "debug")), len(plain))
-    params = [*plain[:at], *extra, *plain[at:], *keyword]
-
-    @functools.wraps(fn)
-    def command(**kwargs: Any) -> Any:
-        said = {n: kwargs.pop(n) for n in _FLAGS}
-        if not _wanted(said, kwargs):
-            return fn(**kwargs)
-        return _run(said, **kwargs)
-
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    return command
+    return contract_command(_run, model_key="model")(fn)
 
 
-def _flags(said: dict[str, Any]) -> Any:
+def flags_of(said: dict[str, Any]) -> Any:
     return co.contract_flags(inputs=said["input_"], opt_shapes=said["opt_shape"], outputs=said["outputs"],
                              roles=said["role"], task=said["task"])
 
 
-def _wanted(said: dict[str, Any], kwargs: dict[str, Any]) -> bool:
+def wanted(said: dict[str, Any], model: str, arch: str | None = None) -> bool:
     """A contract flag, or a model that is not a one-input one-output classifier with labels (peeked at; a model
     that does not load goes down the classic path, which says why)."""
     if any(v for v in said.values()):
@@ -74,13 +87,13 @@ def _wanted(said: dict[str, Any], kwargs: dict[str, Any]) -> bool:
     from edgetl.models import load_model
 
     try:
-        art = load_model(kwargs["model"], arch=kwargs.get("arch"))
+        art = load_model(model, arch=arch)
     except EdgetlError:
         return False
     return co.wants_contract(co.contract_flags(), art, reference=None, metric=None)
 
 
-def _contract(art: Any, flags: Any) -> Any:
+def contract_of(art: Any, flags: Any) -> Any:
     """The artifact's contract, completed by the flags; an edgetl checkpoint of a non-classifier (no labels) gives
     its input from the recorded input spec."""
     from edgetl.contract import ModelContract
@@ -123,7 +136,7 @@ def _run(said: dict[str, Any], *, options: dict, json_: bool = False, debug: boo
         from edgetl.stages import stage_kind
 
         torch.set_flush_denormal(True)
-        flags = _flags(said)
+        flags = flags_of(said)
         output = _check_options(kwargs, options)
         opts = dict(options)
         if opts.get("round_to") == 1:
@@ -132,7 +145,7 @@ def _run(said: dict[str, Any], *, options: dict, json_: bool = False, debug: boo
         cfg = stage_kind("prune").config_class()(**opts, scope=Scope.LAYERWISE if kwargs.get("layerwise")
                                                  else Scope.GLOBAL, ignore=layers_matching(*ignore) if ignore else None)
         art = load_model(kwargs["model"], arch=kwargs.get("arch"))
-        art.contract = _contract(art, flags)
+        art.contract = contract_of(art, flags)
         inputs = load_inputs(kwargs["data"], contract=art.contract, model_labels=art.labels or None)
         pruned = prune(art, cfg, data=inputs)
         save_model(pruned, output)
