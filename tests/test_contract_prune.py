@@ -128,6 +128,35 @@ def test_three_inputs_with_state_and_scalar_rate_are_scored_sample_by_sample(tmp
     assert out[0].shape == (1, 1) and out[1].shape == (2, 1, 32)
 
 
+def test_time_major_ctc_recognizer_keeps_its_decodes_with_lrp(shape_cache):
+    model = shapes.trained("CtcRecognizer", shape_cache)
+    x, _ = shapes.ctc_data(60, seed=5)
+    samples = tuple({"image": x[i : i + 1]} for i in range(len(x)))
+    contract = _contract(model, samples[0], inputs=["Nx1x8xW:float32"], roles=["output:sequence:T,N,C"],
+                         task="sequence")
+    data = InputSet(samples=samples, origin="test")
+    got = {c: prune(_artifact(model, contract), PruneConfig(criterion=c, ratio=0.3), data=data).history[-1].metrics
+           for c in ("lrp", "l1")}
+    lrp, l1 = got["lrp"]["headline"], got["l1"]["headline"]
+    assert lrp["metric"] == "decode_agreement"
+    # measured: LRP keeps every greedy decode (1.0), weight magnitude 0.08 at the same ratio
+    assert lrp["value"] >= 0.9 and lrp["value"] > l1["value"] + 0.3, (lrp, l1)
+    assert got["lrp"]["output_shapes"] == {"output": [12, 1, 11]} and got["lrp"]["widths_after"]["head"] == 11
+
+
+def test_a_labelled_classifier_through_its_contract_reports_accuracy_and_agreement(shape_cache):
+    model = shapes.trained("PooledClassifier", shape_cache)
+    x, y = shapes.mnist(None)
+    samples = tuple({"image": x[i : i + 1]} for i in range(4000, 4100))
+    contract = _contract(model, samples[0], inputs=["Nx1x28x28:float32"], task="classification")
+    art = Artifact(format=Format.TORCH, model=model, input_spec=None, labels=shapes.WORDS, contract=contract)
+    out = prune(art, PruneConfig(ratio=0.3), data=InputSet(samples=samples, origin="test", labels=y[4000:4100]))
+    m = out.history[-1].metrics
+    assert m["headline"]["metric"] == "top1_agreement" and m["headline"]["value"] >= 0.9
+    assert m["accuracy_before"] >= 0.85 and m["accuracy_after"] >= m["accuracy_before"] - 0.1
+    assert m["fidelity"]["classification"][0]["samples"] == m["fidelity_samples"] == 20
+
+
 # --------------------------------------------------------------------------- surgery
 def test_output_layers_are_found_by_tracing(facedet, segnet):
     det, _, det_samples = facedet
