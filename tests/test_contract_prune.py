@@ -326,3 +326,23 @@ def test_cli_contract_errors_are_one_line_before_work(segnet, tmp_path):
         assert r.returncode == 2, r.stdout + r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, r.stderr
         assert not out.exists()
+
+
+def test_cli_contract_of_a_model_with_an_integer_input_runs_it_on_the_first_sample(tmp_path):
+    from edgetl.cli.prune_contract import contract_of
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "vad.npz", audio=rng.standard_normal((5, 1, 256)).astype(np.float32),
+             state=np.zeros((5, 2, 1, 32), np.float32), sr=np.full(5, 16000, np.int64))
+    model = shapes.VadLike().eval()
+    flags = parse_flags(inputs=["audio:Nx256:float32", "state:2xNx32:float32", "sr:scalar:int64"])
+    from edgetl.contract import InputTensor, ModelContract
+
+    art = Artifact(format=Format.TORCH, model=model, input_spec=None, labels=(),
+                   contract=ModelContract(inputs=(InputTensor("audio"), InputTensor("state"), InputTensor("sr")),
+                                          fixed=False))
+    with pytest.raises(ConfigError, match="--opt-shape audio"):
+        contract_of(art, flags)  # no data: neither a dynamic size nor an integer sample rate is invented
+    c = contract_of(art, flags, str(tmp_path / "vad.npz"))
+    assert c.output_names == ("output0", "output1") and c.output("output1").shape == (2, 1, 32)

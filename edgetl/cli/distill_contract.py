@@ -62,7 +62,7 @@ def _run(said: dict[str, Any], *, options: dict, json_: bool = False, debug: boo
         cfg = stage_kind("distill").config_class()(**options)
         flags = flags_of(said)
         teacher = load_model(kwargs["teacher"][0])
-        teacher.contract = contract_of(teacher, flags)
+        teacher.contract = contract_of(teacher, flags, kwargs["data"])
         student = load_model(kwargs["student"])
         student.contract = teacher.contract
         inputs = load_inputs(kwargs["data"], contract=teacher.contract)

@@ -93,17 +93,45 @@ def wanted(said: dict[str, Any], model: str, arch: str | None = None) -> bool:
     return co.wants_contract(co.contract_flags(), art, reference=None, metric=None)
 
 
-def contract_of(art: Any, flags: Any) -> Any:
+def contract_of(art: Any, flags: Any, data: str | None = None) -> Any:
     """The artifact's contract, completed by the flags; an edgetl checkpoint of a non-classifier (no labels) gives
-    its input from the recorded input spec."""
+    its input from the recorded input spec. Where the model cannot be run on made-up inputs (an integer sample
+    rate, a dynamic size without --opt-shape), it runs once on the first sample of ``data``, read against the
+    inputs the flags declare."""
     from edgetl.contract import ModelContract
     from edgetl.contract_read import from_input_spec
+    from edgetl.errors import ConfigError
     from edgetl.evaluate_contract import contract_for
 
     if art.contract is None and art.input_spec is not None:
         spec_inputs = from_input_spec(art.input_spec, ("_",), input_name="image").inputs
         art.contract = ModelContract(inputs=spec_inputs, fixed=False, source="input_spec")
-    return contract_for(art, flags)
+    try:
+        return contract_for(art, flags)
+    except ConfigError as e:
+        if data is None:
+            raise
+        first_error = e
+    try:
+        first = _first_sample(art, flags, data)
+    except ConfigError:
+        raise first_error from None  # the data cannot be read either: what the contract lacks is the first fact
+    return contract_for(art, flags, data=first)
+
+
+def _first_sample(art: Any, flags: Any, data: str) -> dict[str, Any]:
+    """The first sample of ``data`` read against the inputs of ``forward`` as the flags declare them."""
+    import dataclasses
+    import inspect
+
+    from edgetl.contract import InputTensor, ModelContract, merge
+    from edgetl.inputs import load_inputs
+
+    params = [p for p in inspect.signature(art.model.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    declared = merge(ModelContract(inputs=tuple(InputTensor(name=p.name) for p in params), fixed=False),
+                     dataclasses.replace(flags, outputs=(), roles=()))
+    return load_inputs(data, contract=declared, limit=1).samples[0]
 
 
 def _check_options(kwargs: dict[str, Any], options: dict) -> Path:
@@ -145,7 +173,7 @@ def _run(said: dict[str, Any], *, options: dict, json_: bool = False, debug: boo
         cfg = stage_kind("prune").config_class()(**opts, scope=Scope.LAYERWISE if kwargs.get("layerwise")
                                                  else Scope.GLOBAL, ignore=layers_matching(*ignore) if ignore else None)
         art = load_model(kwargs["model"], arch=kwargs.get("arch"))
-        art.contract = contract_of(art, flags)
+        art.contract = contract_of(art, flags, kwargs["data"])
         inputs = load_inputs(kwargs["data"], contract=art.contract, model_labels=art.labels or None)
         pruned = prune(art, cfg, data=inputs)
         save_model(pruned, output)
