@@ -76,6 +76,20 @@ def test_distilling_a_pruned_segmenter_back_improves_miou_on_unseen_inputs(seg):
     assert [r.stage for r in student.history][-2:] == ["prune", "distill"]
 
 
+def test_feature_hints_join_the_output_loss_through_an_adapter(seg):
+    teacher, train, unseen = seg
+    data = InputSet(samples=train, origin="test")
+    pruned = prune(teacher, PruneConfig(criterion="l1", ratio=0.6, round_to=None), data=data)
+    assert pruned.model.net[2].out_channels < teacher.model.net[2].out_channels  # widths differ: an adapter learns
+    cfg = DistillConfig(epochs=3, lr=3e-3, batch_size=16, views="original", feature_pairs="net.2:net.2",
+                        feature_weight=0.1)
+    student = distill(pruned, cfg, data=data, ctx=StageContext(teachers=(teacher,)))
+    m = student.history[-1].metrics
+    assert m["feature_pairs"] == ["net.2:net.2"]
+    assert _miou(teacher, student, unseen) > _miou(teacher, pruned, unseen) + 0.05
+    assert not student.model.net[2]._forward_hooks  # the hint hooks are gone from the result
+
+
 def test_pruning_recovers_by_label_free_distillation(seg):
     teacher, train, unseen = seg
     data = InputSet(samples=train, origin="test")
@@ -100,6 +114,9 @@ def test_label_free_distillation_refuses_what_it_cannot_do(seg):
         distill(teacher, DistillConfig(epochs=1, student="edgetl_tinycnn"), data=data)
     with pytest.raises(ConfigError, match="--unfreeze"):
         distill(teacher, DistillConfig(epochs=1, unfreeze=(0.5,)), data=data, ctx=StageContext(teachers=(teacher,)))
+    with pytest.raises(ConfigError, match="student layer"):
+        distill(teacher, DistillConfig(epochs=1, feature_pairs="net.9:net.2"), data=data,
+                ctx=StageContext(teachers=(teacher,)))
     assert np.isfinite(_miou(teacher, teacher, train[:3]))
 
 

@@ -9,7 +9,9 @@ names (``ModelContract.metric_outputs``), one loss per role, on unlabelled input
 - **boxes, scores, other** (regression): mean squared error divided by the teacher output's variance, so a
   head in pixel coordinates and one in probabilities weigh the same; 1.0 is as bad as predicting the mean.
 
-The loss is the mean over the outputs. Training is AdamW or SGD with a cosine schedule; a held-out share of the
+The loss is the mean over the outputs, plus FitNets feature hints between named layers when ``feature_pairs``
+asks (one-input models; :class:`~edgetl.distill.losses.FeatureHints`, adapters where a pruned width differs).
+Training is AdamW or SGD with a cosine schedule; a held-out share of the
 samples keeps the best weights (lowest held-out loss) and measures fidelity against the teacher before and after
 (:func:`edgetl.fidelity.compare`, the task's headline metric). One process, one teacher.
 
@@ -129,10 +131,21 @@ def _check(student: Artifact, teacher: Artifact, cfg: DistillConfig) -> ModelCon
                           "reads it with --input/--role/--task)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("label-free distillation runs in one process; run it without torchrun")
-    if cfg.unfreeze or cfg.feature_pairs:
-        raise ConfigError("label-free distillation trains the whole student on the outputs; leave --unfreeze and "
-                          "--feature-pairs unset")
+    if cfg.unfreeze:
+        raise ConfigError("label-free distillation trains the whole student on the outputs; leave --unfreeze unset")
+    if cfg.feature_pairs and len(contract.inputs) != 1:
+        raise ConfigError("feature pairs (hint losses) need a model with one input; this one takes "
+                          f"{', '.join(contract.input_names)}")
     return contract
+
+
+def _hints(model, tmodel, cfg: DistillConfig, example: tuple):
+    """FitNets hints between the named layers (a learned adapter where widths differ), or None."""
+    if not cfg.feature_pairs:
+        return None
+    from edgetl.distill.losses import FeatureHints
+
+    return FeatureHints(model, tmodel, cfg.feature_pairs, example=example[0]).to(example[0].device)
 
 
 def distill_outputs(student: Artifact, teacher: Artifact, inputs: InputSet, cfg: DistillConfig) -> Artifact:
@@ -153,7 +166,8 @@ def distill_outputs(student: Artifact, teacher: Artifact, inputs: InputSet, cfg:
     tmodel = copy.deepcopy(teacher.model).to(device).eval()
     for p in tmodel.parameters():
         p.requires_grad_(False)
-    params = list(model.parameters())
+    hints = _hints(model, tmodel, cfg, tuple(x.to(device) for x in train.example()))
+    params = list(model.parameters()) + (list(hints.parameters()) if hints is not None else [])
     for p in params:
         p.requires_grad_(True)
     opt = _optimizer(params, cfg)
@@ -176,6 +190,8 @@ def distill_outputs(student: Artifact, teacher: Artifact, inputs: InputSet, cfg:
                 with torch.no_grad():
                     target = named_outputs(call(tmodel, view))
                 loss, _ = output_loss(named_outputs(call(model, view)), target, outputs, temperature=cfg.temperature)
+                if hints is not None and cfg.feature_weight > 0:
+                    loss = loss + cfg.feature_weight * hints.loss()  # the forwards above captured both layers
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -190,10 +206,13 @@ def distill_outputs(student: Artifact, teacher: Artifact, inputs: InputSet, cfg:
             stale += 1
             if cfg.patience is not None and stale >= cfg.patience:
                 break
+    if hints is not None:
+        hints.remove()
     model.load_state_dict(best_state)
     model = model.cpu().eval()
     metrics = {
         "task": contract.task.value, "metric_outputs": [o.name for o in outputs], "labels_used": False,
+        "feature_pairs": [f"{a}:{b}" for a, b in cfg.feature_pairs],
         "headline_before": head_before, "headline_after": _fidelity(tmodel.cpu(), model, held.samples, contract),
         "held_out_loss_before": history[0]["held_out_loss"], "held_out_loss_after": best,
         "held_out_samples": len(held), "train_samples": len(train), "best_epoch": best_epoch,
