@@ -47,6 +47,9 @@ def package_cmd(
     """Package a model for a device: model, manifest, labels, requirements, runner, reference data, checksums."""
 
     def body():
+        from edgetl.fileio import check_output
+
+        check_output(output, kind="dir", overwrite=overwrite)  # the same checks as every -o, before any work
         import torch
 
         from edgetl.package import package
