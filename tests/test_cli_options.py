@@ -181,3 +181,29 @@ def test_multi_target_config_normalises_checks_and_round_trips():
         Cfg(boards=())
     with pytest.raises(UnknownNameError, match="did you mean 'b'"):
         Cfg(boards=("a", "bb"))
+
+
+# --------------------------------------------------------------------------- timing settings and the results db
+def test_profile_timing_takes_each_option_else_the_profile():
+    from benchmarks.profiles import BenchDefaults
+    from edgetl.cli.bench_options import profile_timing
+
+    board = BenchDefaults(warmup_s=1.0, warmup_runs=20, min_time_s=5.0, min_count=300, max_time_s=60.0)
+    none = dict(warmup=None, warmup_runs=None, min_time=None, min_count=None)
+    assert profile_timing(board, **none) == {"warmup_runs": 20, "warmup_s": 1.0, "min_time_s": 5.0,
+                                             "min_count": 300, "max_time_s": 60.0}
+    given = profile_timing(board, warmup=0.1, warmup_runs=2, min_time=0.5, min_count=7, max_time=3.0)
+    assert given == {"warmup_runs": 2, "warmup_s": 0.1, "min_time_s": 0.5, "min_count": 7, "max_time_s": 3.0}
+    # a minimum time past the limit raises the limit, it is never cut short
+    assert profile_timing(board, **{**none, "min_time": 90.0})["max_time_s"] == 90.0
+    assert profile_timing(board, **none, max_time=1.0)["max_time_s"] == 5.0
+
+
+def test_results_db_is_checked_like_every_output(unwritable_dir, tmp_path):
+    from edgetl.cli.bench_options import open_store
+    from edgetl.errors import InputFileError
+
+    assert open_store(unwritable_dir / "r.db", no_store=True) is None  # nothing is written: nothing to check
+    with pytest.raises(InputFileError, match="--db .*cannot write in"):
+        open_store(unwritable_dir / "r.db", no_store=False)
+    assert open_store(tmp_path / "r.db", no_store=False).path == tmp_path / "r.db"

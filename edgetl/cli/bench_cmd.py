@@ -10,10 +10,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
+from edgetl.cli.bench_options import DbOpt, open_store, profile_timing
 from edgetl.cli.device_options import ssh_options
-
-DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Results database (default: $EDGETL_RESULTS_DB or "
-                                                             "~/.cache/edgetl/results.db).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -76,7 +74,7 @@ def bench_cmd(
         config = _bench_config(plan, batch=batch, threads=threads, warmup_runs=warmup_runs, warmup=warmup,
                                min_time=min_time, min_count=min_count, max_time=max_time, runtime=runtime,
                                precision=precision, hint=hint, compile_=compile_)
-        store = _open_store(db, no_store=no_store)
+        store = open_store(db, no_store=no_store)
         run_id = time.strftime("%Y%m%d-%H%M%S")
         if plan.hosts:
             ssh = ssh_options(ssh_config=ssh_config, port=port, remote_edgetl=remote_edgetl,
@@ -157,28 +155,11 @@ def _bench_config(plan: _Plan, *, batch: int, threads: int | None, warmup_runs: 
     """The measurement settings: each option given, else the device profile's."""
     from benchmarks.harness import BenchConfig
 
-    b = plan.profile.bench
     return BenchConfig(
         batch=batch, threads=threads if threads is not None else _local_threads(plan.profile.threads, plan.hosts),
-        warmup_runs=warmup_runs if warmup_runs is not None else b.warmup_runs,
-        warmup_s=warmup if warmup is not None else b.warmup_s,
-        min_time_s=min_time if min_time is not None else b.min_time_s,
-        min_count=min_count if min_count is not None else b.min_count,
-        max_time_s=max(max_time if max_time is not None else b.max_time_s,
-                       min_time if min_time is not None else b.min_time_s),
+        **profile_timing(plan.profile.bench, warmup=warmup, warmup_runs=warmup_runs, min_time=min_time,
+                         min_count=min_count, max_time=max_time),
         runtime=runtime, precision=precision, hint=hint, compile=compile_, inputs=plan.source)
-
-
-def _open_store(db: Path | None, *, no_store: bool):
-    if no_store:
-        return None
-    from benchmarks.store import ResultsStore
-
-    if db is not None:
-        from edgetl.fileio import check_output
-
-        check_output(db, what="--db")
-    return ResultsStore(db)
 
 
 def _local(artifacts: list[Path], plan: _Plan, config, store, run_id: str, *, eval_data: str | None):
