@@ -13,7 +13,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,41 +20,25 @@ from benchmarks.harness import BenchConfig, BenchResult, measure
 from benchmarks.profiles import load_profile
 from edgetl.artifact import Artifact, StageRecord
 from edgetl.errors import ConfigError
+from edgetl.multi_target import MultiTargetConfig
 from edgetl.stages import StageContext
 
 __all__ = ["BenchRecord", "BenchStageConfig", "bench", "results_of"]
 
 
 @dataclass(frozen=True)
-class BenchStageConfig:
+class BenchStageConfig(MultiTargetConfig):
     """The device profiles to measure on and how to measure (a :class:`BenchConfig`)."""
+
+    TARGETS, OPTIONS = "devices", "bench"
+    EMPTY = "bench needs at least one device profile, e.g. devices: [x86-cpu]"
 
     devices: tuple[str, ...] = ("x86-cpu",)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
-    def __post_init__(self) -> None:
-        devices = (self.devices,) if isinstance(self.devices, str) else tuple(str(d) for d in self.devices)
-        if not devices:
-            raise ConfigError("bench needs at least one device profile, e.g. devices: [x86-cpu]")
-        for d in devices:
-            load_profile(d)  # an unknown profile suggests the nearest
-        object.__setattr__(self, "devices", devices)
-        if not isinstance(self.bench, BenchConfig):
-            object.__setattr__(self, "bench", BenchConfig(**dict(self.bench)))
-
     @classmethod
-    def option_names(cls) -> list[str]:
-        """The keys of a recipe's bench stage: ``devices`` and the measurement options, side by side."""
-        return ["devices", *(f.name for f in dataclasses.fields(BenchConfig))]
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> BenchStageConfig:
-        opts = dict(options)
-        devices = opts.pop("devices", cls.devices)
-        return cls(devices=devices, bench=BenchConfig(**opts))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"devices": list(self.devices), **self.bench.to_dict()}
+    def check_target(cls, name: str) -> None:
+        load_profile(name)  # an unknown profile suggests the nearest
 
 
 @dataclass(frozen=True)

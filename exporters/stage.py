@@ -14,59 +14,43 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from edgetl.artifact import Artifact
 from edgetl.errors import ConfigError
+from edgetl.multi_target import MultiTargetConfig
 from edgetl.stages import StageContext
 from exporters.base import ExportOptions, check_request, export, format_spec
 
 __all__ = ["ExportConfig", "export_stage", "exports_of"]
 
 
-def _names(formats: str | Sequence[str]) -> tuple[str, ...]:
-    items = [formats] if isinstance(formats, str) else list(formats)
-    return tuple(n.strip() for item in items for n in str(item).split(",") if n.strip())
-
-
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(MultiTargetConfig):
     """Which formats to export to (the first is the primary export) and the options of the export."""
+
+    TARGETS, OPTIONS = "formats", "options"
+    EMPTY = "export needs at least one format, e.g. formats: [onnx]"
 
     formats: tuple[str, ...] = ("onnx",)
     options: ExportOptions = field(default_factory=ExportOptions)
     name: str | None = None  # file stem of the exports (default: the source's)
 
-    def __post_init__(self) -> None:
-        names = _names(self.formats)
-        if not names:
-            raise ConfigError("export needs at least one format, e.g. formats: [onnx]")
-        for n in names:
-            format_spec(n)  # an unknown name suggests the nearest
-        object.__setattr__(self, "formats", names)
-        if not isinstance(self.options, ExportOptions):
-            object.__setattr__(self, "options", ExportOptions.from_mapping(dict(self.options)))
+    @classmethod
+    def split_targets(cls, value: str | Sequence[str]) -> tuple[str, ...]:
+        """Names, each item possibly comma-separated (``"onnx, openvino"``)."""
+        items = [value] if isinstance(value, str) else list(value)
+        return tuple(n.strip() for item in items for n in str(item).split(",") if n.strip())
 
     @classmethod
-    def option_names(cls) -> list[str]:
-        """The keys of a recipe's export stage: ``formats`` and the export options, side by side."""
-        return ["formats", *(f.name for f in dataclasses.fields(ExportOptions))]
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> ExportConfig:
-        opts = dict(options)
-        formats = opts.pop("formats", cls.formats)
-        return cls(formats=formats, options=ExportOptions.from_mapping(opts))
+    def check_target(cls, name: str) -> None:
+        format_spec(name)  # an unknown name suggests the nearest
 
     def check_environment(self) -> None:
         """Names, options, precisions and installed extras: what needs no model loaded."""
         check_request(list(self.formats), self.options)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"formats": list(self.formats), **self.options.to_dict(), "name": self.name}
 
 
 def export_stage(artifact: Artifact, config: ExportConfig | None = None, *, data=None,

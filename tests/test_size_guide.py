@@ -19,10 +19,6 @@ MAX_FUNCTION_LINES = 80
 # path -> why it may be over the guide for now (remove the line once the branch is merged)
 BEING_SPLIT = {
     "edgetl/models.py": "being split on branch contract",
-    "edgetl/cli/bench_cmd.py": "being split on branch cli",
-    "edgetl/cli/prune_cmd.py": "being split on branch cli",
-    "edgetl/cli/quantize_cmd.py": "being split on branch cli",
-    "edgetl/cli/export_cmd.py": "being split on branch cli",
 }
 
 

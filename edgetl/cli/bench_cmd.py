@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
-
-DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Results database (default: $EDGETL_RESULTS_DB or "
-                                                             "~/.cache/edgetl/results.db).")]
+from edgetl.cli.bench_options import DbOpt, open_store, profile_timing
+from edgetl.cli.device_options import ssh_options
 
 
 def register(app: typer.Typer) -> None:
@@ -69,144 +69,174 @@ def bench_cmd(
     """Measure single-stream latency (p90 headline, p50/p99, cold start, memory) of each artifact."""
 
     def body():
-        from benchmarks.harness import BenchConfig, InputSource
-        from benchmarks.profiles import Method, load_profile
-        from edgetl.errors import ConfigError, UnknownNameError
-
-        try:
-            source = InputSource(inputs)
-        except ValueError:
-            raise UnknownNameError("input source", inputs, [s.value for s in InputSource]) from None
-        if hint not in ("latency", "throughput", "none"):
-            raise UnknownNameError("performance hint", hint, ["latency", "throughput", "none"])
-        if not artifacts:
-            raise ConfigError("give at least one artifact to benchmark")
-        from benchmarks.interleave import InterleaveConfig
-
-        interleave = InterleaveConfig(rounds=rounds, max_spread=max_spread)
-        base_index = _baseline_index(baseline)
-        prof = load_profile(device)
-        hosts = list(host or [])
-        if not hosts and not local and prof.connection.method is Method.SSH and prof.connection.host:
-            hosts = [prof.connection.host]
-        emulated = None
-        if not hosts:  # a profile of another machine is refused before anything is loaded or timed
-            from benchmarks.profiles import check_local
-
-            if runtime is None:  # the more specific refusal first: a format the profile does not run
-                from edgetl.formats import format_for_suffix
-
-                for p in artifacts:
-                    fmt = format_for_suffix(p.suffix)
-                    if fmt is not None and p.exists():
-                        prof.runtime_for(fmt)
-
-            emulated = check_local(prof, emulate=emulate)
-        b = prof.bench
-        config = BenchConfig(
-            batch=batch, threads=threads if threads is not None else _local_threads(prof.threads, hosts),
-            warmup_runs=warmup_runs if warmup_runs is not None else b.warmup_runs,
-            warmup_s=warmup if warmup is not None else b.warmup_s,
-            min_time_s=min_time if min_time is not None else b.min_time_s,
-            min_count=min_count if min_count is not None else b.min_count,
-            max_time_s=max(max_time if max_time is not None else b.max_time_s,
-                           min_time if min_time is not None else b.min_time_s),
-            runtime=runtime, precision=precision, hint=hint, compile=compile_, inputs=source)
-        store = None
-        if not no_store:
-            from benchmarks.store import ResultsStore
-
-            if db is not None:
-                from edgetl.fileio import check_output
-
-                check_output(db, what="--db")
-
-            store = ResultsStore(db)
+        plan = _plan(artifacts, device=device, host=host, local=local, emulate=emulate, runtime=runtime,
+                     inputs=inputs, hint=hint, baseline=baseline, rounds=rounds, max_spread=max_spread)
+        config = _bench_config(plan, batch=batch, threads=threads, warmup_runs=warmup_runs, warmup=warmup,
+                               min_time=min_time, min_count=min_count, max_time=max_time, runtime=runtime,
+                               precision=precision, hint=hint, compile_=compile_)
+        store = open_store(db, no_store=no_store)
         run_id = time.strftime("%Y%m%d-%H%M%S")
-        if hosts:
-            results, errors = _remote(hosts, prof, config, store, run_id)
+        if plan.hosts:
+            ssh = ssh_options(ssh_config=ssh_config, port=port, remote_edgetl=remote_edgetl,
+                              connect_timeout=connect_timeout)
+            results, errors = _remote(artifacts, plan, config, store, run_id, ssh=ssh, eval_data=eval_data)
         else:
-            results, errors = _local(prof, config, store, run_id, interleave, base_index, emulated), {}
-        db_path = str(store.path) if store else None
-        result = {"device": prof.name, "run_id": run_id, "db": db_path,
-                  "results": [r.to_dict() for r in results], "errors": errors}
-
-        def render(console):
-            remote = any(r.host != "local" for r in results)
-            thr = sorted({str(r.threads or "all") for r in results})
-            table(console, f"{prof.name}: latency per call in ms (p90 headline), batch {batch}, threads "
-                  f"{'/'.join(thr)}; cold = load + first call", ["host"] * remote + RESULT_COLUMNS,
-                  [result_row(r, with_host=remote) for r in results])
-            for r in results:
-                if r.emulated:
-                    console.print(f"[yellow]note:[/] {r.artifact}: {r.emulated}, not measured on {prof.name}",
-                                  highlight=False)
-                for w in r.warnings:
-                    console.print(f"[yellow]warning:[/] {r.host}:{r.artifact}: {w}", highlight=False)
-                sp = r.speedup
-                if sp and not sp["reliable"]:
-                    console.print(f"[yellow]unreliable speed-up:[/] {r.artifact} vs {sp['baseline']}: "
-                                  f"{sp['unreliable_because']}", highlight=False)
-            if db_path:
-                console.print(f"stored in {db_path} (run {run_id}); `edgetl report` draws the plots")
-
-        if errors:
-            from rich.console import Console
-
-            from edgetl.errors import RemoteError
-
-            if results and not json_:
-                render(Console(stderr=True))
-            raise RemoteError("; ".join(f"{h}: {m}" for h, m in errors.items()))
-        return result, render
-
-    def _baseline_index(name):
-        if name is None:
-            return 0
-        for i, p in enumerate(artifacts):
-            if name in (str(p), p.name):
-                return i
-        from edgetl.errors import UnknownNameError
-
-        raise UnknownNameError("--baseline artifact", name, [str(p) for p in artifacts])
-
-    def _local(prof, config, store, run_id, interleave, base_index, emulated):
-        from benchmarks.contention import choose_omp_wait_policy
-        from benchmarks.interleave import Candidate, measure_interleaved
-        from edgetl.models import load_model
-
-        omp = choose_omp_wait_policy()  # before torch loads OpenMP (load_model imports torch)
-        cands = []
-        for path in artifacts:
-            art = load_model(str(path))
-            reload = (lambda p=str(path): load_model(p)) if art.path is None else None
-            cands.append(Candidate(art, source_path=path, reload=reload))
-        run = measure_interleaved(cands, config, profile=prof, baseline=base_index, interleave=interleave)
-        for c, res in zip(cands, run.results, strict=True):
-            res.env["omp_wait_policy"] = omp
-            res.emulated = emulated
-            if eval_data:
-                _add_accuracy(res, c.artifact, eval_data, config.threads)
-            if store is not None:
-                store.add(res, run_id=run_id)
-        return run.results
-
-    def _remote(hosts, prof, config, store, run_id):
-        from benchmarks.remote import SshTarget, bench_farm
-
-        targets = [SshTarget.from_profile(h, prof, ssh_config=str(ssh_config) if ssh_config else None, port=port,
-                                          remote_edgetl=remote_edgetl, connect_timeout_s=connect_timeout)
-                   for h in hosts]
-        from edgetl.progress import task
-
-        with task(f"bench on {len(hosts)} board(s)", total=len(hosts) * len(artifacts)) as bar:
-            farm = bench_farm(artifacts, targets, profile=prof, config=config, store=store, run_id=run_id,
-                              eval_data=eval_data,
-                              on_result=lambda r: bar.advance(1, last=f"{r.host}:{r.artifact}",
-                                                              p90_ms=r.latency_ms.p90))
-        return farm.results, farm.errors
+            results, errors = _local(artifacts, plan, config, store, run_id, eval_data=eval_data), {}
+        return _report(plan.profile, results, errors, store=store, run_id=run_id, batch=batch, json_=json_)
 
     execute(body, json_=json_, debug=debug)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the options resolve to before anything is loaded or timed."""
+
+    profile: Any  # benchmarks.profiles.DeviceProfile
+    hosts: list[str]
+    source: Any  # benchmarks.harness.InputSource
+    interleave: Any  # benchmarks.interleave.InterleaveConfig
+    baseline: int
+    emulated: str | None
+
+
+def _plan(artifacts: list[Path], *, device: str, host: list[str] | None, local: bool, emulate: bool,
+          runtime: str | None, inputs: str, hint: str, baseline: str | None, rounds: int,
+          max_spread: float) -> _Plan:
+    """Cheap checks first (names, values, the profile against this machine), in the order users meet them."""
+    from benchmarks.harness import InputSource
+    from benchmarks.interleave import InterleaveConfig
+    from benchmarks.profiles import Method, load_profile
+    from edgetl.errors import ConfigError, UnknownNameError
+
+    try:
+        source = InputSource(inputs)
+    except ValueError:
+        raise UnknownNameError("input source", inputs, [s.value for s in InputSource]) from None
+    if hint not in ("latency", "throughput", "none"):
+        raise UnknownNameError("performance hint", hint, ["latency", "throughput", "none"])
+    if not artifacts:
+        raise ConfigError("give at least one artifact to benchmark")
+    interleave = InterleaveConfig(rounds=rounds, max_spread=max_spread)
+    base_index = _baseline_index(artifacts, baseline)
+    prof = load_profile(device)
+    hosts = list(host or [])
+    if not hosts and not local and prof.connection.method is Method.SSH and prof.connection.host:
+        hosts = [prof.connection.host]
+    emulated = None
+    if not hosts:  # a profile of another machine is refused before anything is loaded or timed
+        from benchmarks.profiles import check_local
+
+        if runtime is None:  # the more specific refusal first: a format the profile does not run
+            from edgetl.formats import format_for_suffix
+
+            for p in artifacts:
+                fmt = format_for_suffix(p.suffix)
+                if fmt is not None and p.exists():
+                    prof.runtime_for(fmt)
+
+        emulated = check_local(prof, emulate=emulate)
+    return _Plan(prof, hosts, source, interleave, base_index, emulated)
+
+
+def _baseline_index(artifacts: list[Path], name: str | None) -> int:
+    if name is None:
+        return 0
+    for i, p in enumerate(artifacts):
+        if name in (str(p), p.name):
+            return i
+    from edgetl.errors import UnknownNameError
+
+    raise UnknownNameError("--baseline artifact", name, [str(p) for p in artifacts])
+
+
+def _bench_config(plan: _Plan, *, batch: int, threads: int | None, warmup_runs: int | None, warmup: float | None,
+                  min_time: float | None, min_count: int | None, max_time: float | None, runtime: str | None,
+                  precision: str | None, hint: str, compile_: bool):
+    """The measurement settings: each option given, else the device profile's."""
+    from benchmarks.harness import BenchConfig
+
+    return BenchConfig(
+        batch=batch, threads=threads if threads is not None else _local_threads(plan.profile.threads, plan.hosts),
+        **profile_timing(plan.profile.bench, warmup=warmup, warmup_runs=warmup_runs, min_time=min_time,
+                         min_count=min_count, max_time=max_time),
+        runtime=runtime, precision=precision, hint=hint, compile=compile_, inputs=plan.source)
+
+
+def _local(artifacts: list[Path], plan: _Plan, config, store, run_id: str, *, eval_data: str | None):
+    from benchmarks.contention import choose_omp_wait_policy
+    from benchmarks.interleave import Candidate, measure_interleaved
+    from edgetl.models import load_model
+
+    omp = choose_omp_wait_policy()  # before torch loads OpenMP (load_model imports torch)
+    cands = []
+    for path in artifacts:
+        art = load_model(str(path))
+        reload = (lambda p=str(path): load_model(p)) if art.path is None else None
+        cands.append(Candidate(art, source_path=path, reload=reload))
+    run = measure_interleaved(cands, config, profile=plan.profile, baseline=plan.baseline,
+                              interleave=plan.interleave)
+    for c, res in zip(cands, run.results, strict=True):
+        res.env["omp_wait_policy"] = omp
+        res.emulated = plan.emulated
+        if eval_data:
+            _add_accuracy(res, c.artifact, eval_data, config.threads)
+        if store is not None:
+            store.add(res, run_id=run_id)
+    return run.results
+
+
+def _remote(artifacts: list[Path], plan: _Plan, config, store, run_id: str, *, ssh: dict[str, Any],
+            eval_data: str | None):
+    from benchmarks.remote import SshTarget, bench_farm
+    from edgetl.progress import task
+
+    targets = [SshTarget.from_profile(h, plan.profile, **ssh) for h in plan.hosts]
+    with task(f"bench on {len(plan.hosts)} board(s)", total=len(plan.hosts) * len(artifacts)) as bar:
+        farm = bench_farm(artifacts, targets, profile=plan.profile, config=config, store=store, run_id=run_id,
+                          eval_data=eval_data,
+                          on_result=lambda r: bar.advance(1, last=f"{r.host}:{r.artifact}",
+                                                          p90_ms=r.latency_ms.p90))
+    return farm.results, farm.errors
+
+
+def _report(prof, results: list, errors: dict[str, str], *, store, run_id: str, batch: int, json_: bool):
+    """The result and its rendering; a failed board raises after the rows taken elsewhere are shown."""
+    db_path = str(store.path) if store else None
+    result = {"device": prof.name, "run_id": run_id, "db": db_path,
+              "results": [r.to_dict() for r in results], "errors": errors}
+
+    def render(console):
+        _render(console, prof, results, batch=batch, db_path=db_path, run_id=run_id)
+
+    if errors:
+        from rich.console import Console
+
+        from edgetl.errors import RemoteError
+
+        if results and not json_:
+            render(Console(stderr=True))
+        raise RemoteError("; ".join(f"{h}: {m}" for h, m in errors.items()))
+    return result, render
+
+
+def _render(console, prof, results: list, *, batch: int, db_path: str | None, run_id: str) -> None:
+    remote = any(r.host != "local" for r in results)
+    thr = sorted({str(r.threads or "all") for r in results})
+    table(console, f"{prof.name}: latency per call in ms (p90 headline), batch {batch}, threads "
+          f"{'/'.join(thr)}; cold = load + first call", ["host"] * remote + RESULT_COLUMNS,
+          [result_row(r, with_host=remote) for r in results])
+    for r in results:
+        if r.emulated:
+            console.print(f"[yellow]note:[/] {r.artifact}: {r.emulated}, not measured on {prof.name}",
+                          highlight=False)
+        for w in r.warnings:
+            console.print(f"[yellow]warning:[/] {r.host}:{r.artifact}: {w}", highlight=False)
+        sp = r.speedup
+        if sp and not sp["reliable"]:
+            console.print(f"[yellow]unreliable speed-up:[/] {r.artifact} vs {sp['baseline']}: "
+                          f"{sp['unreliable_because']}", highlight=False)
+    if db_path:
+        console.print(f"stored in {db_path} (run {run_id}); `edgetl report` draws the plots")
 
 
 def _local_threads(profile_threads: int | None, hosts: list[str]) -> int | None:

@@ -59,53 +59,64 @@ def export_cmd(
     """Export a model to deployment formats; every format that runs here is parity-checked against the source."""
 
     def body():
-        from edgetl.errors import ConfigError
-        from exporters.base import ExportOptions, check_request, export
-
-        # Cheap checks first: a wrong name or option, a missing extra or an existing output must not wait for
-        # the model to load.
-        values = {"opset": opset, "dynamic_batch": dynamic_batch, "max_batch": max_batch, "precision": precision,
-                  "dla_core": dla_core, "parity": not no_parity}
-        options = ExportOptions.from_mapping({k: v for k, v in values.items() if v is not None})
-        check_request(format_, options)
-        if output.exists() and not overwrite:
-            raise ConfigError(f"output directory {output} exists; pass --overwrite to replace it")
-        from edgetl.fileio import check_output
-
-        check_output(output, kind="dir")  # parent, writability, name length: before any work
-
-        import torch
-
-        from edgetl.models import load_model
-
-        torch.set_flush_denormal(True)
+        options = _check_request(format_, output, overwrite=overwrite, opset=opset, dynamic_batch=dynamic_batch,
+                                 max_batch=max_batch, precision=precision, dla_core=dla_core, parity=not no_parity)
         flags = co.contract_flags(inputs=input_, opt_shapes=opt_shape, roles=role, task=task)  # -o is the directory
-        art = load_model(model, arch=arch, unsafe_pickle=unsafe_pickle)
-        splits = None
-        if art.input_spec is None or co.flags_given(flags):
-            art = co.with_contract(art, flags)  # a contradiction with the file: one line, before any export
-        if data is not None and not no_parity:
-            if art.input_spec is None:  # any model: the data forms of edgetl.inputs, read against its contract
-                from edgetl.inputs import load_inputs
-
-                splits = load_inputs(data, contract=art.contract)
-            else:
-                from edgetl.data import load_data
-
-                splits = load_data(data, seed=seed)
-        from edgetl.errors import PartialExportError
-
-        try:
-            exported = export(art, format_, output, options=options, data=splits, overwrite=overwrite,
-                              name=Path(model).stem if Path(model).exists() else None)
-            failed: dict = {}
-        except PartialExportError as e:
-            if not e.results:
-                raise
-            exported, failed = e.results, e.failures
+        art, splits = _load(model, flags, arch=arch, unsafe_pickle=unsafe_pickle,
+                            data=None if no_parity else data, seed=seed)
+        exported, failed = _export(art, format_, output, options=options, data=splits, overwrite=overwrite,
+                                   model=model)
         return _report(model, output, exported, failed)
 
     execute(body, json_=json_, debug=debug)
+
+
+def _check_request(format_: str, output: Path, *, overwrite: bool, **values):
+    """Cheap checks first: a wrong name or option, a missing extra or an existing output must not wait for the
+    model to load. Returns the :class:`ExportOptions` of the options given."""
+    from edgetl.fileio import check_output
+    from exporters.base import ExportOptions, check_request
+
+    options = ExportOptions.from_mapping({k: v for k, v in values.items() if v is not None})
+    check_request(format_, options)
+    check_output(output, kind="dir", overwrite=overwrite)  # exists, parent, writability, name length
+    return options
+
+
+def _load(model: str, flags, *, arch: str | None, unsafe_pickle: bool, data: str | None, seed: int):
+    """The model with its contract, and the parity inputs when ``data`` names them."""
+    import torch
+
+    from edgetl.models import load_model
+
+    torch.set_flush_denormal(True)
+    art = load_model(model, arch=arch, unsafe_pickle=unsafe_pickle)
+    if art.input_spec is None or co.flags_given(flags):
+        art = co.with_contract(art, flags)  # a contradiction with the file: one line, before any export
+    if data is None:
+        return art, None
+    if art.input_spec is None:  # any model: the data forms of edgetl.inputs, read against its contract
+        from edgetl.inputs import load_inputs
+
+        return art, load_inputs(data, contract=art.contract)
+    from edgetl.data import load_data
+
+    return art, load_data(data, seed=seed)
+
+
+def _export(art, format_: str, output: Path, *, options, data, overwrite: bool, model: str) -> tuple[list, dict]:
+    """Every format's artifact, and each failed format's error (the others are still delivered)."""
+    from edgetl.errors import PartialExportError
+    from exporters.base import export
+
+    try:
+        exported = export(art, format_, output, options=options, data=data, overwrite=overwrite,
+                          name=Path(model).stem if Path(model).exists() else None)
+    except PartialExportError as e:
+        if not e.results:
+            raise
+        return e.results, e.failures
+    return exported, {}
 
 
 def _report(model: str, output: Path, exported: list, failed: dict):

@@ -14,7 +14,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgetl.cli import device_options as do
 from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
+from edgetl.cli.bench_options import DbOpt, open_store, profile_timing
 
 
 def register(app: typer.Typer) -> None:
@@ -47,6 +49,9 @@ def package_cmd(
     """Package a model for a device: model, manifest, labels, requirements, runner, reference data, checksums."""
 
     def body():
+        from edgetl.fileio import check_output
+
+        check_output(output, kind="dir", overwrite=overwrite)  # the same checks as every -o, before any work
         import torch
 
         from edgetl.package import package
@@ -89,11 +94,10 @@ def verify_cmd(
     warmup_runs: Annotated[Optional[int], typer.Option("--warmup-runs", help="Minimum warm-up calls.")] = None,
     python: Annotated[Optional[str], typer.Option("--python", help="Python that runs run.py (default: python3 on a "
                                                   "board, this interpreter here), e.g. '~/venv/bin/python'.")] = None,
-    ssh_config: Annotated[Optional[Path], typer.Option("--ssh-config", help="SSH config file.")] = None,
-    port: Annotated[Optional[int], typer.Option(help="SSH port.")] = None,
-    connect_timeout: Annotated[Optional[int], typer.Option("--connect-timeout", help="SSH connect timeout, s.")] = None,
-    db: Annotated[Optional[Path], typer.Option("--db", help="Results database (default: $EDGETL_RESULTS_DB or "
-                                               "~/.cache/edgetl/results.db).")] = None,
+    ssh_config: do.SshConfigOpt = None,
+    port: do.PortOpt = None,
+    connect_timeout: do.ConnectTimeoutOpt = None,
+    db: DbOpt = None,
     no_store: Annotated[bool, typer.Option("--no-store", help="Do not write the result to the database.")] = False,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
@@ -107,18 +111,10 @@ def verify_cmd(
 
         man = read_manifest(bundle)
         prof = _profile(device or man["device"]["profile"])
-        b = prof.bench
         bench = BenchConfig(threads=threads if threads is not None else prof.threads,
-                            warmup_s=warmup if warmup is not None else b.warmup_s,
-                            warmup_runs=warmup_runs if warmup_runs is not None else b.warmup_runs,
-                            min_time_s=min_time if min_time is not None else b.min_time_s,
-                            min_count=min_count if min_count is not None else b.min_count,
-                            max_time_s=max(b.max_time_s, min_time or 0.0))
-        store = None
-        if not no_store:
-            from benchmarks.store import ResultsStore
-
-            store = ResultsStore(db)
+                            **profile_timing(prof.bench, warmup=warmup, warmup_runs=warmup_runs, min_time=min_time,
+                                             min_count=min_count))
+        store = open_store(db, no_store=no_store)
         r = verify_bundle(bundle, host=host, data=data, device=prof.name, ssh_config=str(ssh_config) if ssh_config
                           else None, port=port, python=python, bench=bench, store=store, sample_size=sample,
                           connect_timeout_s=connect_timeout)

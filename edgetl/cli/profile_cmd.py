@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import shlex
-import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
+from edgetl.cli import device_options as do
 from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
+
+# The SSH helpers live in device_options; these names stay for callers that import them from here.
+_ssh, _json_line = do.ssh_run, do.json_line
 
 
 def register(app: typer.Typer) -> None:
@@ -37,42 +40,34 @@ def profile_cmd(
                                                    "goes beside it). Default: beside the artifact, timestamped.")] = None,
     top: Annotated[int, typer.Option(help="Rows in the table and the chart.")] = 15,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
-    ssh_config: Annotated[Optional[Path], typer.Option("--ssh-config", help="SSH config file.")] = None,
-    port: Annotated[Optional[int], typer.Option(help="SSH port.")] = None,
-    remote_edgetl: Annotated[Optional[str], typer.Option("--remote-edgetl", help="Command that runs edgetl on "
-                                                         "the board.")] = None,
-    connect_timeout: Annotated[Optional[int], typer.Option("--connect-timeout", help="SSH connect timeout, s.")] = None,
+    ssh_config: do.SshConfigOpt = None,
+    port: do.PortOpt = None,
+    remote_edgetl: do.RemoteEdgetlOpt = None,
+    connect_timeout: do.ConnectTimeoutOpt = None,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Per-layer latency (runtime profiler), mapped to PyTorch modules, with the profiler's own inflation."""
 
     def body():
-        from benchmarks.profiles import load_profile
         from edgetl.errors import ConfigError, InputFileError
+        from edgetl.fileio import check_output
 
         if not artifact.exists():
             raise InputFileError(f"artifact not found: {artifact}")
         if calls < 2:
             raise ConfigError(f"--calls must be at least 2, got {calls}")
-        if threads is not None and threads < 1:
-            raise ConfigError(f"--threads must be at least 1, got {threads}")
-        prof_dev = load_profile(device)
+        where = do.resolve_device(device, threads=threads, host=host, ssh_options=do.ssh_options(
+            ssh_config=ssh_config, port=port, remote_edgetl=remote_edgetl, connect_timeout=connect_timeout))
         out = output or artifact.with_name(f"{artifact.name}-{time.strftime('%Y%m%d-%H%M%S')}.profile.json")
         if out.suffix != ".json":
             raise ConfigError(f"the profile is written as JSON; give a .json output, not {out.name}")
-        if out.exists() and not overwrite:
-            raise ConfigError(f"{out} exists; pass --overwrite to replace it")
-        if not out.parent.exists():
-            raise ConfigError(f"output directory {out.parent} does not exist")
-        n_threads = threads if threads is not None else prof_dev.threads
-        if host:
-            prof = _remote(artifact, host, prof_dev, runtime=runtime, threads=n_threads, calls=calls,
-                           ssh_config=ssh_config, port=port, remote_edgetl=remote_edgetl,
-                           connect_timeout=connect_timeout)
+        check_output(out, overwrite=overwrite)  # exists, parent, writability, name length: before any work
+        if where.ssh is not None:
+            prof = _remote(artifact, where, runtime=runtime, calls=calls)
         else:
-            prof = _local(artifact, runtime=runtime, threads=n_threads, calls=calls, source=source,
-                          device=prof_dev.name)
+            prof = _local(artifact, runtime=runtime, threads=where.threads, calls=calls, source=source,
+                          device=where.profile.name)
         from benchmarks.profiler import plot_profile
         from edgetl.fileio import write_json
 
@@ -108,33 +103,15 @@ def _local(artifact: Path, *, runtime, threads, calls, source, device):
     return profile_artifact(art, runtime=runtime, threads=threads, calls=calls, source=src, device=device)
 
 
-def _ssh(argv: list[str], target, *, during: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    from edgetl.errors import RemoteError
-
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
-    except FileNotFoundError:
-        raise RemoteError(f"`{argv[0]}` is not installed here; install the OpenSSH client") from None
-    except subprocess.TimeoutExpired:
-        raise RemoteError(f"{during} on {target.host} took longer than {timeout:.0f} s") from None
-    if r.returncode == 255 or (argv[0] == "scp" and r.returncode != 0):
-        last = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
-        raise RemoteError(f"{during} on {target.host} failed: {last}; check the host, its key "
-                          f"(ssh {target.host} once) and that sshd runs there")
-    return r
-
-
-def _remote(artifact: Path, host: str, prof_dev, *, runtime, threads, calls, ssh_config, port, remote_edgetl,
-            connect_timeout):
+def _remote(artifact: Path, where: do.DeviceTarget, *, runtime, calls):
     """Copy the artifact to the board, run ``edgetl profile --json`` there (or trtexec for an engine)."""
     import yaml
 
     from benchmarks.profiler import LayerProfile
-    from benchmarks.remote import SshTarget, companion_files
+    from benchmarks.remote import companion_files
     from edgetl.errors import RemoteError
 
-    target = SshTarget.from_profile(host, prof_dev, ssh_config=str(ssh_config) if ssh_config else None, port=port,
-                                    remote_edgetl=remote_edgetl, connect_timeout_s=connect_timeout)
+    target, prof_dev, threads = where.ssh, where.profile, where.threads
     files = companion_files(artifact)
     run_dir = f"{target.workdir.rstrip('/')}/profile-{time.strftime('%Y%m%d-%H%M%S')}"
     _ssh(target.ssh_argv(f"mkdir -p {shlex.quote(run_dir)}"), target, during="connecting", timeout=60)
@@ -200,11 +177,3 @@ def _remote_trtexec(target, run_dir: str, artifact: Path, calls: int):
     return prof
 
 
-def _json_line(stdout: str) -> dict[str, Any] | None:
-    for line in reversed(stdout.strip().splitlines()):
-        if line.strip().startswith("{"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                return None
-    return None

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgetl.cli import device_options as do
 from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
 from edgetl.cli.config_options import config_options
 from edgetl.cli.prune_contract import contract_prune
@@ -49,10 +50,9 @@ def prune_cmd(
                                                    "measured).")] = "fp32",
     host: Annotated[Optional[str], typer.Option("--host", "-H", help="Measure the latency table and the pruned "
                                                 "models on this board over SSH.")] = None,
-    ssh_config: Annotated[Optional[Path], typer.Option("--ssh-config", help="SSH config file.")] = None,
-    port: Annotated[Optional[int], typer.Option(help="SSH port.")] = None,
-    remote_edgetl: Annotated[Optional[str], typer.Option("--remote-edgetl", help="Command that runs edgetl on "
-                                                         "the board.")] = None,
+    ssh_config: do.SshConfigOpt = None,
+    port: do.PortOpt = None,
+    remote_edgetl: do.RemoteEdgetlOpt = None,
     quick_latency: Annotated[bool, typer.Option("--quick-latency", help="Few timing calls per point and a coarse "
                                                 "width grid (smoke runs, tests; not for published figures).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
@@ -64,27 +64,7 @@ def prune_cmd(
     """Remove the least relevant channels; writes a genuinely smaller model that reloads safely."""
 
     def body():
-        import torch
-
-        from edgetl.data import load_data
-        from edgetl.errors import ConfigError
-        from edgetl.models import load_model, save_model
-        from edgetl.prune import Scope, layers_matching, prune
-
-        torch.set_flush_denormal(True)
-        if output.exists() and not overwrite:
-            raise ConfigError(f"{output} exists; pass --overwrite to replace it")
-        from edgetl.fileio import check_output
-
-        check_output(output)  # parent, writability, name length: before any work
-        if output.suffix.lower() not in (".pt", ".pth"):
-            raise ConfigError(f"the pruned model is saved as an edgetl checkpoint; give a .pt output, not {output.name}")
-        if "ratio" in options and ("target_flops" in options or "target_params" in options
-                                   or target_latency_ms is not None):
-            raise ConfigError("give either --ratio or a target (--target-flops / --target-params / "
-                              "--target-latency-ms), not both")
-        if host and target_latency_ms is None:
-            raise ConfigError("--host measures a latency target on a board; give --target-latency-ms too")
+        _check_request(output, options, overwrite=overwrite, target_latency_ms=target_latency_ms, host=host)
         latency = None
         if target_latency_ms is not None:
             from edgetl.cli.latency_target import LatencyTarget
@@ -93,53 +73,93 @@ def prune_cmd(
                                                  threads=threads, max_iterations=max_iterations,
                                                  cache_dir=latency_cache, quick=quick_latency,
                                                  precision=latency_precision, host=host,
-                                                 ssh_options={"ssh_config": str(ssh_config) if ssh_config else None,
-                                                              "port": port, "remote_edgetl": remote_edgetl})
-        opts = dict(options)
-        if opts.get("round_to") == 1:
-            opts["round_to"] = None  # widths are not rounded: the same as rounding to 1, recorded as none
-        cfg = CONFIG(**opts, scope=Scope.LAYERWISE if layerwise else Scope.GLOBAL,
-                     ignore=layers_matching(*ignore) if ignore else None)
-        art = load_model(model, arch=arch)
-        splits = load_data(data, seed=cfg.seed)
-        if latency is not None:
-            pruned, latency_result = latency.prune(art, cfg, splits)
-        else:
-            pruned, latency_result = prune(art, cfg, data=splits), None
-        save_model(pruned, output)
-        rec = pruned.history[-1]
-        m = rec.metrics
-        result = {"output": str(output), "arch": pruned.arch, "data": splits.name, "file_bytes": output.stat().st_size,
-                  "seconds": rec.seconds, **{k: v for k, v in m.items() if k not in ("widths_before", "widths_after")},
-                  "widths_before": m["widths_before"], "widths_after": m["widths_after"]}
-        if latency_result is not None:
-            result["latency"] = latency_result
-
-        def render(console):
-            def pct(v):
-                return "-" if v is None else f"{100 * v:.2f} %"
-
-            table(console, f"pruned with {cfg.criterion} (ratio {m['ratio']:.3f})", ["", "before", "after", "change"], [
-                ["params", f"{m['params_before']:,}", f"{m['params_after']:,}", f"-{100 * m['params_reduction']:.1f} %"],
-                ["MACs", f"{m['macs_before']:,}", f"{m['macs_after']:,}", f"-{100 * m['flops_reduction']:.1f} %"],
-                ["weights bytes", f"{m['bytes_before']:,}", f"{m['bytes_after']:,}", ""],
-                ["val accuracy", pct(m["val_accuracy_before"]), pct(m["val_accuracy_after"]), ""],
-            ])
-            for s in m["scoring"][:1]:
-                if s.get("cost_ratio") is not None:
-                    console.print(f"scoring cost: {s['cost_ratio']:.2f}x one forward+backward; "
-                                  f"canonizers: {', '.join(s.get('canonizers', [])) or 'none'}")
-                for note in s.get("notes", []):
-                    console.print(f"note: {note}")
-            if latency_result is not None:
-                _render_latency(console, latency_result)
-            if m["capped_layers"]:
-                console.print(f"per-layer cap kept channels in {len(m['capped_layers'])} layers")
-            console.print(f"saved {output} ({result['file_bytes']:,} bytes, {rec.seconds:.1f} s)")
-
-        return result, render
+                                                 ssh_options=do.ssh_options(ssh_config=ssh_config, port=port,
+                                                                            remote_edgetl=remote_edgetl))
+        cfg = _config(options, layerwise=layerwise, ignore=ignore)
+        pruned, splits, latency_result = _run(model, data, cfg, arch=arch, latency=latency, output=output)
+        return _report(pruned, cfg, output, data_name=splits.name, latency_result=latency_result)
 
     execute(body, json_=json_, debug=debug)
+
+
+def _check_request(output: Path, options: dict, *, overwrite: bool, target_latency_ms: float | None,
+                   host: str | None) -> None:
+    """The output and the combination of options, before any model or data loads."""
+    from edgetl.errors import ConfigError
+    from edgetl.fileio import check_output
+
+    check_output(output, overwrite=overwrite)  # exists, parent, writability, name length: before any work
+    if output.suffix.lower() not in (".pt", ".pth"):
+        raise ConfigError(f"the pruned model is saved as an edgetl checkpoint; give a .pt output, not {output.name}")
+    if "ratio" in options and ("target_flops" in options or "target_params" in options
+                               or target_latency_ms is not None):
+        raise ConfigError("give either --ratio or a target (--target-flops / --target-params / "
+                          "--target-latency-ms), not both")
+    if host and target_latency_ms is None:
+        raise ConfigError("--host measures a latency target on a board; give --target-latency-ms too")
+
+
+def _config(options: dict, *, layerwise: bool, ignore: list[str] | None):
+    from edgetl.prune import Scope, layers_matching
+
+    opts = dict(options)
+    if opts.get("round_to") == 1:
+        opts["round_to"] = None  # widths are not rounded: the same as rounding to 1, recorded as none
+    return CONFIG(**opts, scope=Scope.LAYERWISE if layerwise else Scope.GLOBAL,
+                  ignore=layers_matching(*ignore) if ignore else None)
+
+
+def _run(model: str, data: str, cfg, *, arch: str | None, latency, output: Path):
+    """Load, prune (to the latency target when there is one) and save; returns (pruned, splits, latency report)."""
+    import torch
+
+    from edgetl.data import load_data
+    from edgetl.models import load_model, save_model
+    from edgetl.prune import prune
+
+    torch.set_flush_denormal(True)
+    art = load_model(model, arch=arch)
+    splits = load_data(data, seed=cfg.seed)
+    if latency is not None:
+        pruned, latency_result = latency.prune(art, cfg, splits)
+    else:
+        pruned, latency_result = prune(art, cfg, data=splits), None
+    save_model(pruned, output)
+    return pruned, splits, latency_result
+
+
+def _report(pruned, cfg, output: Path, *, data_name: str, latency_result: dict | None):
+    rec = pruned.history[-1]
+    m = rec.metrics
+    result = {"output": str(output), "arch": pruned.arch, "data": data_name, "file_bytes": output.stat().st_size,
+              "seconds": rec.seconds, **{k: v for k, v in m.items() if k not in ("widths_before", "widths_after")},
+              "widths_before": m["widths_before"], "widths_after": m["widths_after"]}
+    if latency_result is not None:
+        result["latency"] = latency_result
+    return result, lambda console: _render(console, cfg, m, result, latency_result, output, rec.seconds)
+
+
+def _render(console, cfg, m: dict, result: dict, latency_result: dict | None, output: Path, seconds: float) -> None:
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.2f} %"
+
+    table(console, f"pruned with {cfg.criterion} (ratio {m['ratio']:.3f})", ["", "before", "after", "change"], [
+        ["params", f"{m['params_before']:,}", f"{m['params_after']:,}", f"-{100 * m['params_reduction']:.1f} %"],
+        ["MACs", f"{m['macs_before']:,}", f"{m['macs_after']:,}", f"-{100 * m['flops_reduction']:.1f} %"],
+        ["weights bytes", f"{m['bytes_before']:,}", f"{m['bytes_after']:,}", ""],
+        ["val accuracy", pct(m["val_accuracy_before"]), pct(m["val_accuracy_after"]), ""],
+    ])
+    for s in m["scoring"][:1]:
+        if s.get("cost_ratio") is not None:
+            console.print(f"scoring cost: {s['cost_ratio']:.2f}x one forward+backward; "
+                          f"canonizers: {', '.join(s.get('canonizers', [])) or 'none'}")
+        for note in s.get("notes", []):
+            console.print(f"note: {note}")
+    if latency_result is not None:
+        _render_latency(console, latency_result)
+    if m["capped_layers"]:
+        console.print(f"per-layer cap kept channels in {len(m['capped_layers'])} layers")
+    console.print(f"saved {output} ({result['file_bytes']:,} bytes, {seconds:.1f} s)")
 
 
 def _render_latency(console, lr: dict) -> None:

@@ -55,8 +55,7 @@ def quantize_cmd(
 
     def body():
         from edgetl import gates
-        from edgetl.errors import BudgetError, ConfigError
-        from edgetl.quantize import QuantizeConfig, quantize
+        from edgetl.quantize import QuantizeConfig
 
         # Cheap checks first: names, values and the output, before any model or data loads.
         budget = gates.budget_for("quantize", max_drop)
@@ -64,61 +63,78 @@ def quantize_cmd(
                              allow_drop=allow_drop, mode=mode, calibration=calibration, seed=seed,
                              keep_float=tuple(k.strip() for k in (keep_float or "").split(",") if k.strip()),
                              max_float_layers=max_float_layers)
-        if output.exists() and not overwrite:
-            raise ConfigError(f"{output} exists; pass --overwrite to replace it")
-        _check_suffix(cfg, output)
-        from edgetl.fileio import check_output
-        from edgetl.quantize import Backend, QuantPrecision
-
-        bundle = cfg.backend is Backend.TENSORRT and cfg.precision is QuantPrecision.FP16
-        check_output(output, kind="dir" if bundle else "file")  # before any model or data loads
-
-        import torch
-
-        from edgetl.data import load_data
-        from edgetl.models import load_model
-        from edgetl.stages import StageContext
-
-        torch.set_flush_denormal(True)
-        art = load_model(model)
-        splits = load_data(data, seed=seed)
-        try:
-            q = quantize(art, cfg, data=splits, ctx=StageContext(output=output))
-        except BudgetError as e:  # the quantizer's fallback could not bring it inside: nothing was written
-            bm = getattr(e, "metrics", None)
-            if bm is None:
-                raise
-            kept = bm.get("kept_float") or []
-            v = gates.check("quantize", before=bm["fp32_accuracy"], after=bm["accuracy"], split=cfg.eval_split,
-                            budget=budget, note=f"best reached keeps {len(kept)} layer(s) in float"
-                            + (f": {', '.join(kept)}" if kept else ""))
-            raise gates.gate_error(v) from None
-        m = q.history[-1].metrics
-        verdict = gates.check("quantize", before=m["fp32_accuracy"], after=m["accuracy"], agreement=m["agreement"],
-                              split=m["split"], budget=budget, allow_drop=allow_drop)
-        result = {
-            "output": str(q.path), "model": model, "backend": cfg.backend.value, "precision": cfg.precision.value,
-            "data": splits.name, "split": m["split"],
-            "accuracy_before": m["fp32_accuracy"], "accuracy_after": m["accuracy"], "drop_points": m["drop_points"],
-            "agreement": m["agreement"], "size_bytes": m.get("size_bytes"), "fp32_size_bytes": m.get("fp32_size_bytes"),
-            "kept_float": m["kept_float"], "unquantizable": m["unquantizable"], "max_drop": m["max_drop"],
-            "budget_met": m["budget_met"], "calibration": {k: v for k, v in m["calibration"].items() if k != "indices"},
-            "warnings": m["warnings"], "attempts": m["attempts"], "backend_info": m["backend_info"],
-            "seconds": q.history[-1].seconds, "gate": verdict.to_dict(),
-        }
-        if "note" in m:
-            result["note"] = m["note"]
-        if cfg.backend is Backend.ONNXRUNTIME and q.path is not None and q.path.suffix == ".onnx":
-            from edgetl.quantize.onnxruntime import explain_size
-
-            why = explain_size(q.path, m.get("fp32_size_bytes"))
-            if why:
-                result["warnings"] = [*result["warnings"], why]
-                m["warnings"] = result["warnings"]
-
-        return result, lambda console: _render(console, model, cfg, m, result, q.path, verdict)
+        _check_output(cfg, output, overwrite=overwrite)
+        q, splits = _run(model, data, cfg, output=output, budget=budget)
+        return _report(model, cfg, q, data_name=splits.name, budget=budget)
 
     execute(body, json_=json_, debug=debug)
+
+
+def _check_output(cfg, output: Path, *, overwrite: bool) -> None:
+    """The output's suffix for the backend, its kind (a TensorRT fp16 bundle is a directory), and the path."""
+    from edgetl.fileio import check_output
+    from edgetl.quantize import Backend, QuantPrecision
+
+    _check_suffix(cfg, output)
+    bundle = cfg.backend is Backend.TENSORRT and cfg.precision is QuantPrecision.FP16
+    check_output(output, kind="dir" if bundle else "file", overwrite=overwrite)  # before any model or data loads
+
+
+def _run(model: str, data: str, cfg, *, output: Path, budget: float):
+    """Load, quantize; a budget the quantizer could not meet becomes the gate's error (nothing was written)."""
+    import torch
+
+    from edgetl import gates
+    from edgetl.data import load_data
+    from edgetl.errors import BudgetError
+    from edgetl.models import load_model
+    from edgetl.quantize import quantize
+    from edgetl.stages import StageContext
+
+    torch.set_flush_denormal(True)
+    art = load_model(model)
+    splits = load_data(data, seed=cfg.seed)
+    try:
+        return quantize(art, cfg, data=splits, ctx=StageContext(output=output)), splits
+    except BudgetError as e:  # the quantizer's fallback could not bring it inside: nothing was written
+        bm = getattr(e, "metrics", None)
+        if bm is None:
+            raise
+        kept = bm.get("kept_float") or []
+        v = gates.check("quantize", before=bm["fp32_accuracy"], after=bm["accuracy"], split=cfg.eval_split,
+                        budget=budget, note=f"best reached keeps {len(kept)} layer(s) in float"
+                        + (f": {', '.join(kept)}" if kept else ""))
+        raise gates.gate_error(v) from None
+
+
+def _report(model: str, cfg, q, *, data_name: str, budget: float):
+    """The result (with the quantize gate's verdict) and its rendering."""
+    from edgetl import gates
+    from edgetl.quantize import Backend
+
+    m = q.history[-1].metrics
+    verdict = gates.check("quantize", before=m["fp32_accuracy"], after=m["accuracy"], agreement=m["agreement"],
+                          split=m["split"], budget=budget, allow_drop=cfg.allow_drop)
+    result = {
+        "output": str(q.path), "model": model, "backend": cfg.backend.value, "precision": cfg.precision.value,
+        "data": data_name, "split": m["split"],
+        "accuracy_before": m["fp32_accuracy"], "accuracy_after": m["accuracy"], "drop_points": m["drop_points"],
+        "agreement": m["agreement"], "size_bytes": m.get("size_bytes"), "fp32_size_bytes": m.get("fp32_size_bytes"),
+        "kept_float": m["kept_float"], "unquantizable": m["unquantizable"], "max_drop": m["max_drop"],
+        "budget_met": m["budget_met"], "calibration": {k: v for k, v in m["calibration"].items() if k != "indices"},
+        "warnings": m["warnings"], "attempts": m["attempts"], "backend_info": m["backend_info"],
+        "seconds": q.history[-1].seconds, "gate": verdict.to_dict(),
+    }
+    if "note" in m:
+        result["note"] = m["note"]
+    if cfg.backend is Backend.ONNXRUNTIME and q.path is not None and q.path.suffix == ".onnx":
+        from edgetl.quantize.onnxruntime import explain_size
+
+        why = explain_size(q.path, m.get("fp32_size_bytes"))
+        if why:
+            result["warnings"] = [*result["warnings"], why]
+            m["warnings"] = result["warnings"]
+    return result, lambda console: _render(console, model, cfg, m, result, q.path, verdict)
 
 
 def _render(console, model: str, cfg, m: dict, result: dict, path, verdict) -> None:

@@ -9,28 +9,12 @@ Example::
 Names are imported on first use, so ``edgetl.distill.config`` (what the CLI reads) imports no torch.
 """
 
-import importlib
-from typing import Any
+from edgetl.lazy import lazy_exports
 
-_EXPORTS = {
+__all__, __getattr__, __dir__ = lazy_exports(globals(), {
     "edgetl.distill.config": ("DistillConfig", "Optimizer", "Views", "resume_path"),
     "edgetl.distill.distiller": ("distill", "recovery_from"),
     "edgetl.distill.losses": ("FeatureHints", "kd_loss", "kd_loss_from_probs", "parse_feature_pairs", "soft_targets"),
     "edgetl.distill.students": ("TinyCNN", "count_flops"),
     "edgetl.distill.teachers": ("Teacher", "agreement_weights", "class_map_by_name"),
-}
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+})

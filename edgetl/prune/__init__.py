@@ -8,10 +8,9 @@ Example::
 Names are imported on first use, so ``edgetl.prune.config`` (what the CLI reads) imports no torch-pruning.
 """
 
-import importlib
-from typing import Any
+from edgetl.lazy import lazy_exports
 
-_EXPORTS = {
+__all__, __getattr__, __dir__ = lazy_exports(globals(), {
     "edgetl.prune.budget": ("Allocation", "GroupScores", "LatencyFit", "LatencyModel", "allocate", "fit_latency"),
     "edgetl.prune.criteria": ("CRITERIA", "Criterion", "Normalization", "make_criterion"),
     "edgetl.prune.flops": ("ModelCost", "count_flops", "count_params", "layer_widths", "model_cost"),
@@ -19,19 +18,4 @@ _EXPORTS = {
     "edgetl.prune.pruner": ("prune",),
     "edgetl.prune.surgery": ("PrunePlan", "prune_model"),
     "edgetl.prune.relevance": ("Composite", "ReferenceSet", "RelevanceResult", "reference_set", "relevance_scores"),
-}
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+})
