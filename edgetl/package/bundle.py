@@ -60,14 +60,10 @@ def sha256(path: Path) -> str:
 
 
 def check_output(out: Path, *, overwrite: bool) -> None:
-    """Refuse an output path that cannot become the bundle, before any work."""
-    for parent in [out.parent, *out.parent.parents]:
-        if parent.exists() and not parent.is_dir():
-            raise ConfigError(f"cannot create bundle {out}: {parent} is a file, not a directory; choose another -o")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output {out} exists and is a file; choose another -o")
-    if out.exists() and not overwrite:
-        raise ConfigError(f"output {out} exists; pass --overwrite to replace it")
+    """Refuse an output path that cannot become the bundle, before any work (the checks every ``-o`` gets)."""
+    from edgetl.fileio import check_output as check_path
+
+    check_path(out, kind="dir", overwrite=overwrite)
 
 
 def package(source: str | Path, out: str | Path, *, device: str = "x86-cpu", data: str | None = None,
