@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgetl.cli import contract_options as co
 from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
 
 
@@ -48,6 +49,13 @@ def quantize_cmd(
                                                   "in float by the --max-drop fallback.")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the data split and calibration choice.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    input_: co.InputFlag = None,
+    opt_shape: co.OptShapeFlag = None,
+    role: co.RoleFlag = None,
+    task: co.TaskFlag = None,
+    min_snr: co.MinSnrFlag = None,
+    arch: co.ArchFlag = None,
+    arch_args: co.ArchArgsFlag = None,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -76,11 +84,16 @@ def quantize_cmd(
         import torch
 
         from edgetl.data import load_data
-        from edgetl.models import load_model
         from edgetl.stages import StageContext
 
         torch.set_flush_denormal(True)
-        art = load_model(model)
+        from edgetl.cli import contract_quantize as cq
+
+        flags = co.contract_flags(inputs=input_, opt_shapes=opt_shape, roles=role, task=task)  # -o is the file
+        art = cq.load_for_quantize(model, arch=arch, arch_args=arch_args)
+        if cq.wants_contract(art, flags, min_snr=min_snr):
+            return cq.quantize_contract(model, art, cfg, flags, data=data, output=output, max_drop=max_drop,
+                                        min_snr=min_snr)
         splits = load_data(data, seed=seed)
         try:
             q = quantize(art, cfg, data=splits, ctx=StageContext(output=output))
