@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.contention import BlockLoad, ContentionRule, between, snapshot
+from benchmarks.contract_inputs import bench_inputs, feed_runner, input_shape
 from benchmarks.harness import (
     _PRECISION_NAMES,
     BenchConfig,
@@ -45,7 +46,6 @@ from benchmarks.harness import (
     _stored_precision,
     environment,
     model_size,
-    real_inputs,
 )
 from benchmarks.stats import LatencyStats
 from edgetl.artifact import Artifact
@@ -145,7 +145,7 @@ def _open(c: Candidate, config: BenchConfig, profile) -> _Lane:
     runtime = runner_for(art.format, runtime)
     if config.compile and runtime != "torch":
         raise ConfigError(f"--compile is torch.compile; {art.name} runs in {runtime}")
-    inputs, origin = real_inputs(art, batch=config.batch, count=config.distinct_inputs, source=config.inputs)
+    inputs, origin = bench_inputs(art, batch=config.batch, count=config.distinct_inputs, source=config.inputs)
     _preimport(runtime)
     options = RunnerOptions(threads=config.threads, device=config.device, precision=config.precision,
                             extra=_runner_extra(art, config, runtime))
@@ -154,7 +154,7 @@ def _open(c: Candidate, config: BenchConfig, profile) -> _Lane:
     t0 = time.perf_counter_ns()
     if c.reload is not None:
         art = c.reload()
-    runner = open_runner(art, runtime=runtime, options=options)
+    runner = feed_runner(open_runner(art, runtime=runtime, options=options), art)
     try:
         t1 = time.perf_counter_ns()
         fixed = getattr(runner, "fixed_batch", None)
@@ -319,7 +319,7 @@ def _result(lane: _Lane, info: dict[str, Any], config: BenchConfig, profile, il:
         config={**config.to_dict(), "interleaved_rounds": il.rounds, "max_spread": il.max_spread},
         env=env, warnings=warnings, device=getattr(profile, "name", None) or "local",
         artifact_meta={"arch": art.arch, "stages": [r.stage for r in art.history],
-                       "input_shape": list(art.input_spec.shape)},
+                       "input_shape": input_shape(art)},
         contended=contended,
         contention={"rounds": len(lane.blocks), "contended_rounds": n_contended, "used_rounds": used,
                     "others_cores_max": max(others) if others else None,

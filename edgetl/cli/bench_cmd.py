@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from edgetl.cli import contract_options as co
 from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
 
 DbOpt = Annotated[Optional[Path], typer.Option("--db", help="Results database (default: $EDGETL_RESULTS_DB or "
@@ -63,6 +64,9 @@ def bench_cmd(
     rounds: Annotated[int, typer.Option("--rounds", help="Interleaved rounds (A B C A B C ...); contended rounds are re-measured up to as many times again.")] = 5,
     max_spread: Annotated[float, typer.Option("--max-spread", help="A speed-up whose per-round ratios spread more than this fraction is marked unreliable.")] = 0.25,
     emulate: Annotated[bool, typer.Option("--emulate", help="Time this machine with a profile that describes another one (labelled 'emulated on ...').")] = False,
+    input_: co.InputFlag = None,
+    opt_shape: co.OptShapeFlag = None,
+    data: co.BenchDataFlag = None,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -177,9 +181,12 @@ def bench_cmd(
 
         omp = choose_omp_wait_policy()  # before torch loads OpenMP (load_model imports torch)
         cands = []
+        from benchmarks.contract_inputs import prepare
+
+        flags = co.contract_flags(inputs=input_, opt_shapes=opt_shape)
         for path in artifacts:
-            art = load_model(str(path))
-            reload = (lambda p=str(path): load_model(p)) if art.path is None else None
+            art = prepare(load_model(str(path)), flags, data=data)
+            reload = (lambda p=str(path): prepare(load_model(p), flags, data=data)) if art.path is None else None
             cands.append(Candidate(art, source_path=path, reload=reload))
         run = measure_interleaved(cands, config, profile=prof, baseline=base_index, interleave=interleave)
         for c, res in zip(cands, run.results, strict=True):

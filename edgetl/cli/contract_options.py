@@ -131,3 +131,6 @@ ArchArgsFlag = Annotated[Optional[str], typer.Option(
 MinSnrFlag = Annotated[Optional[float], typer.Option(
     "--min-snr", help="Fidelity budget of a model quantized by its contract: the lowest SNR in dB any output may "
     "have against the fp32 model.")]
+BenchDataFlag = Annotated[Optional[str], typer.Option(
+    "--data", "-d", help="Real inputs to time a model by its contract: an .npz named after the inputs, an image "
+    "folder or module:function (a sample rate or token ids cannot be made up).")]
