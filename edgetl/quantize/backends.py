@@ -108,7 +108,13 @@ class QuantizerBackend:
         art = Artifact(format=format_for_suffix(Path(path).suffix) or Format.ONNX, input_spec=None, labels=(),
                        path=Path(path), contract=contract)
         with open_runtime(art, threads=2) as rt:
-            return [rt.run_named(dict(f)) for f in feeds]
+            got = [rt.run_named(dict(f)) for f in feeds]
+        names = contract.output_names
+        if got and set(got[0]) != set(names) and len(got[0]) == len(names):
+            # an OpenVINO port has several names (ONNX's "scores" and "/Reshape_2_output_0") and the runtime
+            # shows any one of them: the outputs are in the model's order, which is the contract's
+            got = [dict(zip(names, g.values(), strict=True)) for g in got]
+        return got
 
     def calibrations(self) -> list[str | None]:
         """The range estimators to try for the first candidate (None: the backend estimates ranges itself)."""
@@ -183,15 +189,21 @@ class OnnxBackend(QuantizerBackend):
         else:
             cache = self.work / f"calibration-{self.method}.json"  # ranges kept per estimator between candidates
             calib = None if cache.exists() else self.calib
-            info = self.qo.quantize_static_onnx(self.pre, out, calib, types=self.types, per_channel=cfg.per_channel,
-                                                exclude=exclude, calibration=self.method, cache=cache)
+            if isinstance(self.calib, np.ndarray):
+                quantize_static = self.qo.quantize_static_onnx
+            else:  # a model of any inputs: feeds by input name (edgetl.quantize.ort_feeds)
+                from edgetl.quantize.ort_feeds import quantize_static_feeds as quantize_static
+            info = quantize_static(self.pre, out, calib, types=self.types, per_channel=cfg.per_channel,
+                                   exclude=exclude, calibration=self.method, cache=cache)
             info["type_choice"] = self.types.to_dict()
         return out, {**self.pre_info, **info}
 
     def unquantized(self, path: Path) -> list[dict[str, str]]:
         return self.qo.unquantized_nodes(self.pre, path)
 
-    def ranking(self, path: Path, batch: np.ndarray) -> list[dict[str, Any]]:
+    def ranking(self, path: Path, batch) -> list[dict[str, Any]]:
+        if not isinstance(batch, np.ndarray):
+            return []  # per-layer taps feed one image input; a model of any inputs is not ranked (no fallback)
         return self.qo.layer_errors(self.pre, path, batch, self.layers())
 
 

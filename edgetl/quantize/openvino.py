@@ -169,6 +169,15 @@ def _source(output):
     return output
 
 
+def _producer(output) -> tuple[str, int]:
+    """(op name, port) of the tensor behind ``output``, through the Result node a model output may be."""
+    node = output.get_node()
+    if node.get_type_name() == "Result":
+        output = node.input_value(0)
+        node = output.get_node()
+    return node.get_friendly_name(), output.get_index()
+
+
 def _taps(model, names: list[str]) -> tuple[Any, list[tuple[int, int]]]:
     """Clone ``model`` with the input source and output of each named op added as outputs; index pairs."""
     m = model.clone()
@@ -182,9 +191,12 @@ def _taps(model, names: list[str]) -> tuple[Any, list[tuple[int, int]]]:
         src = _source(op.input_value(0))
         pairs.append((len(wanted), len(wanted) + 1))
         wanted += [src, op.output(0)]
-    n0 = len(m.outputs)
     m.add_outputs(wanted)
-    return m, [(a + n0, b + n0) if a >= 0 else (-1, -1) for a, b in pairs]
+    # add_outputs adds a tensor once: heads that share an input (a detector's box, score and landmark convs) tap
+    # the same tensor, so each tap's index is looked up, not counted
+    where = {_producer(o): i for i, o in enumerate(m.outputs)}
+    index = [where[_producer(w)] for w in wanted]
+    return m, [(index[a], index[b]) if a >= 0 else (-1, -1) for a, b in pairs]
 
 
 def _collect(model, batch, names: list[str]) -> list[tuple[np.ndarray, np.ndarray] | None]:
