@@ -201,3 +201,44 @@ def test_pt2e_quantizes_own_architecture_state_dict_by_contract(segnet):
     assert out["backend_info"]["quantizer"] == "executorch XNNPACKQuantizer" and out_path.exists()
     assert out["backend_info"]["calibration_calls"] == out["calibration"]["count"]  # one real sample per call
     assert _per_output(out)["output"]["snr_db"] < 200  # int8 kernels really ran
+
+
+# --------------------------------------------------------------------------- unlabeled folders and functions
+def test_classifier_checkpoint_calibrates_from_an_unlabeled_folder_and_a_function(tmp_path, shape_cache):
+    """A labelled classifier (own architecture, edgetl checkpoint with an input spec) and data without labels: a
+    flat image folder (OpenVINO) and ``module:function`` (PT2E); judged on top-1 agreement with the fp32 model."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from edgetl.artifact import Artifact, InputSpec
+    from edgetl.models import save_model
+
+    arch = "tests.shapes:PooledClassifier"
+    art = Artifact(format="torch", model=shapes.trained("PooledClassifier", shape_cache), arch=arch,
+                   input_spec=InputSpec(shape=(1, 28, 28), mean=(0.0,), std=(1.0,)), labels=shapes.WORDS)
+    ckpt = save_model(art, tmp_path / "words.pt")
+    x = shapes.mnist(None)[0][4000:4060]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, img in enumerate((x * 255).round().astype(np.uint8)):
+        Image.fromarray(img[0]).save(folder / f"{i:03d}.png")
+    out = _ok(run_cli("quantize", str(ckpt), "--arch", arch, "--backend", "openvino", "--data", str(folder),
+                      "--max-drop", "10", "-o", str(tmp_path / "w.xml"), "--json"))
+    assert out["by_contract"] and out["task"] == "classification" and out["metric"] == "top1_agreement"
+    assert out["calibration"]["dataset"] == str(folder) and out["calibration"]["count"] == 48
+    assert out["headline"]["value"] >= 0.9 and out["budget_met"] is True and _fake_quantized(tmp_path / "w.xml")
+    np.save(tmp_path / "x.npy", x[:30])
+    (tmp_path / "calib_fn.py").write_text(
+        "import numpy as np\n\n\ndef samples():\n"
+        f"    for img in np.load({str(tmp_path / 'x.npy')!r}):\n        yield {{'image': img[None]}}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "edgetl.cli", "quantize", str(ckpt), "--arch", arch, "--backend",
+                        "pytorch", "--data", "calib_fn:samples", "--max-drop", "10", "-o", str(tmp_path / "w.pte"),
+                        "--json"], capture_output=True, text=True, env=env, timeout=900)
+    pte = _ok(r)
+    assert pte["metric"] == "top1_agreement" and pte["calibration"]["dataset"] == "calib_fn:samples"
+    assert pte["calibration"]["count"] == 24 and pte["calibration"]["check_samples"] == 6
+    assert pte["headline"]["value"] >= 0.8 and (tmp_path / "w.pte").exists()

@@ -28,10 +28,32 @@ def load_for_quantize(model: str, *, arch: str | None, arch_args: str | None) ->
     return load_model(model, arch=arch, arch_args=args or None)
 
 
-def wants_contract(art: Any, flags: Any, *, min_snr: float | None) -> bool:
-    """Any contract flag or ``--min-snr``, or a model that is not a one-input labelled classifier with an input
-    spec: quantize by the contract. Otherwise the classifier path runs unchanged."""
-    return co.wants_contract(flags, art, reference=None, metric=None) or min_snr is not None
+def unlabeled(data: str) -> bool:
+    """Data that carries no labels: an image folder with no class folders, an ``.npz`` without ``x``/``y`` (arrays
+    named after the inputs), or ``module:function``. A classifier calibrates from it by its contract too."""
+    import numpy as np
+
+    from edgetl.inputs import _IMAGE_SUFFIXES, _is_function_spec
+
+    path = Path(data)
+    if not path.exists():
+        return _is_function_spec(data)
+    if path.is_dir():
+        return any(f.is_file() and f.suffix.lower() in _IMAGE_SUFFIXES for f in path.iterdir())
+    if path.suffix.lower() == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return "x" not in z.files
+        except (OSError, ValueError):
+            return False  # the dataset loader names what is wrong with it
+    return False
+
+
+def wants_contract(art: Any, flags: Any, *, min_snr: float | None, data: str | None = None) -> bool:
+    """Any contract flag or ``--min-snr``, unlabeled ``--data``, or a model that is not a one-input labelled
+    classifier with an input spec: quantize by the contract. Otherwise the classifier path runs unchanged."""
+    return (co.wants_contract(flags, art, reference=None, metric=None) or min_snr is not None
+            or (data is not None and unlabeled(data)))
 
 
 def quantize_contract(model: str, art: Any, cfg: Any, flags: Any, *, data: str, output: Path,

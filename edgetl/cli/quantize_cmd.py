@@ -91,7 +91,7 @@ def quantize_cmd(
 
         flags = co.contract_flags(inputs=input_, opt_shapes=opt_shape, roles=role, task=task)  # -o is the file
         art = cq.load_for_quantize(model, arch=arch, arch_args=arch_args)
-        if cq.wants_contract(art, flags, min_snr=min_snr):
+        if cq.wants_contract(art, flags, min_snr=min_snr, data=data):
             return cq.quantize_contract(model, art, cfg, flags, data=data, output=output, max_drop=max_drop,
                                         min_snr=min_snr)
         splits = load_data(data, seed=seed)

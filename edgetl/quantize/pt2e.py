@@ -106,10 +106,11 @@ def capture_dynamic(model, artifact: Artifact, batch: int):
 
 # --------------------------------------------------------------------------- any model, by its contract
 def _args(feed: dict, artifact: Artifact) -> tuple:
-    """A feed by input name as ``forward``'s positional arguments, in the contract's order."""
+    """A feed by input name as ``forward``'s positional arguments, in the contract's order. Copied: a view such
+    as ``img[None]`` has a 0 stride that torch.export keeps and ExecuTorch refuses ("0 in strides")."""
     import torch
 
-    return tuple(torch.from_numpy(np.asarray(feed[n], order="C")) for n in artifact.contract.input_names)
+    return tuple(torch.from_numpy(np.array(feed[n], order="C")) for n in artifact.contract.input_names)
 
 
 def capture_feed(model, artifact: Artifact, feed: dict):
@@ -152,7 +153,7 @@ def run_pte(path: Path, feeds: list[dict], contract) -> list[dict[str, np.ndarra
     for feed in feeds:
         import torch
 
-        args = tuple(torch.from_numpy(np.asarray(feed[n], order="C")) for n in contract.input_names)
+        args = tuple(torch.from_numpy(np.array(feed[n], order="C")) for n in contract.input_names)
         got = [t.numpy().copy() for t in method.execute(args)]  # outputs alias memory the next call reuses
         if len(got) != len(names):
             raise ParityError(f"{Path(path).name} gave {len(got)} outputs; the contract names {len(names)}")
