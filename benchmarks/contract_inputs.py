@@ -42,6 +42,12 @@ def prepare(art: Artifact, flags: Any, *, data: str | None) -> Artifact:
     said = bool(flags.inputs or flags.opt_shapes or flags.min_shapes or flags.max_shapes or flags.roles or flags.task)
     if art.input_spec is not None and not said and data is None:
         return art
+    from edgetl.data import BUILTIN_DATASETS
+
+    if data in BUILTIN_DATASETS:
+        raise ConfigError(f"--data {data}: bench --data takes real inputs read by the model's contract (an .npz named "
+                          "after the inputs, an image folder, module:function); a classifier is timed on the dataset "
+                          "it records with --inputs data")
     contract = contract_for(art, flags)
     require(contract, shapes=True)
     art.contract = contract
