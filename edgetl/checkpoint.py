@@ -81,7 +81,7 @@ def save_model(artifact: Artifact, path: str | Path, *, unsafe_pickle: bool = Fa
         "history_json": json.dumps([r.to_dict() for r in artifact.history], default=str),
         "extra_json": json.dumps(artifact.extra, default=str),
     }
-    if artifact.contract is not None:
+    if artifact.input_spec is None and artifact.contract is not None:  # a spec's contract is rebuilt on load
         payload["contract_json"] = json.dumps(artifact.contract.to_dict())
     model = artifact.model
     if artifact.arch is not None:
