@@ -1,12 +1,12 @@
 """Benchmark feeds for any model: every input by name, from ``--data`` read by the model's contract, at the shape
 ``--opt-shape`` says; a runner wrapper that times ``run_named`` on them.
 
-The harness times ``runner.run(x)`` on prepared inputs. For a model of several inputs (a recurrent state, a
+The harness (:mod:`benchmarks.timing`) times ``runner.run(x)`` on prepared inputs. For a model of several inputs (a recurrent state, a
 sample rate) or a dynamic H x W, :func:`bench_inputs` gives the feeds (dicts by input name) and
 :func:`feed_runner` wraps the runtime so that ``run(feed)`` is one ``run_named`` call (what is timed: the
 runtime's own call with every input) returning the first metric output with its batch axis first, so the
 harness's batch check and finiteness check look at a real output. A classifier with an input spec goes through
-:func:`benchmarks.harness.real_inputs` and its runner unchanged.
+:func:`benchmarks.inputs.real_inputs` and its runner unchanged.
 
 Nothing is guessed: an integer input (a sample rate) comes from ``--data`` or the bench is refused; without data,
 float inputs are standard normal at the concrete (``--opt-shape``) shape and the result's ``inputs`` says so.
@@ -88,9 +88,9 @@ def _synthetic(art: Artifact, count: int) -> tuple[list[dict[str, np.ndarray]], 
 def bench_inputs(art: Artifact, *, batch: int = 1, count: int = 8, source: Any = "auto"
                  ) -> tuple[list[Any], str]:
     """``count`` inputs to time and where they came from: feeds by input name for a model by its contract, else
-    :func:`benchmarks.harness.real_inputs`' image batches."""
+    :func:`benchmarks.inputs.real_inputs`' image batches."""
     if not _by_contract(art):
-        from benchmarks.harness import real_inputs
+        from benchmarks.inputs import real_inputs
 
         return real_inputs(art, batch=batch, count=count, source=source)
     from edgetl.inputs import batches

@@ -20,36 +20,20 @@ Example::
 
 from __future__ import annotations
 
-import gc
 import math
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from benchmarks.contention import BlockLoad, ContentionRule, between, snapshot
-from benchmarks.contract_inputs import bench_inputs, feed_runner, input_shape
-from benchmarks.harness import (
-    _PRECISION_NAMES,
-    BenchConfig,
-    BenchResult,
-    _accuracy,
-    _peak_mb,
-    _preimport,
-    _reset_peak,
-    _rss_mb,
-    _runner_extra,
-    _stored_precision,
-    environment,
-    model_size,
-)
+from benchmarks.contention import BlockLoad, ContentionRule
+from benchmarks.machine import environment
+from benchmarks.schema import BenchConfig, BenchResult, result_fields
 from benchmarks.stats import LatencyStats
+from benchmarks.timing import TimedBlock, WarmRunner, open_warm, plan_run, time_block
 from edgetl.artifact import Artifact
-from edgetl.errors import ConfigError, ModelError
+from edgetl.errors import ConfigError
 from edgetl.progress import task
 
 __all__ = ["Candidate", "InterleaveConfig", "InterleavedRun", "measure_interleaved", "speedup"]
@@ -90,11 +74,19 @@ class InterleaveConfig:
 
 @dataclass
 class _Block:
-    samples_ns: list[int]
-    rt_ms: list[float]
-    load: BlockLoad
+    """One timed block of one artifact, judged for contention."""
+
+    timed: TimedBlock
     contended: bool
     reasons: list[str]
+
+    @property
+    def samples_ns(self) -> list[int]:
+        return self.timed.samples_ns
+
+    @property
+    def load(self) -> BlockLoad:
+        return self.timed.load
 
     @property
     def p50_ms(self) -> float:
@@ -106,18 +98,13 @@ class _Lane:
     """One loaded, warmed-up artifact and its blocks."""
 
     candidate: Candidate
-    artifact: Artifact
-    runner: Any
-    runtime: str
-    inputs: list[np.ndarray]
-    origin: str
-    load_ms: float
-    first_ms: float
-    cold_ms: float
+    warm: WarmRunner
     peak_delta_mb: float | None
-    warmup_calls: int
-    finite: bool
     blocks: list[_Block] = field(default_factory=list)
+
+    @property
+    def artifact(self) -> Artifact:
+        return self.warm.artifact
 
     @property
     def name(self) -> str:
@@ -138,80 +125,17 @@ class InterleavedRun:
 
 
 def _open(c: Candidate, config: BenchConfig, profile) -> _Lane:
-    from benchmarks.runners import RunnerOptions, open_runner, runner_for
-
-    art = c.artifact
-    runtime = config.runtime or (profile.runtime_for(art.format) if profile is not None else None)
-    runtime = runner_for(art.format, runtime)
-    if config.compile and runtime != "torch":
-        raise ConfigError(f"--compile is torch.compile; {art.name} runs in {runtime}")
-    inputs, origin = bench_inputs(art, batch=config.batch, count=config.distinct_inputs, source=config.inputs)
-    _preimport(runtime)
-    options = RunnerOptions(threads=config.threads, device=config.device, precision=config.precision,
-                            extra=_runner_extra(art, config, runtime))
-    gc.collect()
-    peak_reset, rss0 = _reset_peak(), _rss_mb()
-    t0 = time.perf_counter_ns()
-    if c.reload is not None:
-        art = c.reload()
-    runner = feed_runner(open_runner(art, runtime=runtime, options=options), art)
-    try:
-        t1 = time.perf_counter_ns()
-        fixed = getattr(runner, "fixed_batch", None)
-        if fixed and fixed != config.batch:
-            raise ConfigError(f"{art.name} has a static batch of {fixed}; bench it with --batch {fixed}, or "
-                              "export it with a dynamic batch")
-        out = runner.run(inputs[0])
-        runner.synchronize()
-        t2 = time.perf_counter_ns()
-        out = np.asarray(out)
-        if out.shape[0] != config.batch:
-            raise ModelError(f"{art.name} returned {out.shape[0]} rows for a batch of {config.batch}")
-        i, start = 0, time.perf_counter()
-        while i < config.warmup_runs or time.perf_counter() - start < config.warmup_s:
-            runner.run(inputs[i % len(inputs)])
-            runner.synchronize()
-            i += 1
-            if time.perf_counter() - start > config.max_time_s:
-                break
-        peak = _peak_mb()
-    except BaseException:
-        runner.close()
-        raise
-    return _Lane(candidate=c, artifact=art, runner=runner, runtime=runtime, inputs=inputs, origin=origin,
-                 load_ms=(t1 - t0) / 1e6, first_ms=(t2 - t1) / 1e6, cold_ms=(t2 - t0) / 1e6,
-                 peak_delta_mb=(round(peak - rss0, 2) if peak_reset and peak is not None and rss0 is not None
-                                else None),
-                 warmup_calls=i, finite=bool(np.isfinite(out).all()))
+    warm = open_warm(c.artifact, plan_run(c.artifact, config, profile), config, reload=c.reload)
+    return _Lane(candidate=c, warm=warm, peak_delta_mb=warm.peak_rss_delta_mb())
 
 
 def _time_block(lane: _Lane, *, count: int, min_ns: int, max_ns: int, warmup: int, rule: ContentionRule,
                 cpu_rule: bool) -> _Block:
-    runner, inputs = lane.runner, lane.inputs
-    for k in range(warmup):
-        runner.run(inputs[k % len(inputs)])
-        runner.synchronize()
-    runtime_side = hasattr(runner, "last_latency_ms")
-    samples: list[int] = []
-    rt: list[float] = []
-    before = snapshot()
-    start = time.perf_counter_ns()
-    while True:
-        x = inputs[len(samples) % len(inputs)]
-        a = time.perf_counter_ns()
-        runner.run(x)
-        runner.synchronize()
-        b = time.perf_counter_ns()
-        samples.append(b - a)
-        if runtime_side:
-            rt.append(runner.last_latency_ms)
-        if (len(samples) >= count and b - start >= min_ns) or b - start >= max_ns:
-            break
-    load = between(before, snapshot())
+    timed = time_block(lane.warm, count=count, min_ns=min_ns, max_ns=max_ns, warmup=warmup)
     judge = rule if cpu_rule else ContentionRule(others_cores=rule.others_cores, min_cpu_share=0.0,
                                                  min_block_s=rule.min_block_s)
-    reasons = judge.reasons(load)
-    return _Block(samples_ns=samples, rt_ms=rt, load=load, contended=bool(reasons), reasons=reasons)
+    reasons = judge.reasons(timed.load)
+    return _Block(timed=timed, contended=bool(reasons), reasons=reasons)
 
 
 def _used(lane: _Lane, need: int) -> list[int]:
@@ -270,10 +194,10 @@ def measure_interleaved(candidates: Sequence[Candidate], config: BenchConfig | N
                 if not short or extra >= il.extra_rounds:
                     break
                 extra += 1
-        infos = [ln.runner.describe() for ln in lanes]
+        infos = [ln.warm.runner.describe() for ln in lanes]
     finally:
         for ln in lanes:
-            ln.runner.close()
+            ln.warm.close()
     results = [_result(ln, info, config, profile, il) for ln, info in zip(lanes, infos, strict=True)]
     _add_speedups(lanes, results, baseline, il)
     return InterleavedRun(results=results, rounds=done, extra_rounds=extra, baseline=baseline)
@@ -283,7 +207,7 @@ def _result(lane: _Lane, info: dict[str, Any], config: BenchConfig, profile, il:
     used = _used(lane, il.rounds)
     blocks = [lane.blocks[i] for i in used]
     samples = [s for b in blocks for s in b.samples_ns]
-    rt = [x for b in blocks for x in b.rt_ms]
+    rt = [x for b in blocks for x in b.timed.runtime_ms]
     wall = sum(b.load.wall_s for b in blocks)
     contended = any(b.contended for b in blocks)
     n_contended = sum(b.contended for b in lane.blocks)
@@ -297,29 +221,16 @@ def _result(lane: _Lane, info: dict[str, Any], config: BenchConfig, profile, il:
         warnings.append(f"{n_contended} contended round(s) re-measured and left out")
     if len(samples) < config.min_count:
         warnings.append(f"only {len(samples)} calls (asked for {config.min_count})")
-    if not lane.finite:
+    if not lane.warm.finite:
         warnings.append("the model produced non-finite outputs on real inputs")
-    art = lane.artifact
-    stored = _stored_precision(art)
-    ran = _PRECISION_NAMES.get(str(info.get("precision")).lower()) if lane.runtime == "openvino" else None
-    acc, acc_src = _accuracy(art)
-    src = lane.candidate.source_path
     env = environment(profile)
     env["background_load_cores"] = statistics.median(others) if others else None
     return BenchResult(
-        artifact=lane.name, path=str(art.path or src or "") or None, format=art.format.value,
-        runtime=lane.runtime, precision=str(stored if stored == "int8" or ran is None else ran), batch=config.batch,
-        threads=config.threads if config.threads is not None else info.get("threads"),
+        **result_fields(lane.warm, info, config, profile, name=lane.name, source_path=lane.candidate.source_path),
         latency_ms=LatencyStats.from_ns(samples), runtime_latency_ms=LatencyStats.from_samples(rt) if rt else None,
-        throughput=config.batch * len(samples) / wall if wall > 0 else 0.0,
-        load_ms=lane.load_ms, first_inference_ms=lane.first_ms, cold_start_ms=lane.cold_ms,
-        peak_rss_delta_mb=lane.peak_delta_mb, model_size_bytes=model_size(art, Path(src) if src else None),
-        accuracy=acc, accuracy_source=acc_src, inputs=lane.origin,
-        runner={**info, "outputs_finite": lane.finite, "warmup_calls": lane.warmup_calls},
+        throughput=config.batch * len(samples) / wall if wall > 0 else 0.0, peak_rss_delta_mb=lane.peak_delta_mb,
         config={**config.to_dict(), "interleaved_rounds": il.rounds, "max_spread": il.max_spread},
-        env=env, warnings=warnings, device=getattr(profile, "name", None) or "local",
-        artifact_meta={"arch": art.arch, "stages": [r.stage for r in art.history],
-                       "input_shape": input_shape(art)},
+        env=env, warnings=warnings,
         contended=contended,
         contention={"rounds": len(lane.blocks), "contended_rounds": n_contended, "used_rounds": used,
                     "others_cores_max": max(others) if others else None,

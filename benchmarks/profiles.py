@@ -22,45 +22,45 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.artifact import Format
+from edgetl.choice import Choice
 from edgetl.errors import ConfigError, InputFileError, UnknownNameError, check_names
+from edgetl.formats import Precision
 
 __all__ = ["BUILTIN_DIR", "Accelerator", "BenchDefaults", "Connection", "DeviceProfile", "Method", "Precision",
-           "RUNTIMES", "check_local", "list_profiles", "load_profile", "local_arch", "parse_profile", "user_dirs"]
+           "RUNTIMES", "check_local", "known_runtimes", "list_profiles", "load_profile", "local_arch", "parse_profile", "user_dirs"]
 
 BUILTIN_DIR = Path(__file__).with_name("devices")
-# Runtimes a profile may name: the in-process runners plus trtexec (NVIDIA's own tool, used on boards
-# that have TensorRT but no Python stack).
+# Built-in runtimes a profile may name: the in-process runtimes plus trtexec (NVIDIA's own tool, used on boards
+# that have TensorRT but no Python stack). Runtimes other packages register (``edgetl.runtimes`` entry points)
+# may be named too: see :func:`known_runtimes`.
 RUNTIMES = ("torch", "onnxruntime", "openvino", "executorch", "litert", "tensorrt", "trtexec")
 
 
-class Precision(str, enum.Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    BF16 = "bf16"
-    INT8 = "int8"
+def known_runtimes() -> list[str]:
+    """Every runtime a profile may name: the built-ins above and the registered plug-in runtimes."""
+    from edgetl.registry import runtimes
 
-    def __str__(self) -> str:
-        return self.value
+    return sorted({*RUNTIMES, *runtimes().names()})
 
 
-class Method(str, enum.Enum):
+class Method(Choice):
     """How the board is reached: this machine, or over SSH."""
 
     LOCAL = "local"
     SSH = "ssh"
 
-    def __str__(self) -> str:
-        return self.value
+    @classmethod
+    def _kind(cls) -> str:
+        return "connection method"
 
 
-class Accelerator(str, enum.Enum):
+class Accelerator(Choice):
+    """What a profile's device computes on."""
+
     CPU = "cpu"
     CUDA = "cuda"
     GPU = "gpu"
     NPU = "npu"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
@@ -113,15 +113,17 @@ class DeviceProfile:
     source: str = "built-in"  # the file it came from
 
     def runtime_for(self, fmt: Format) -> str:
-        """The first of this profile's in-process runtimes that runs ``fmt``."""
-        from benchmarks.runners import RUNNERS
+        """The first of this profile's in-process runtimes (built-in or plug-in) that runs ``fmt``."""
+        from edgetl.registry import runtimes
+        from edgetl.runtimes import runtime_formats
 
         if fmt not in self.formats:
             raise ConfigError(f"device profile {self.name!r} does not run {fmt.value} artifacts; it runs "
                               f"{', '.join(f.value for f in self.formats)}. Export to one of these, or pick "
                               "another --device (see `edgetl devices`)")
+        registered = runtimes()
         for rt in self.runtimes:
-            if rt in RUNNERS and fmt in RUNNERS[rt][2]:
+            if rt in registered and fmt in runtime_formats(rt):
                 return rt
         raise ConfigError(f"none of profile {self.name!r}'s runtimes ({', '.join(self.runtimes)}) runs "
                           f"{fmt.value} artifacts in edgetl")
@@ -187,15 +189,15 @@ def _check_keys(d: dict, cls, where: str, path: str) -> None:
     check_names(d, [f.name for f in dataclasses.fields(cls) if f.name != "source"], f"key{where}", hint=f"(in {path})")
 
 
-def _enum_tuple(values, enum_cls, what: str, path: str) -> tuple:
+def _enum_tuple(values, enum_cls: type[Choice], what: str, path: str) -> tuple:
     if isinstance(values, str):
         values = [values]
     out = []
     for v in values or ():
         try:
-            out.append(enum_cls(str(v).lower()))
-        except ValueError:
-            raise UnknownNameError(what, str(v), [e.value for e in enum_cls], hint=f"(in {path})") from None
+            out.append(enum_cls.parse(v))
+        except UnknownNameError as e:
+            raise UnknownNameError(what, str(v), e.valid, hint=f"(in {path})") from None
     return tuple(out)
 
 
@@ -252,9 +254,10 @@ def parse_profile(data: Any, *, path: str = "<profile>", name: str | None = None
                               else _unknown_format(str(f), path) for f in _as_list(d["formats"]))
     if "runtimes" in d:
         rts = tuple(str(r).lower() for r in _as_list(d["runtimes"]))
+        known = known_runtimes() if any(r not in RUNTIMES for r in rts) else RUNTIMES
         for r in rts:
-            if r not in RUNTIMES:
-                raise UnknownNameError("runtime", r, RUNTIMES, hint=f"(in {path})")
+            if r not in known:
+                raise UnknownNameError("runtime", r, known, hint=f"(in {path})")
         kw["runtimes"] = rts
     if "precisions" in d:
         kw["precisions"] = _enum_tuple(_as_list(d["precisions"]), Precision, "precision", path)

@@ -6,13 +6,24 @@ ordered list of stages, each with the options of that stage's config::
     name: cpu-openvino-int8
     model: teacher.pt
     data: mnist5k
-    budgets: {max_accuracy_drop: 1.0, target_latency_ms: null, device: x86-cpu}
+    budgets: {quantize: 0.5, prune: 3, distill: 2, export: 0.5}
     stages:
       - prune: {criterion: lrp, ratio: 0.5}
       - distill: {epochs: 3}                 # recovery from the unpruned model
       - quantize: {backend: openvino, precision: int8}
       - export: {formats: [onnx, openvino]}
       - bench: {devices: [x86-cpu], threads: 2}
+
+``budgets`` holds two kinds of key:
+
+- **per-stage quality gates** (:mod:`edgetl.gates`): ``quantize``, ``prune``, ``distill``, ``export``, each in
+  points of top-1 accuracy the stage may lose against *its own input* on the validation split (defaults 1.0,
+  2.0, 2.0, 0.5). A stage's own option wins (``quantize: {max_drop: 2}``). The quantize budget also drives its
+  fallback (layers kept in float until the drop is inside it). An output past its budget is never recommended;
+  a prune or distill output past it stops the compressed branch.
+- **the pruning-ratio search**: ``max_accuracy_drop`` (points against the *source* model, end to end) and
+  ``target_latency_ms`` (p90 on ``device``); with either set, the prune stage's ratio is searched over
+  ``ratios`` and the first (most aggressive) that meets them wins.
 
 Validation covers unknown keys (with the nearest valid one), stage order, the formats each stage accepts,
 installed extras and device profiles.
@@ -42,14 +53,29 @@ _TOP_KEYS = ("name", "description", "model", "data", "seed", "budgets", "stages"
 _BASELINES = ("teacher-int8",)  # plain NNCF int8 of the unpruned model, measured beside the result
 
 
+# The gated stages whose budget a recipe may set (edgetl.gates.DEFAULT_BUDGETS has their defaults).
+_GATED = ("quantize", "prune", "distill", "export")
+
+
 @dataclass(frozen=True)
 class Budgets:
+    """A recipe's ``budgets``: per-stage quality gates and the pruning-ratio search's targets."""
+
     max_accuracy_drop: float | None = None  # points of top-1 accuracy vs the input model
     target_latency_ms: float | None = None  # p90 on ``device``
     device: str = "x86-cpu"
     ratios: tuple[float, ...] = (0.7, 0.6, 0.5, 0.4, 0.3, 0.2)  # pruning ratios the budget search tries
+    quantize: float | None = None  # per-stage gates: points of top-1 lost against the stage's input
+    prune: float | None = None
+    distill: float | None = None
+    export: float | None = None
 
     def __post_init__(self) -> None:
+        for name in _GATED:
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100):
+                raise ConfigError(f"budgets.{name} is the accuracy the {name} stage may lose, in points (0..100; "
+                                  f"e.g. {name}: 1.0), got {v!r}")
         if self.max_accuracy_drop is not None and not 0 <= self.max_accuracy_drop <= 100:
             raise ConfigError(f"budgets.max_accuracy_drop is in points (0..100), got {self.max_accuracy_drop}")
         if self.target_latency_ms is not None and self.target_latency_ms <= 0:
@@ -61,7 +87,17 @@ class Budgets:
 
     @property
     def active(self) -> bool:
+        """Whether the pruning-ratio search runs (per-stage gates always apply)."""
         return self.max_accuracy_drop is not None or self.target_latency_ms is not None
+
+    @property
+    def stages(self) -> dict[str, float]:
+        """The per-stage budgets the recipe sets (for :func:`edgetl.gates.budget_for`)."""
+        return {k: float(getattr(self, k)) for k in _GATED if getattr(self, k) is not None}
+
+    def identity(self) -> dict[str, Any]:
+        """What the recipe's fingerprint covers: per-stage budgets only where set (older runs keep theirs)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _GATED or v is not None}
 
 
 @dataclass(frozen=True)
@@ -71,6 +107,8 @@ class Stage:
     kind: str
     options: dict[str, Any] = field(default_factory=dict)
     config: Any = field(default=None, compare=False, repr=False)
+    # a prune stage's latency target (edgetl.prune.latency_target.LatencyOptions), once validated
+    latency: Any = field(default=None, compare=False, repr=False)
 
     def canonical(self) -> str:
         return json.dumps({"kind": self.kind, "options": self.options}, sort_keys=True, default=str)
@@ -94,7 +132,7 @@ class Recipe:
     def fingerprint(self) -> str:
         """Identity of the recipe's content (not of its inputs): a run directory belongs to one recipe."""
         payload = json.dumps({"name": self.name, "stages": [s.canonical() for s in self.stages],
-                              "budgets": dataclasses.asdict(self.budgets), "baselines": self.baselines,
+                              "budgets": self.budgets.identity(), "baselines": self.baselines,
                               "seed": self.seed}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -183,10 +221,15 @@ def validate(recipe: Recipe) -> Recipe:
     for kind in set(kinds):
         if kinds.count(kind) > 1:
             raise ConfigError(f"recipe {recipe.name!r}: stage {kind!r} appears {kinds.count(kind)} times; give it once")
-    stages = tuple(dataclasses.replace(s, config=build_config(s, seed=recipe.seed)) for s in recipe.stages)
+    stages = tuple(dataclasses.replace(s, config=build_config(s, seed=recipe.seed), latency=_latency(s))
+                   for s in recipe.stages)
     for s in stages:
         stage_kind(s.kind).check_environment(s.config)
     recipe = dataclasses.replace(recipe, stages=stages)
+    prune = recipe.stage("prune")
+    if prune is not None and prune.latency is not None and recipe.budgets.active:
+        raise ConfigError("the prune stage's target_latency_ms chooses every layer's width; budgets.max_accuracy_drop "
+                          "and budgets.target_latency_ms search a pruning ratio instead: use one or the other")
     b = recipe.stage("bench")
     devices = list(b.config.devices) if b is not None else []
     if recipe.budgets.target_latency_ms is not None:
@@ -216,9 +259,34 @@ def _order_text() -> str:
 def build_config(stage: Stage, *, seed: int = 0):
     """The typed config of a stage: the one validation built, else one built from its recipe options.
 
-    The recipe's ``seed`` is the default of every config that has a seed field.
+    The recipe's ``seed`` is the default of every config that has a seed field. A prune stage's latency-target
+    keys (``target_latency_ms``, ``device``, ``runtime``, ``threads``, ``latency_cache``, ...) are not its
+    config's: the pipeline measures the latency model and injects it (:mod:`edgetl.run_latency`).
     """
     if stage.config is not None:
         return stage.config
     kind = stage_kind(stage.kind)
-    return _build(kind.config_class(), stage.options, where=f"{stage.kind} options", defaults={"seed": seed})
+    options = stage.options
+    if stage.kind == "prune":
+        from edgetl.prune.latency_target import LATENCY_KEYS, LatencyOptions
+        from edgetl.stages import option_names
+
+        valid = dict.fromkeys([*option_names(kind.config_class()), *LATENCY_KEYS])
+        check_names(options, list(valid), f"key in {stage.kind} options")
+        options = LatencyOptions.split(options)[1]
+    return _build(kind.config_class(), options, where=f"{stage.kind} options", defaults={"seed": seed})
+
+
+def _latency(stage: Stage):
+    """A prune stage's latency target, checked against its device profile and runtime; None without one."""
+    if stage.kind != "prune":
+        return None
+    from edgetl.prune.latency_target import LatencyOptions
+
+    latency = LatencyOptions.split(stage.options)[0]
+    if latency is not None:
+        from benchmarks.profiles import load_profile
+        from edgetl.run_latency import choose_runtime
+
+        choose_runtime(load_profile(latency.device), latency.runtime, flag="prune runtime")
+    return latency

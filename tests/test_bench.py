@@ -52,12 +52,12 @@ def test_percentiles_on_known_samples():
 
 
 def test_background_load_is_what_others_used():
-    from benchmarks.harness import _background_load
+    from benchmarks.contention import Snapshot, between
 
     # Machine busy 3.0 CPU-s, this process 1.0 CPU-s, over 2 s of wall time: others used 1 core.
-    assert _background_load((10.0, 5.0), (13.0, 6.0), 2.0) == pytest.approx(1.0)
-    assert _background_load((10.0, 5.0), (11.0, 6.0), 2.0) == 0.0
-    assert _background_load(None, (1.0, 1.0), 1.0) is None
+    assert between(Snapshot(0.0, 5.0, 10.0), Snapshot(2.0, 6.0, 13.0)).others_cores == pytest.approx(1.0)
+    assert between(Snapshot(0.0, 5.0, 10.0), Snapshot(2.0, 6.0, 11.0)).others_cores == 0.0
+    assert between(Snapshot(0.0, 1.0, None), Snapshot(1.0, 1.0, 1.0)).others_cores is None
 
 
 def test_statistics_reject_bad_samples():

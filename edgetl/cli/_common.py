@@ -273,6 +273,7 @@ def quiet_third_party(verbose: bool) -> None:
     """Unless ``verbose``: Python warnings from libraries are hidden, their loggers show errors only, and native
     runtimes log errors only (ONNX Runtime's C++ logger). edgetl's own warnings still print."""
     if verbose:
+        os.environ["EDGETL_VERBOSE"] = "1"  # edgetl.native_log lets native runtimes' routine lines through
         return
     import warnings
 
@@ -283,6 +284,8 @@ def quiet_third_party(verbose: bool) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # LiteRT / TensorFlow Lite native logs
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    # torch configures its own loggers when imported (after this runs): "No CUDA runtime is found", pytree notes
+    os.environ.setdefault("TORCH_LOGS", "-all")
     _quiet_ort_when_loaded()
 
 

@@ -14,6 +14,7 @@ import typer
 
 from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
 from edgetl.cli.config_options import config_options
+from edgetl.cli.distill_contract import contract_distill
 from edgetl.stages import stage_kind
 
 CONFIG = stage_kind("distill").config_class()  # the registry's config: its fields are the flags
@@ -24,6 +25,7 @@ def register(app: typer.Typer) -> None:
 
 
 @config_options(CONFIG, flags={"epochs": ("--epochs", "-e")})
+@contract_distill  # --input/--outputs/--role/--task: any model, no labels (edgetl/cli/distill_contract.py)
 def distill_cmd(
     teacher: Annotated[list[str], typer.Option("--teacher", "-t", help="Teacher model (.pt); repeat for several.")],
     student: Annotated[str, typer.Option("--student", "-s", help="Zoo name (edgetl_tinycnn, mobilenet_v3_small, "

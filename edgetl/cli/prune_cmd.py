@@ -9,6 +9,7 @@ import typer
 
 from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
 from edgetl.cli.config_options import config_options
+from edgetl.cli.prune_contract import contract_prune
 from edgetl.stages import stage_kind
 
 CONFIG = stage_kind("prune").config_class()  # the registry's config: its fields are the flags
@@ -19,6 +20,7 @@ def register(app: typer.Typer) -> None:
 
 
 @config_options(CONFIG)
+@contract_prune  # --input/--outputs/--role/--task: any model, scored label-free (edgetl/cli/prune_contract.py)
 def prune_cmd(
     model: Annotated[str, typer.Argument(help="PyTorch model to prune (edgetl .pt checkpoint, state dict with --arch, ...).")],
     data: Annotated[str, typer.Option("--data", "-d", help="Dataset: reference samples, accuracy and recovery.")],

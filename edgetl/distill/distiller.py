@@ -46,6 +46,7 @@ from edgetl.distill.teachers import resolve_teachers
 from edgetl.distill.training import Trainer
 from edgetl.distill.world import join_world
 from edgetl.errors import ConfigError, DataError, ModelError
+from edgetl.inputs import InputSet
 from edgetl.stages import StageContext
 
 __all__ = ["DistillConfig", "Optimizer", "Views", "distill", "recovery_from", "resume_path"]
@@ -53,9 +54,12 @@ __all__ = ["DistillConfig", "Optimizer", "Views", "distill", "recovery_from", "r
 WORK_CHECKPOINT = "checkpoint.pt"
 
 
-def distill(artifact: Artifact, config: DistillConfig | None = None, *, data: DataSplits | None = None,
+def distill(artifact: Artifact, config: DistillConfig | None = None, *, data: DataSplits | InputSet | None = None,
             ctx: StageContext | None = None) -> Artifact:
     """Distil the teachers into the student on ``data``'s training split; returns the trained student.
+
+    ``data`` an :class:`~edgetl.inputs.InputSet` (unlabelled inputs by name, any model with a contract): the
+    student matches the one teacher on every output the contract names, no labels (:mod:`edgetl.distill.outputs`).
 
     Example::
 
@@ -69,6 +73,8 @@ def distill(artifact: Artifact, config: DistillConfig | None = None, *, data: Da
     if data is None:
         raise ConfigError("distillation trains on data: pass data= (e.g. load_data('mnist5k'))")
     student, teachers = _roles(artifact, cfg, ctx)
+    if isinstance(data, InputSet):  # any model, unlabelled inputs by name: match the teacher's outputs
+        return _distill_outputs(student, teachers, data, cfg, ctx)
     cfg = _with_work_dir(cfg, ctx)
     start = time.perf_counter()
     if len(data.train) == 0:
@@ -95,6 +101,25 @@ def distill(artifact: Artifact, config: DistillConfig | None = None, *, data: Da
                 import torch.distributed as dist
 
                 dist.destroy_process_group()
+
+
+def _distill_outputs(student, teachers, data: InputSet, cfg: DistillConfig, ctx: StageContext) -> Artifact:
+    from edgetl.distill.outputs import distill_outputs
+    from edgetl.models import load_model
+
+    if not isinstance(student, Artifact):
+        if not Path(student).exists():
+            raise ConfigError(f"student {student!r}: distilling on unlabelled inputs trains a model you give (a "
+                              "pruned model, a model file); a zoo student is built for classes")
+        student = load_model(student)
+    items = list(teachers)
+    if len(items) != 1:
+        raise ConfigError(f"label-free distillation learns from one teacher; {len(items)} were given")
+    teacher = items[0].artifact if hasattr(items[0], "artifact") else items[0]
+    if not isinstance(teacher, Artifact):
+        teacher = load_model(teacher)
+    with ctx.reporting():
+        return distill_outputs(student, teacher, data, cfg)
 
 
 def _roles(artifact, cfg: DistillConfig, ctx: StageContext) -> tuple[Artifact | str, tuple]:

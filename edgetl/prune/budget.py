@@ -120,58 +120,26 @@ def allocate(groups: Sequence[GroupScores], model: LatencyModel, budget_ms: floa
     if len(set(names)) != len(names):
         raise ConfigError(f"duplicate group names in the allocation: {sorted({n for n in names if names.count(n) > 1})}")
     state = {g.name: _Group(g, model.candidates(g.name)) for g in groups}
-
-    def widths(override: tuple[str, int] | None = None) -> dict[str, int]:
-        w = {n: s.width for n, s in state.items()}
-        if override is not None:
-            w[override[0]] = override[1]
-        return w
-
-    full_ms = float(model.predict_ms(widths()))
+    full_ms = float(model.predict_ms(_widths(state)))
     floor_ms = float(model.predict_ms({n: s.widths[0] for n, s in state.items()}))
-    current = full_ms
-    removals = 0
-    while current > budget_ms:
-        best = None  # (relevance lost per ms saved, name, new index, new prediction)
-        for name, s in state.items():
-            # the first narrower width that saves anything (a staircase may make the next one no faster)
-            for j in range(s.index - 1, -1, -1):
-                pred = float(model.predict_ms(widths((name, s.widths[j]))))
-                saved = current - pred
-                if saved > 0:
-                    lost = s.relevance(s.width) - s.relevance(s.widths[j])
-                    key = (lost / saved, -saved)
-                    if best is None or key < best[0]:
-                        best = (key, name, j, pred)
-                    break
-        if best is None:
-            break
-        _, name, j, pred = best
-        state[name].index = j
-        current = pred
-        removals += 1
+
+    def lost_per_ms_saved(s: _Group, j: int, pred: float, current: float):
+        saved = current - pred
+        if saved <= 0:  # a staircase may make the next narrower width no faster: try the one after
+            return None
+        return (s.relevance(s.width) - s.relevance(s.widths[j])) / saved, -saved
+
+    def gain_per_ms_added(s: _Group, j: int, pred: float, current: float):
+        gain = s.relevance(s.widths[j]) - s.relevance(s.width)
+        if pred > budget_ms or gain <= 0:
+            return None
+        return -(gain / max(pred - current, 1e-9)), -gain  # the most relevance per ms added ranks first
+
+    current, removals = _greedy(state, model, full_ms, narrower=True, rank=lost_per_ms_saved,
+                                until=lambda c: c <= budget_ms)
     added = 0
     if add_back and current <= budget_ms:
-        while True:
-            best = None
-            for name, s in state.items():
-                for j in range(s.index + 1, len(s.widths)):
-                    pred = float(model.predict_ms(widths((name, s.widths[j]))))
-                    if pred > budget_ms:
-                        continue
-                    gain = s.relevance(s.widths[j]) - s.relevance(s.width)
-                    if gain <= 0:
-                        continue
-                    key = (gain / max(pred - current, 1e-9), gain)
-                    if best is None or key > best[0]:
-                        best = (key, name, j, pred)
-                    break
-            if best is None:
-                break
-            _, name, j, pred = best
-            state[name].index = j
-            current = pred
-            added += 1
+        current, added = _greedy(state, model, current, narrower=False, rank=gain_per_ms_added)
     kept = sum(s.relevance(s.width) for s in state.values())
     total = sum(s.suffix[-1] for s in state.values())
     notes = []
@@ -181,6 +149,42 @@ def allocate(groups: Sequence[GroupScores], model: LatencyModel, budget_ms: floa
                       predicted_ms=current, relevance_kept=kept, relevance_total=total,
                       feasible=current <= budget_ms, removal_steps=removals, added_back_steps=added,
                       floor_ms=floor_ms, notes=notes)
+
+
+def _widths(state: dict[str, _Group], override: tuple[str, int] | None = None) -> dict[str, int]:
+    w = {n: s.width for n, s in state.items()}
+    if override is not None:
+        w[override[0]] = override[1]
+    return w
+
+
+def _greedy(state: dict[str, _Group], model: LatencyModel, current: float, *, narrower: bool,
+            rank: Callable[[_Group, int, float, float], tuple[float, float] | None],
+            until: Callable[[float], bool] = lambda _: False) -> tuple[float, int]:
+    """Take one-group width steps (narrower or wider), best ``rank`` first, until ``until(prediction)`` or no
+    step qualifies; returns the final prediction and the steps taken.
+
+    Per group only the nearest width the rank accepts (not ``None``) is a candidate; the lowest rank wins,
+    the first group on ties. Each step is priced by ``model`` on the current widths of all groups.
+    """
+    steps = 0
+    while not until(current):
+        best = None  # (rank, name, new index, new prediction)
+        for name, s in state.items():
+            for j in (range(s.index - 1, -1, -1) if narrower else range(s.index + 1, len(s.widths))):
+                pred = float(model.predict_ms(_widths(state, (name, s.widths[j]))))
+                key = rank(s, j, pred, current)
+                if key is None:
+                    continue
+                if best is None or key < best[0]:
+                    best = (key, name, j, pred)
+                break
+        if best is None:
+            break
+        _, name, j, current = best
+        state[name].index = j
+        steps += 1
+    return current, steps
 
 
 def _min_keep(initial: int, unit: int, max_layer_ratio: float, step: int) -> int:

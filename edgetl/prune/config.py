@@ -78,10 +78,14 @@ class PruneConfig:
     target_params: float | None = option(None, help="Fraction of the original parameters to keep.")
     steps: int = option(1, help="Iterative steps (criterion recomputed each step).")
     recover: Recovery | None = option(None, help="Recovery after each step: finetune (the default when "
-                                      "recover_epochs > 0) or distill from the unpruned model.")
+                                      "recover_epochs > 0 for a classifier with labelled data) or distill from the "
+                                      "unpruned model (the default, and the only one, for a model scored without "
+                                      "labels: it matches the unpruned model's outputs).")
     recover_epochs: int = option(0, help="Recovery epochs after each step (0: none).")
     recover_lr: float = option(1e-3, help="Learning rate of recovery.")
     samples_per_class: int = option(10, help="Reference samples per class (train split).")
+    reference_samples: int = option(64, help="Reference samples of a model scored without labels (any model "
+                                    "through its contract: relevance seeded on its own outputs).")
     composite: Composite = option("epsilon-plus-flat", help="LRP composite: epsilon-plus-flat or "
                                   "epsilon-alpha2-beta1.")
     scope: Scope = option(Scope.GLOBAL, help="Where channels compete: across all layers or within each layer.",
@@ -136,6 +140,8 @@ class PruneConfig:
             raise ConfigError(f"recover_epochs must be >= 0, got {self.recover_epochs}")
         if self.samples_per_class < 1:
             raise ConfigError(f"samples_per_class must be >= 1, got {self.samples_per_class}")
+        if self.reference_samples < 1:
+            raise ConfigError(f"reference_samples must be >= 1, got {self.reference_samples}")
         if self.round_to is not None and self.round_to < 1:
             raise ConfigError(f"round_to must be >= 1 (or None), got {self.round_to}")
         if self.ignore is not None and not callable(self.ignore):

@@ -107,7 +107,8 @@ class _ChannelScoreCriterion(Criterion):
 
 
 class LRPCriterion(_ChannelScoreCriterion):
-    """Relevance (LRP, zennit) at each layer's output, seeded at the true-class logit."""
+    """Relevance (LRP, zennit) at each layer's output, seeded at the true-class logit (a labelled reference set)
+    or on the model's own outputs (an :class:`~edgetl.prune.feeds.InputReference`)."""
 
     name = "lrp"
 
@@ -125,7 +126,8 @@ class LRPCriterion(_ChannelScoreCriterion):
 
 
 class TaylorCriterion(_ChannelScoreCriterion):
-    """First-order Taylor (activation x gradient of the cross-entropy) at each layer's output."""
+    """First-order Taylor (activation x gradient of the cross-entropy, or of the seeded outputs without labels) at
+    each layer's output."""
 
     name = "taylor"
 

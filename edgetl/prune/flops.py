@@ -38,18 +38,23 @@ def count_params(model) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def count_flops(model, input_shape: tuple[int, ...]) -> int:
-    """FLOPs of one forward pass on a batch of one ``input_shape`` (C, H, W) sample, in eval mode."""
+def count_flops(model, input_shape: tuple[int, ...] | None = None, *, example: Any = None) -> int:
+    """FLOPs of one forward pass on a batch of one ``input_shape`` (C, H, W) sample, in eval mode; or, for a
+    model with several inputs (or any other input), on ``example`` (a tensor or a tuple of positional inputs,
+    one sample)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
+    from edgetl.prune.feeds import call
 
     was_training = model.training
     model.eval()
     try:
-        param = next(model.parameters(), None)
-        x = torch.zeros((1, *input_shape), dtype=param.dtype if param is not None else torch.float32)
+        if example is None:
+            param = next(model.parameters(), None)
+            example = torch.zeros((1, *input_shape), dtype=param.dtype if param is not None else torch.float32)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
+            call(model, example)
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
@@ -64,8 +69,10 @@ def state_dict_bytes(model) -> int:
     return buf.getbuffer().nbytes
 
 
-def model_cost(model, input_shape: tuple[int, ...]) -> ModelCost:
-    return ModelCost(params=count_params(model), flops=count_flops(model, input_shape), bytes=state_dict_bytes(model))
+def model_cost(model, input_shape: tuple[int, ...] | None = None, *, example: Any = None) -> ModelCost:
+    """Parameters, FLOPs (at ``input_shape`` or on ``example``, see :func:`count_flops`) and weight bytes."""
+    return ModelCost(params=count_params(model), flops=count_flops(model, input_shape, example=example),
+                     bytes=state_dict_bytes(model))
 
 
 def layer_widths(model) -> dict[str, Any]:

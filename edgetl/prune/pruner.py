@@ -21,12 +21,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from edgetl.artifact import Artifact, Format, StageRecord
 from edgetl.data import DataSplits, check_classes
 from edgetl.errors import ConfigError, ModelError
+from edgetl.inputs import InputSet
 from edgetl.prune.config import LayerFilter, PruneConfig, Recover, Recovery, Scope, layers_matching
 from edgetl.prune.criteria import Criterion, make_criterion
 from edgetl.prune.flops import layer_widths, model_cost
@@ -38,20 +40,23 @@ __all__ = ["LayerFilter", "PruneConfig", "PrunePlan", "Recovery", "Scope", "laye
 
 
 # --------------------------------------------------------------------------- search
-def _search_ratio(model, example, criterion: Criterion, config: PruneConfig, input_shape, base, arch) -> float:
-    """The smallest channel ratio whose one-shot result meets the FLOPs or parameter target."""
+def search_ratio(model, example, criterion: Criterion, config: PruneConfig, base, arch, *,
+                 cost: Callable[[Any], Any]) -> float:
+    """The smallest channel ratio whose one-shot result meets the FLOPs or parameter target; ``cost(model)``
+    gives a pruned trial's :class:`~edgetl.prune.flops.ModelCost`."""
     key = "flops" if config.target_flops is not None else "params"
     target = (config.target_flops if key == "flops" else config.target_params) * getattr(base, key)
+    measure = cost
 
-    def cost(ratio: float) -> int:
+    def cost_at(ratio: float) -> int:
         trial = copy.deepcopy(model)
         prune_model(trial, example, criterion, ratio=ratio, config=config, arch=arch)
-        c = model_cost(trial, input_shape)
+        c = measure(trial)
         criterion.bind(model)
         return getattr(c, key)
 
     hi = min(0.99, config.max_layer_ratio if config.max_layer_ratio < 1.0 else 0.99)
-    reached = cost(hi)
+    reached = cost_at(hi)
     if reached > target:
         raise ConfigError(
             f"target {key} {target / getattr(base, key):.1%} of the original is out of reach: pruning every layer "
@@ -60,7 +65,7 @@ def _search_ratio(model, example, criterion: Criterion, config: PruneConfig, inp
     lo = 0.0
     while hi - lo > 0.005:
         mid = (lo + hi) / 2
-        if cost(mid) <= target:
+        if cost_at(mid) <= target:
             hi = mid
         else:
             lo = mid
@@ -138,9 +143,13 @@ def _setup(artifact: Artifact, config: PruneConfig, data: DataSplits | None, nee
                   arch=artifact.arch or type(artifact.model).__name__)
 
 
-def prune(artifact: Artifact, config: PruneConfig | None = None, *, data: DataSplits | None = None,
+def prune(artifact: Artifact, config: PruneConfig | None = None, *, data: DataSplits | InputSet | None = None,
           ctx: StageContext | None = None, recover: Recover | None = None) -> Artifact:
     """Prune a PyTorch artifact's channels; returns a new artifact whose model is genuinely smaller.
+
+    ``data`` an :class:`~edgetl.inputs.InputSet` (unlabelled inputs by name, read against ``artifact.contract``)
+    prunes any model: several inputs and outputs, relevance on its own outputs, fidelity against the unpruned
+    model instead of top-1 (:mod:`edgetl.prune.contract_prune`).
 
     ``data`` supplies the reference set (``samples_per_class`` per class from its train split) for data-driven
     criteria, the accuracy before/after (val split) and recovery training. ``recover`` replaces the recovery
@@ -154,6 +163,10 @@ def prune(artifact: Artifact, config: PruneConfig | None = None, *, data: DataSp
     from edgetl.train import evaluate_module
 
     config = config or PruneConfig()
+    if isinstance(data, InputSet):  # any model through its contract: unlabelled inputs by name
+        from edgetl.prune.contract_prune import prune_any
+
+        return prune_any(artifact, config, data, ctx=ctx, recover=recover)
     ctx = ctx or StageContext()
     start = time.perf_counter()
     with ctx.reporting():
@@ -162,7 +175,8 @@ def prune(artifact: Artifact, config: PruneConfig | None = None, *, data: DataSp
         scoring = [s.criterion.prepare(s.model, s.reference)]
         ratio = config.ratio
         if ratio is None and config.target_latency_ms is None:
-            ratio = _search_ratio(s.model, s.example, s.criterion, config, artifact.input_spec.shape, s.base, s.arch)
+            ratio = search_ratio(s.model, s.example, s.criterion, config, s.base, s.arch,
+                                 cost=lambda m: model_cost(m, artifact.input_spec.shape))
         current, steps, capped, initial, allocation = _prune_steps(artifact, config, s, ratio, data, recover,
                                                                    scoring)
         if allocation is not None:  # latency target: the ratio is what the allocation removed

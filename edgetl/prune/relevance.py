@@ -2,7 +2,10 @@
 
 The score of a channel is the absolute relevance at that layer's output, summed over spatial positions and over
 a reference set (N samples per class), with the relevance seeded as one-hot at the true-class logit
-(Yeom et al., "Pruning by Explaining", Pattern Recognition 2021). zennit's rules run as backward hooks whose
+(Yeom et al., "Pruning by Explaining", Pattern Recognition 2021). Any other model (several inputs, several
+outputs, no labels) is scored on an :class:`~edgetl.prune.feeds.InputReference`: relevance seeded on its own
+outputs by role (the predicted class of logits, masks and sequences; regression outputs relative to their mean),
+see :mod:`edgetl.prune.feeds`. zennit's rules run as backward hooks whose
 "gradient" *is* the relevance, so the relevance at a layer's output is the gradient of that output tensor under
 the composite; edgetl reads it with a tensor hook and never writes an LRP rule itself.
 
@@ -33,9 +36,11 @@ from edgetl.artifact import InputSpec
 from edgetl.choice import Choice
 from edgetl.data import ImageSet, prepare
 from edgetl.errors import DataError
+from edgetl.prune.canonize import choose_canonizers, conv_bn_pairs, residual_sums
+from edgetl.prune.feeds import InputReference, call
 
-__all__ = ["Composite", "ReferenceSet", "RelevanceResult", "choose_canonizers", "conv_bn_pairs", "reference_set",
-           "relevance_scores", "residual_sums"]
+__all__ = ["Composite", "InputReference", "ReferenceSet", "RelevanceResult", "choose_canonizers", "conv_bn_pairs",
+           "reference_set", "relevance_scores", "residual_sums"]
 
 log = logging.getLogger(__name__)
 
@@ -123,140 +128,6 @@ class RelevanceResult:
                 "cost_ratio": None if self.cost_ratio is None else round(self.cost_ratio, 3)}
 
 
-def _is_torchvision_resnet(model) -> bool:
-    from torchvision.models.resnet import BasicBlock, Bottleneck
-
-    return any(isinstance(m, (BasicBlock, Bottleneck)) for m in model.modules())
-
-
-def conv_bn_pairs(model, example) -> list[tuple[tuple[str], str]]:
-    """(conv/linear name,), batch-norm name) for every batch-norm whose input is exactly a conv/linear output.
-
-    Found by running ``example`` through the model rather than by module order: architectures such as
-    EfficientNet-Lite wrap their convolutions in padding modules, which defeats zennit's sequential search.
-    """
-    import torch
-    import torch.nn as nn
-
-    produced: dict[int, tuple[str, Any]] = {}
-    pairs: list[tuple[tuple[str], str]] = []
-    handles = []
-
-    def on_layer(name):
-        def hook(module, inputs, output):
-            if isinstance(output, torch.Tensor):
-                produced[id(output)] = (name, output)  # keep the tensor alive so its id stays unique
-        return hook
-
-    def on_bn(name):
-        def hook(module, inputs):
-            src = produced.get(id(inputs[0]))
-            if src is not None and src[1] is inputs[0]:
-                pairs.append(((src[0],), name))
-        return hook
-
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-            handles.append(m.register_forward_hook(on_layer(name)))
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            handles.append(m.register_forward_pre_hook(on_bn(name)))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    seen: set[str] = set()
-    return [p for p in pairs if not (p[1] in seen or seen.add(p[1]))]
-
-
-def residual_sums(model, example) -> tuple[Any, int]:
-    """A ``torch.fx`` copy of ``model`` in which every addition of two same-shape tensors is a zennit ``Sum``
-    module, so the composite's ``Norm`` rule splits relevance between the branches in proportion to their
-    contributions: the residual canonizer zennit ships for torchvision ResNets only, for any traceable network.
-
-    Module names are kept (``fx`` keeps the submodule paths), so per-layer scores still map to the original
-    layers. Returns the copy and the number of additions rewritten; raises what ``torch.fx`` raises for a
-    network it cannot trace (the caller falls back and says so).
-    """
-    import operator
-
-    import torch
-    import torch.fx as fx
-    from torch.fx.passes.shape_prop import ShapeProp
-    from zennit.layer import Sum
-
-    class _LayerLeaves(fx.Tracer):
-        # Subclasses of conv/linear/norm layers (EfficientNet-Lite's same-padding convs, say) stay whole modules:
-        # traced into, they would become bare functions that no zennit rule (and no score) can attach to.
-        def is_leaf_module(self, m, qualname: str) -> bool:
-            layer = (torch.nn.modules.conv._ConvNd, torch.nn.Linear, torch.nn.modules.batchnorm._BatchNorm)
-            return isinstance(m, layer) or super().is_leaf_module(m, qualname)
-
-    gm = fx.GraphModule(model, _LayerLeaves().trace(model), class_name=type(model).__name__)
-    ShapeProp(gm).propagate(example)
-    count = 0
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in (operator.add, operator.iadd, torch.add):
-            continue
-        if len(node.args) != 2 or node.kwargs or not all(isinstance(a, fx.Node) for a in node.args):
-            continue
-        metas = [a.meta.get("tensor_meta") for a in node.args]
-        if any(m is None or not hasattr(m, "shape") for m in metas) or metas[0].shape != metas[1].shape:
-            continue  # scalars, shapes, or broadcasting adds (a bias): not a residual join
-        name = f"edgetl_residual_sum_{count}"
-        gm.add_submodule(name, Sum(dim=-1))
-        with gm.graph.inserting_before(node):
-            stacked = gm.graph.call_function(torch.stack, args=(tuple(node.args),), kwargs={"dim": -1})
-            summed = gm.graph.call_module(name, args=(stacked,))
-        summed.meta = dict(node.meta)  # a following block's residual add reads its shape from here
-        node.replace_all_uses_with(summed)
-        gm.graph.erase_node(node)
-        count += 1
-    gm.graph.lint()
-    gm.recompile()
-    return gm.eval(), count
-
-
-def choose_canonizers(model, example) -> tuple[Any, list, list[str], list[str]]:
-    """Canonize ``model`` for LRP: (model to explain, zennit canonizers, their names, honest notes on gaps).
-
-    torchvision ResNets get zennit's own block canonizers; any other network's residual additions are rewritten
-    into ``Sum`` modules by :func:`residual_sums` when ``torch.fx`` can trace it (the returned model is then that
-    traced copy); batch-norms directly after a conv/linear are merged into it.
-    """
-    from zennit.canonizers import NamedMergeBatchNorm
-    from zennit.torchvision import ResNetBasicBlockCanonizer, ResNetBottleneckCanonizer
-
-    names: list[str] = []
-    notes: list[str] = []
-    extra: list = []
-    if _is_torchvision_resnet(model):
-        extra = [ResNetBottleneckCanonizer(), ResNetBasicBlockCanonizer()]
-        names.append("ResNet block canonizers (residual addition as a Sum module, Norm rule)")
-    else:
-        try:
-            traced, n_sums = residual_sums(model, example)
-        except Exception as e:  # noqa: BLE001 - fx raises many types; any of them means "not traceable"
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            notes.append(f"no residual-sum canonizer for {type(model).__name__}: torch.fx cannot trace it ({first}); "
-                         "if its forward() adds branches, each addition passes relevance to both branches "
-                         "unnormalised, so relevance is not conserved across residual blocks")
-        else:
-            model = traced
-            if n_sums:
-                names.append(f"residual sums ({n_sums} additions traced with torch.fx into Sum modules, Norm rule)")
-    pairs = conv_bn_pairs(model, example)
-    canonizers: list = [NamedMergeBatchNorm(pairs)] if pairs else []
-    if pairs:
-        names.insert(0, f"NamedMergeBatchNorm ({len(pairs)} batch-norms merged into the layer feeding them)")
-    bn_total = sum(isinstance(m, __import__("torch").nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if bn_total > len(pairs):
-        notes.append(f"{bn_total - len(pairs)} of {bn_total} batch-norm layers do not directly follow a conv/linear "
-                     "layer and were not merged (Pass rule)")
-    return model, canonizers + extra, names, notes
-
-
 def _scored_layers(model, names: Iterable[str] | None) -> dict[str, Any]:
     import torch.nn as nn
 
@@ -266,23 +137,31 @@ def _scored_layers(model, names: Iterable[str] | None) -> dict[str, Any]:
     return {n: layers[n] for n in names if n in layers}
 
 
-def _channel_abs_sum(t) -> Any:
-    """|t| summed over the batch and every axis after the channel axis: one value per channel."""
-    return t.detach().abs().sum(dim=[d for d in range(t.ndim) if d != 1])
+def _channel_axis(module, t) -> int:
+    """A convolution's channels are axis 1; a linear layer's the last axis (it may run on ``T, N, F``)."""
+    import torch.nn as nn
+
+    return t.ndim - 1 if isinstance(module, nn.Linear) else 1
 
 
-def _channel_abs_and_signed(grad) -> Any:
+def _channel_abs_sum(t, axis: int = 1) -> Any:
+    """|t| summed over every axis but the channel axis: one value per channel."""
+    return t.detach().abs().sum(dim=[d for d in range(t.ndim) if d != axis])
+
+
+def _channel_abs_and_signed(grad, axis: int = 1) -> Any:
     """Per-channel |grad| sums followed by one more entry: the signed sum of the whole tensor."""
     import torch
 
     g = grad.detach()
-    return torch.cat([_channel_abs_sum(g), g.sum().reshape(1)])
+    return torch.cat([_channel_abs_sum(g, axis), g.sum().reshape(1)])
 
 
 class _OutputGradTap:
-    """Forward hooks that attach a tensor hook to each layer's output and reduce its gradient per channel."""
+    """Forward hooks that attach a tensor hook to each layer's output and reduce its gradient per channel;
+    ``reduce(activation, gradient, channel_axis)``."""
 
-    def __init__(self, layers: dict[str, Any], reduce: Callable[[Any, Any], Any]) -> None:
+    def __init__(self, layers: dict[str, Any], reduce: Callable[[Any, Any, int], Any]) -> None:
         self.totals: dict[str, Any] = {}
         self._handles = []
         for name, module in layers.items():
@@ -293,9 +172,10 @@ class _OutputGradTap:
             if not getattr(output, "requires_grad", False):
                 return
             act = output.detach()  # not `output` itself: a hook holding its own tensor is a reference cycle
+            axis = _channel_axis(module, output)
 
             def on_grad(grad):
-                value = reduce(act, grad)
+                value = reduce(act, grad, axis)
                 self.totals[name] = value if name not in self.totals else self.totals[name] + value
 
             output.register_hook(on_grad)
@@ -314,22 +194,71 @@ def _seed(logits, y):
     return torch.zeros_like(logits).scatter_(1, y.view(-1, 1), 1.0)
 
 
-def plain_gradient_seconds(model, reference: ReferenceSet, *, batch_size: int = 64) -> float:
+class _LabelSeeding:
+    """A labelled :class:`ReferenceSet` in the shape :class:`~edgetl.prune.feeds.Seeding` has: one-hot at the
+    true class."""
+
+    def __init__(self, reference: ReferenceSet) -> None:
+        self.reference = reference
+
+    def __len__(self) -> int:
+        return len(self.reference)
+
+    def example(self) -> tuple:
+        return (self.reference.x[:1],)
+
+    def batches(self, batch_size: int):
+        for x, y in self.reference.batches(batch_size):
+            yield (x,), len(y), y
+
+    def seed(self, out, y) -> tuple[list, list]:
+        return [out], [_seed(out, y)]
+
+
+def _seeding(reference, model):
+    """Labelled classifier references seed the true class; any other reference (:class:`~edgetl.prune.feeds.
+    InputReference`) seeds the model's own outputs by role."""
+    if isinstance(reference, ReferenceSet):
+        return _LabelSeeding(reference)
+    return reference.seeding(model)
+
+
+def _batches(seeding, batch_size: int):
+    """(inputs, samples, seed target) per batch; an :class:`InputReference` yields (inputs, samples)."""
+    for item in seeding.batches(batch_size):
+        yield item if len(item) == 3 else (item[0], item[1], item[1])
+
+
+def _with_grad(example: tuple) -> tuple:
+    """Copies of the inputs, float ones requiring grad (their gradient is the input relevance)."""
+    return tuple(x.clone().requires_grad_(True) if x.is_floating_point() else x for x in example)
+
+
+def _input_sum(example: tuple) -> float:
+    return sum(float(x.grad.sum()) for x in example if x.grad is not None)
+
+
+def plain_gradient_seconds(model, reference, *, batch_size: int = 64) -> float:
     """Seconds of one ordinary forward+backward (parameter gradients included) over the reference set."""
+    import torch
+
     work = copy.deepcopy(model).eval()
-    work(reference.x[:1]).sum().backward()  # untimed warm-up, as for the LRP pass
+    seeding = _seeding(reference, work)
+    first, n0, t0 = next(_batches(seeding, 1))
+    torch.autograd.backward(*seeding.seed(call(work, first), t0))  # untimed warm-up, as for the LRP pass
     work.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    for x, y in reference.batches(batch_size):
-        logits = work(x)
-        logits.gather(1, y.view(-1, 1)).sum().backward()
+    for example, _, target in _batches(seeding, batch_size):
+        torch.autograd.backward(*seeding.seed(call(work, example), target))
     return time.perf_counter() - start
 
 
-def relevance_scores(model, reference: ReferenceSet, *, composite: Composite | str = Composite.EPSILON_PLUS_FLAT,
+def relevance_scores(model, reference, *, composite: Composite | str = Composite.EPSILON_PLUS_FLAT,
                      layers: Iterable[str] | None = None, batch_size: int = 64,
                      measure_cost: bool = True) -> RelevanceResult:
-    """LRP relevance per output channel of every conv/linear layer (or of ``layers``), summed over ``reference``.
+    """LRP relevance per output channel of every conv/linear layer (or of ``layers``), summed over ``reference``:
+    a labelled :class:`ReferenceSet` (seeded at the true class) or an :class:`~edgetl.prune.feeds.InputReference`
+    of any model (named inputs, seeded on its own outputs by role).
 
     ``model`` is not modified: scoring runs on a copy, so canonizers never touch the caller's weights.
     With ``measure_cost`` the result also holds the time of one plain forward+backward over the same samples.
@@ -338,40 +267,38 @@ def relevance_scores(model, reference: ReferenceSet, *, composite: Composite | s
 
     composite = Composite.parse(composite)
     setup_start = time.perf_counter()
+    seeding = _seeding(reference, model)  # regression means from the caller's (unchanged) model
     work = copy.deepcopy(model).eval()
     for p in work.parameters():
         p.requires_grad_(False)  # LRP needs relevance, not parameter gradients
-    work, canonizers, canon_names, notes = choose_canonizers(work, reference.x[:1])
+    work, canonizers, canon_names, notes = choose_canonizers(work, seeding.example())
     setup = time.perf_counter() - setup_start  # once per scoring call, whatever the number of samples
     targets = _scored_layers(work, layers)
-    input_relevance, seeded, layer_sums = 0.0, 0.0, {}
+    input_relevance, seeded, seed_total, layer_sums = 0.0, 0, 0.0, {}
     start = time.perf_counter()
     comp = composite.build(canonizers)
     with comp.context(work) as hooked:
         # one untimed single-sample pass first: a cold first call would be charged to LRP otherwise
         warm = time.perf_counter()
-        x0 = reference.x[:1].clone().requires_grad_(True)
-        out0 = hooked(x0)
-        torch.autograd.backward(out0, grad_tensors=_seed(out0, reference.y[:1]))
+        first, _, t0 = next(_batches(seeding, 1))
+        torch.autograd.backward(*seeding.seed(call(hooked, _with_grad(first)), t0))
         start += time.perf_counter() - warm
         # One tap per layer gives both the per-channel |relevance| (the score) and the signed total (conservation):
         # each tensor hook costs a Python call per layer and batch, which is most of LRP's overhead at small inputs.
-        tap = _OutputGradTap(targets, lambda out, grad: _channel_abs_and_signed(grad))
+        tap = _OutputGradTap(targets, lambda out, grad, axis: _channel_abs_and_signed(grad, axis))
         try:
-            for x, y in reference.batches(batch_size):
-                x = x.clone().requires_grad_(True)
-                logits = hooked(x)
-                torch.autograd.backward(logits, grad_tensors=_seed(logits, y))
-                input_relevance += float(x.grad.sum())
-                seeded += len(y)
+            for example, n, target in _batches(seeding, batch_size):
+                example = _with_grad(example)
+                tensors, seeds = seeding.seed(call(hooked, example), target)
+                torch.autograd.backward(tensors, grad_tensors=seeds)
+                input_relevance += _input_sum(example)
+                seeded += n
+                seed_total += sum(float(s.sum()) for s in seeds)
         finally:
             tap.remove()
         layer_sums = {n: float(v[-1]) / max(seeded, 1) for n, v in tap.totals.items()}
     seconds = time.perf_counter() - start
-    conservation = {"input_over_seed": input_relevance / max(seeded, 1)}
-    if layer_sums:
-        vals = sorted(layer_sums.values())
-        conservation.update({"layer_min": vals[0], "layer_median": vals[len(vals) // 2], "layer_max": vals[-1]})
+    conservation = _conservation(input_relevance, seeded, seed_total, layer_sums, notes)
     for note in notes:
         log.info("LRP: %s", note)
     baseline = plain_gradient_seconds(model, reference, batch_size=batch_size) if measure_cost else None
@@ -381,30 +308,55 @@ def relevance_scores(model, reference: ReferenceSet, *, composite: Composite | s
                            setup_seconds=setup)
 
 
-def activation_gradient_scores(model, reference: ReferenceSet, *, layers: Iterable[str] | None = None,
+def _conservation(input_relevance: float, seeded: int, seed_total: float, layer_sums: dict[str, float],
+                  notes: list[str]) -> dict[str, float | None]:
+    """Input relevance over the seeded relevance (per sample), and the per-layer signed totals per sample."""
+    if abs(seed_total) > 1e-6 * max(seeded, 1):
+        ratio: float | None = input_relevance / seed_total
+    else:
+        ratio = None
+        notes.append("the seeded relevance sums to about zero (regression outputs are seeded relative to their "
+                     "mean), so no conservation ratio is reported")
+    out: dict[str, float | None] = {"input_over_seed": ratio}
+    if layer_sums:
+        vals = sorted(layer_sums.values())
+        out.update({"layer_min": vals[0], "layer_median": vals[len(vals) // 2], "layer_max": vals[-1]})
+    return out
+
+
+def activation_gradient_scores(model, reference, *, layers: Iterable[str] | None = None,
                                batch_size: int = 64) -> tuple[dict[str, Any], float]:
-    """First-order Taylor scores (Molchanov et al. 2017): |sum over space of activation x dLoss/dactivation|
-    per sample and channel, summed over ``reference``. Loss: cross-entropy with the true labels. Returns the
-    scores by layer name and the seconds spent."""
+    """First-order Taylor scores (Molchanov et al. 2017): |sum over space of activation x gradient| per sample
+    and channel, summed over ``reference``. With a labelled :class:`ReferenceSet` the gradient is the
+    cross-entropy's with the true labels (as in the paper); with any other reference it is that of the seeded
+    outputs (the relevance seeds of :mod:`edgetl.prune.feeds`: the model's own prediction, no labels), so the
+    score estimates how much the chosen outputs change when the channel is removed. Returns the scores by layer
+    name and the seconds spent."""
+    import torch
     import torch.nn.functional as F
 
+    seeding = None if isinstance(reference, ReferenceSet) else reference.seeding(model)
     work = copy.deepcopy(model).eval()
     for p in work.parameters():
         p.requires_grad_(False)
 
-    def reduce(out, grad):
-        prod = (out.detach() * grad.detach())
-        if prod.ndim > 2:
-            prod = prod.flatten(2).sum(2)
+    def reduce(out, grad, axis):
+        prod = (out.detach() * grad.detach()).movedim(axis, -1)
+        if prod.ndim > 2:  # one value per sample (the leading axis) and channel: space and time summed
+            prod = prod.flatten(1, -2).sum(1)
         return prod.abs().sum(0)
 
     tap = _OutputGradTap(_scored_layers(work, layers), reduce)
     start = time.perf_counter()
     try:
-        for x, y in reference.batches(batch_size):
-            x = x.clone().requires_grad_(True)  # so every layer output carries a gradient
-            loss = F.cross_entropy(work(x), y, reduction="sum")
-            loss.backward()
+        if seeding is None:
+            for x, y in reference.batches(batch_size):
+                x = x.clone().requires_grad_(True)  # so every layer output carries a gradient
+                loss = F.cross_entropy(work(x), y, reduction="sum")
+                loss.backward()
+        else:
+            for example, _, target in _batches(seeding, batch_size):
+                torch.autograd.backward(*seeding.seed(call(work, _with_grad(example)), target))
     finally:
         tap.remove()
     return {n: v.float() for n, v in tap.totals.items()}, time.perf_counter() - start

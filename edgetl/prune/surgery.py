@@ -12,7 +12,7 @@ from edgetl.errors import ConfigError, ModelError
 from edgetl.prune.config import PruneConfig, Scope
 from edgetl.prune.criteria import Criterion
 
-__all__ = ["PrunePlan", "prune_model"]
+__all__ = ["PrunePlan", "check_output_shapes", "output_layers", "output_shapes", "prune_model"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,55 @@ class PrunePlan:
 
 
 # --------------------------------------------------------------------------- graph
-def _ignored_modules(model, config: PruneConfig) -> list[Any]:
+def output_layers(model, example) -> list[str]:
+    """The conv/linear layers that produce the model's outputs: walking back from every output tensor through
+    the autograd graph, the first conv/linear reached on each path (through activations, norms, reshapes, but
+    never through another conv/linear). Found by tracing one forward pass, not by name, so every head of a
+    multi-head model is found whatever it is called. Pruning one of them would change an output's shape."""
+    import torch
+    import torch.nn as nn
+
+    from edgetl.prune.feeds import call, named_outputs
+
+    produced: dict[Any, str] = {}
+
+    def on_layer(name):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.grad_fn is not None:
+                produced[output.grad_fn] = name
+        return hook
+
+    handles = [m.register_forward_hook(on_layer(n)) for n, m in model.named_modules()
+               if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    was = model.training
+    model.eval()
+    feed = tuple(x.detach().clone().requires_grad_(x.is_floating_point()) for x in example) \
+        if isinstance(example, tuple) else example.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            outs = [t for t in named_outputs(call(model, feed)).values() if isinstance(t, torch.Tensor)]
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    found: list[str] = []
+    stack, seen = [t.grad_fn for t in outs if t.grad_fn is not None], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if fn in produced:
+            if produced[fn] not in found:
+                found.append(produced[fn])
+            continue
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return found
+
+
+def _ignored_modules(model, config: PruneConfig, example=None) -> list[Any]:
+    """The user's ignored layers, the classifier (classic path), and, given an ``example``, every output layer
+    found by tracing (:func:`output_layers`)."""
     from edgetl.models import classifier_layer
 
     ignored = []
@@ -54,7 +102,30 @@ def _ignored_modules(model, config: PruneConfig) -> list[Any]:
             ignored.append(classifier_layer(model)[1])
         except ModelError:
             log.info("no nn.Linear classifier found; nothing ignored by default")
+    if example is not None:
+        heads = output_layers(model, example)
+        ignored += [model.get_submodule(n) for n in heads if all(m is not model.get_submodule(n) for m in ignored)]
     return ignored
+
+
+def output_shapes(model, example) -> dict[str, tuple[int, ...]]:
+    """Every output's shape on ``example`` (no grad), by output name."""
+    import torch
+
+    from edgetl.prune.feeds import call, named_outputs
+
+    with torch.no_grad():
+        return {k: tuple(v.shape) for k, v in named_outputs(call(model, example)).items() if hasattr(v, "shape")}
+
+
+def check_output_shapes(before: dict[str, tuple[int, ...]], model, example, arch: str) -> None:
+    """After surgery every output keeps its shape; else one ModelError line naming the output."""
+    after = output_shapes(model, example)
+    for name, shape in before.items():
+        if after.get(name) != shape:
+            raise ModelError(f"pruning changed output {name!r} of {arch} from {list(shape)} to "
+                             f"{list(after[name]) if name in after else 'missing'}; leave the layer that makes it "
+                             "unpruned with --ignore LAYER")
 
 
 def _build_graph(model, example) -> Any:
@@ -192,12 +263,14 @@ def _check_runs(model, example, arch: str) -> None:
     """A forward pass after surgery; on failure name the layer where the pruned graph broke."""
     import torch
 
+    from edgetl.prune.feeds import call
+
     last: list[str] = [""]
     handles = [m.register_forward_pre_hook(lambda mod, inp, _n=n: last.__setitem__(0, _n))
                for n, m in model.named_modules() if n and not list(m.children())]
     try:
         with torch.no_grad():
-            model(example)
+            call(model, example)
     except Exception as e:  # noqa: BLE001
         layer = last[0] or "(model input)"
         raise ModelError(
@@ -212,8 +285,13 @@ def _check_runs(model, example, arch: str) -> None:
 
 def prune_model(model, example, criterion: Criterion, *, ratio: float | None, config: PruneConfig,
                 initial: dict[str, int] | None = None, arch: str = "model") -> PrunePlan:
-    """One pruning step in place: ``ratio`` is the cumulative share of the *original* channels removed."""
-    ignored = _ignored_modules(model, config)
+    """One pruning step in place: ``ratio`` is the cumulative share of the *original* channels removed.
+
+    ``example`` is one input tensor or a tuple of a multi-input model's positional inputs. Every output layer
+    found by tracing is left unpruned (with the classifier and ``config.ignore``), and after surgery every
+    output must keep its shape (a ModelError naming the output otherwise)."""
+    shapes = output_shapes(model, example)
+    ignored = _ignored_modules(model, config, example)
     dg = _build_graph(model, example)
     criterion.bind(model)
     try:
@@ -233,4 +311,5 @@ def prune_model(model, example, criterion: Criterion, *, ratio: float | None, co
         plan = _plan(records, ratio, config)
     _apply(dg, records, plan)
     _check_runs(model, example, arch)
+    check_output_shapes(shapes, model, example, arch)
     return plan

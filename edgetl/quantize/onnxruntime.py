@@ -20,10 +20,12 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import platform
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,22 +33,41 @@ from typing import Any
 import numpy as np
 
 from edgetl.errors import ExportError, MissingDependencyError
+from edgetl.quantize.onnx_size import explain_size, size_breakdown
 
-__all__ = ["explain_size", "size_breakdown",
+__all__ = [
     "OrtTypeChoice",
     "choose_ort_types",
     "compute_nodes",
     "convert_fp16",
     "cpu_flags",
+    "explain_size",
     "layer_errors",
     "name_nodes",
     "preprocess",
     "quantize_dynamic_onnx",
     "quantize_static_onnx",
+    "size_breakdown",
     "unquantized_nodes",
 ]
 
 log = logging.getLogger(__name__)
+# ONNX Runtime's calibrators report progress with print(); it goes to this logger instead (the CLI shows
+# third-party loggers with --verbose only).
+_ORT_LOG = logging.getLogger("onnxruntime.quantization")
+
+
+@contextlib.contextmanager
+def _ort_prints() -> Iterator[None]:
+    """Library code never prints: what ONNX Runtime's quantizer prints becomes warnings of its own logger."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield
+    finally:
+        for line in buf.getvalue().splitlines():
+            if line.strip():
+                _ORT_LOG.warning("%s", line.rstrip())
 
 # Ops with weights whose int8 version matters for speed; what "a layer" means in reports and sensitivity.
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -130,7 +151,8 @@ def preprocess(src: Path, dst: Path) -> dict[str, Any]:
 
     info: dict[str, Any] = {"pre_process": "quant_pre_process"}
     try:
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
+        with _ort_prints():
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=False)
     except Exception as e:  # noqa: BLE001 - pre-processing improves results but is optional
         log.warning("onnxruntime quant_pre_process failed (%s); quantizing the graph as exported", _first_line(e))
         onnx.save(onnx.load(str(src)), str(dst))
@@ -288,23 +310,25 @@ def quantize_static_onnx(
         kw["calibration_cache_path"] = str(cache)
     reader = _reader(fp32, calib_batch, per_image=calibration == "mean-minmax") if calib_batch is not None else None
     if plain_defaults:
-        quantize_static(str(fp32), str(out), reader, **kw)
+        with _ort_prints():
+            quantize_static(str(fp32), str(out), reader, **kw)
         return {"types": "s8s8", "per_channel": False, "format": "QDQ", "defaults": True}
     qtype = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
     try:
-        quantize_static(
-            str(fp32), str(out), reader,
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            reduce_range=types.reduce_range,
-            activation_type=qtype[types.activation],
-            weight_type=qtype[types.weight],
-            nodes_to_exclude=list(exclude),
-            calibrate_method=getattr(CalibrationMethod, _METHODS[calibration]),
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": types.activation == "s8",
-                           **_calibration_options(calibration, types.activation == "s8")},
-            **kw,
-        )
+        with _ort_prints():
+            quantize_static(
+                str(fp32), str(out), reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                reduce_range=types.reduce_range,
+                activation_type=qtype[types.activation],
+                weight_type=qtype[types.weight],
+                nodes_to_exclude=list(exclude),
+                calibrate_method=getattr(CalibrationMethod, _METHODS[calibration]),
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": types.activation == "s8",
+                               **_calibration_options(calibration, types.activation == "s8")},
+                **kw,
+            )
     except Exception as e:  # noqa: BLE001 - ORT raises ValueError, RuntimeError and its own types
         raise ExportError(f"onnxruntime static quantization failed: {_first_line(e)}") from None
     return {"types": types.name, "per_channel": per_channel, "reduce_range": types.reduce_range, "format": "QDQ",
@@ -318,9 +342,10 @@ def quantize_dynamic_onnx(fp32: Path, out: Path, *, per_channel: bool = True,
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     try:
-        quantize_dynamic(str(fp32), str(out), per_channel=per_channel, weight_type=QuantType.QInt8,
-                         nodes_to_exclude=list(exclude), op_types_to_quantize=["MatMul", "Gemm", "Attention",
-                                                                               "LSTM", "Gather"])
+        with _ort_prints():
+            quantize_dynamic(str(fp32), str(out), per_channel=per_channel, weight_type=QuantType.QInt8,
+                             nodes_to_exclude=list(exclude), op_types_to_quantize=["MatMul", "Gemm", "Attention",
+                                                                                   "LSTM", "Gather"])
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"onnxruntime dynamic quantization failed: {_first_line(e)}") from None
     return {"types": "dynamic-u8s8", "per_channel": per_channel, "format": "QOperator"}
@@ -412,37 +437,6 @@ def _nsr(ref: np.ndarray, got: np.ndarray) -> float:
     ref = ref.astype(np.float64)
     noise = float(np.mean((got.astype(np.float64) - ref) ** 2))
     return noise / max(float(np.mean(ref ** 2)), 1e-12)
-
-
-def size_breakdown(path: Path) -> dict[str, Any]:
-    """Where an ONNX file's bytes go: initializer bytes by element type, the number of Quantize/Dequantize nodes,
-    and the rest (graph structure, names). Used to say why an int8 file is not smaller than its fp32 source."""
-    import onnx
-    from onnx import numpy_helper
-
-    proto = onnx.load(str(path))
-    by_type: dict[str, int] = {}
-    for init in proto.graph.initializer:
-        arr = numpy_helper.to_array(init)
-        by_type[str(arr.dtype)] = by_type.get(str(arr.dtype), 0) + int(arr.nbytes)
-    qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
-    total = Path(path).stat().st_size
-    return {"bytes": total, "initializer_bytes": by_type, "qdq_nodes": qdq,
-            "other_bytes": max(0, total - sum(by_type.values()))}
-
-
-def explain_size(int8_path: Path, fp32_bytes: int | None) -> str | None:
-    """None when the int8 file is smaller than ``fp32_bytes``; else one sentence saying where its bytes go."""
-    if not fp32_bytes:
-        return None
-    b = size_breakdown(int8_path)
-    if b["bytes"] < fp32_bytes:
-        return None
-    parts = ", ".join(f"{k} {v / 1e6:.3f} MB" for k, v in sorted(b["initializer_bytes"].items(), key=lambda t: -t[1]))
-    return (f"the int8 file ({b['bytes'] / 1e6:.3f} MB) is not smaller than its fp32 source ({fp32_bytes / 1e6:.3f} "
-            f"MB): its tensors are {parts}, plus {b['other_bytes'] / 1e6:.3f} MB of graph for {b['qdq_nodes']} "
-            "Quantize/DequantizeLinear nodes, which cost more than the int8 weights save here. Ship the fp32 file if "
-            "size matters more than speed")
 
 
 def scratch_dir(near: Path) -> tempfile.TemporaryDirectory:

@@ -119,53 +119,100 @@ def make_qdq(
 ) -> dict[str, Any]:
     """Write the TensorRT-ready Q/DQ ONNX of ``fp32`` to ``out``; ``exclude`` names nodes kept in float.
 
-    Returns what was placed: counts of quantized layers and residual Adds, and the weighted nodes left float.
+    Returns what was placed: counts of quantized layers, residual Adds and activation quantizers, and the
+    weighted nodes of op types this placement does not quantize.
     """
     _require()
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+
+    proto = _load_opset13(fp32)
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    weighted, adds = _quantizable_nodes(graph, inits, set(exclude))
+    act_uses = _activation_uses(weighted, adds)
+    tensors = sorted(act_uses)
+    ranges = _activation_ranges(fp32, tensors, calib_batch, calibration) if tensors else {}
+    act_nodes, act_inits = _activation_qdq(act_uses, ranges)
+    w_nodes, w_inits, replaced = _weight_dq(weighted, inits)
+    still_used = {i for n in graph.node for i in n.input}
+    keep = [i for i in graph.initializer if i.name not in replaced or i.name in still_used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep + act_inits + w_inits)
+    _insert_before_consumers(graph, act_nodes + w_nodes)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"the Q/DQ graph fails onnx.checker: {str(e).splitlines()[0][:300]}") from None
+    onnx.save(proto, str(out))
+    return {"format": "QDQ", "symmetric": True, "activation": "int8", "weight": "int8 per-channel",
+            "calibration": calibration, "quantized_layers": len(weighted), "residual_adds": len(adds),
+            "activation_quantizers": len(tensors), "unsupported": _unsupported(proto, inits)}
+
+
+def _load_opset13(fp32: Path):
+    """The ONNX model with every node named; per-channel Q/DQ needs opset 13."""
+    import onnx
 
     from edgetl.quantize.onnxruntime import name_nodes
 
     proto = onnx.load(str(fp32))
     name_nodes(proto)
-    graph = proto.graph
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
         raise ExportError(f"per-channel Q/DQ needs ONNX opset 13 or later; {fp32.name} has opset {opset}: "
                           "re-export with --opset 13 or later (17 for TensorRT 8.5)")
-    inits = {i.name: i for i in graph.initializer}
-    excluded = set(exclude)
-    weighted, adds, kept_float = [], [], []
+    return proto
+
+
+def _quantizable_nodes(graph, inits: dict[str, Any], excluded: set[str]) -> tuple[list[Any], list[Any]]:
+    """The weighted nodes to quantize (a constant weight, not excluded) and the residual Adds (two
+    activation inputs) whose inputs get Q/DQ so the Add fuses into the convolution before it."""
+    weighted, adds = [], []
     for n in graph.node:
         if n.op_type in QUANTIZED_OPS and len(n.input) > 1 and n.input[1] in inits:
-            (kept_float if n.name in excluded else weighted).append(n)
+            if n.name not in excluded:
+                weighted.append(n)
         elif n.op_type == "Add" and n.name not in excluded and len(n.input) == 2 and \
                 not any(i in inits for i in n.input):
             adds.append(n)
-    # Which tensors get an activation Q/DQ, and for which consumer inputs.
-    act_uses: dict[str, list[tuple[Any, int]]] = {}
+    return weighted, adds
+
+
+def _activation_uses(weighted: list[Any], adds: list[Any]) -> dict[str, list[tuple[Any, int]]]:
+    """Activation tensor -> the (consumer node, input index) pairs that read it through a Q/DQ."""
+    uses: dict[str, list[tuple[Any, int]]] = {}
     for n in weighted:
-        act_uses.setdefault(n.input[0], []).append((n, 0))
+        uses.setdefault(n.input[0], []).append((n, 0))
     for n in adds:
         for k in (0, 1):
-            act_uses.setdefault(n.input[k], []).append((n, k))
-    tensors = sorted(act_uses)
-    ranges = _activation_ranges(fp32, tensors, calib_batch, calibration) if tensors else {}
-    new_nodes, new_inits = [], []
+            uses.setdefault(n.input[k], []).append((n, k))
+    return uses
+
+
+def _activation_qdq(uses: dict[str, list[tuple[Any, int]]], ranges: dict[str, float]) -> tuple[list[Any], list[Any]]:
+    """A symmetric int8 QuantizeLinear -> DequantizeLinear pair per activation tensor, its consumers rewired."""
+    from onnx import helper, numpy_helper
+
     zero8 = numpy_helper.from_array(np.zeros((), dtype=np.int8), "qdq_zero_point_int8")
-    new_inits.append(zero8)
-    for t in tensors:
-        amax = ranges.get(t, 0.0)
-        scale = max(amax, 1e-8) / 127.0
+    nodes, inits = [], [zero8]
+    for t in sorted(uses):
+        scale = max(ranges.get(t, 0.0), 1e-8) / 127.0
         s_name, q_out, dq_out = f"{t}_qdq_scale", f"{t}_quantized", f"{t}_dequantized"
-        new_inits.append(numpy_helper.from_array(np.array(scale, dtype=np.float32), s_name))
-        new_nodes.append(helper.make_node("QuantizeLinear", [t, s_name, zero8.name], [q_out], name=f"{t}_QuantizeLinear"))
-        new_nodes.append(helper.make_node("DequantizeLinear", [q_out, s_name, zero8.name], [dq_out],
-                                          name=f"{t}_DequantizeLinear"))
-        for node, k in act_uses[t]:
+        inits.append(numpy_helper.from_array(np.array(scale, dtype=np.float32), s_name))
+        nodes.append(helper.make_node("QuantizeLinear", [t, s_name, zero8.name], [q_out], name=f"{t}_QuantizeLinear"))
+        nodes.append(helper.make_node("DequantizeLinear", [q_out, s_name, zero8.name], [dq_out],
+                                      name=f"{t}_DequantizeLinear"))
+        for node, k in uses[t]:
             node.input[k] = dq_out
-    replaced: set[str] = set()
+    return nodes, inits
+
+
+def _weight_dq(weighted: list[Any], inits: dict[str, Any]) -> tuple[list[Any], list[Any], set[str]]:
+    """Each weight stored as int8 (symmetric, per output channel) behind a DequantizeLinear; the float
+    initializers it replaces."""
+    from onnx import helper, numpy_helper
+
+    nodes, new_inits, replaced = [], [], set()
     for n in weighted:
         w_name = n.input[1]
         w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
@@ -181,19 +228,18 @@ def make_qdq(
         new_inits += [numpy_helper.from_array(q, q_name),
                       numpy_helper.from_array(scale.astype(np.float32), s_name),
                       numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), z_name)]
-        new_nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_out], axis=axis,
-                                          name=f"{w_name}_DequantizeLinear_{n.name}"))
+        nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_out], axis=axis,
+                                      name=f"{w_name}_DequantizeLinear_{n.name}"))
         n.input[1] = dq_out
         replaced.add(w_name)
-    still_used = {i for n in graph.node for i in n.input}
-    keep = [i for i in graph.initializer if i.name not in replaced or i.name in still_used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep + new_inits)
-    # Topological order: each Q/DQ goes right before the first node that consumes it.
-    produced = {o for n in new_nodes for o in n.output}
-    ordered, pending = [], {o: [] for o in produced}
+    return nodes, new_inits, replaced
+
+
+def _insert_before_consumers(graph, new_nodes: list[Any]) -> None:
+    """Keep the graph topologically sorted: each new node goes right before the first node that consumes it
+    (after the new nodes it reads itself)."""
     by_out = {n.output[0]: n for n in new_nodes}
-    placed: set[str] = set()
+    ordered, placed = [], set()
 
     def place(name: str) -> None:
         if name in placed or name not in by_out:
@@ -208,19 +254,8 @@ def make_qdq(
         for i in n.input:
             place(i)
         ordered.append(n)
-    del pending
     del graph.node[:]
     graph.node.extend(ordered)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as e:  # noqa: BLE001
-        raise ExportError(f"the Q/DQ graph fails onnx.checker: {str(e).splitlines()[0][:300]}") from None
-    onnx.save(proto, str(out))
-    unsupported = _unsupported(proto, inits)
-    del TensorProto
-    return {"format": "QDQ", "symmetric": True, "activation": "int8", "weight": "int8 per-channel",
-            "calibration": calibration, "quantized_layers": len(weighted), "residual_adds": len(adds),
-            "activation_quantizers": len(tensors), "unsupported": unsupported}
 
 
 def _unsupported(proto, fp32_inits) -> list[dict[str, str]]:

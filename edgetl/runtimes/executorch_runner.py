@@ -19,9 +19,12 @@ class ExecuTorchRunner(Runtime):
         except ImportError:
             raise MissingDependencyError("executorch", "mobile", "running ExecuTorch programs") from None
         self._torch = torch
+        from edgetl.native_log import native_stderr
+
         try:
             program = EtRuntime.get().load_program(str(artifact.path))
-            self.method = program.load_method("forward")
+            with native_stderr():  # XNNPACK's cpuinfo probing prints five lines per load on x86
+                self.method = program.load_method("forward")
         except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError / ValueError
             raise InputFileError(f"{artifact.path}: ExecuTorch cannot load it ({str(e).splitlines()[0][:300]})") from None
         # The input buffer is planned ahead of time: a static program takes exactly that batch, a dynamic one

@@ -1,0 +1,1 @@
+"""Per-operator profilers, one module per runtime (see :mod:`benchmarks.profiler`, which picks one)."""
