@@ -190,3 +190,31 @@ def test_bad_arch_names_and_args_are_one_line(user_pkg, tmp_path):
     _one_line(_cli(env, "quantize", w, "--arch", f"{mod}:TwoHead", "--arch-args", "{width: 3}", "--data", "x.npz",
                    "--backend", "openvino", "-o", str(tmp_path / "q.xml")), "not valid JSON")
     assert not (tmp_path / "q.xml").exists()
+
+
+def test_cli_prune_of_own_architecture_saves_widths_and_eval_reloads_with_the_same_arch(user_pkg, tmp_path):
+    import importlib
+
+    mod, env = user_pkg
+    spec = f"{mod}:TwoHead"
+    torch.save(_trained_like(importlib.import_module(mod).TwoHead()).state_dict(), tmp_path / "w.pth")
+    x = _feed(5, 20)
+    np.savez(tmp_path / "feeds.npz", image=x[0].numpy()[:, None], side=x[1].numpy()[:, None])
+    contract = ("--input", "image:1x1x12x12:float32", "--input", "side:1x4:float32")
+    r = _cli(env, "prune", str(tmp_path / "w.pth"), "--arch", spec, *contract, "--data", str(tmp_path / "feeds.npz"),
+             "--ratio", "0.5", "--criterion", "l1", "-o", str(tmp_path / "pruned.pt"), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    pruned = json.loads(r.stdout)
+    assert pruned["arch"] == spec and pruned["params_after"] < pruned["params_before"]
+    raw = torch.load(tmp_path / "pruned.pt", weights_only=True)  # widths and tensors, no code
+    from edgetl.checkpoint import structure
+
+    full = structure(importlib.import_module(mod).TwoHead())
+    changed = {k for k, v in raw["structure"].items() if v != full[k]}
+    assert changed and "pickled_module" not in raw  # surgery changed recorded widths
+    r = _cli(env, "eval", str(tmp_path / "pruned.pt"), "--arch", spec, *contract, "--data",
+             str(tmp_path / "feeds.npz"), "--reference", str(tmp_path / "pruned.pt"), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert all(o["max_abs"] == 0.0 for o in json.loads(r.stdout)["fidelity"]["outputs"])
+    _one_line(_cli(env, "eval", str(tmp_path / "pruned.pt"), *contract, "--data", str(tmp_path / "feeds.npz")),
+              f"--arch {spec}")
