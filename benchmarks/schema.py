@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmarks.contract_inputs import input_shape
 from benchmarks.inputs import InputSource
 from benchmarks.stats import LatencyStats
 from edgetl.artifact import Artifact, Format
@@ -209,5 +210,5 @@ def result_fields(warm: WarmRunner, info: dict[str, Any], config: BenchConfig, p
         runner={**info, "outputs_finite": warm.finite, "warmup_calls": warm.warmup_calls},
         device=getattr(profile, "name", None) or "local",
         artifact_meta={"arch": art.arch, "stages": [r.stage for r in art.history],
-                       "input_shape": list(art.input_spec.shape)},
+                       "input_shape": input_shape(art)},
     )

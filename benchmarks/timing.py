@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from benchmarks.contention import BlockLoad, between, snapshot
-from benchmarks.inputs import real_inputs
+from benchmarks.contract_inputs import bench_inputs, feed_runner
 from benchmarks.machine import peak_mb, reset_peak, rss_mb
 from edgetl.artifact import Artifact
 from edgetl.errors import ConfigError, ModelError
@@ -87,7 +87,7 @@ def plan_run(artifact: Artifact, config: BenchConfig, profile=None) -> RunPlan:
     runtime = runner_for(artifact.format, runtime)
     if config.compile and runtime != "torch":
         raise ConfigError(f"--compile is torch.compile; {artifact.name} runs in {runtime}")
-    inputs, origin = real_inputs(artifact, batch=config.batch, count=config.distinct_inputs, source=config.inputs)
+    inputs, origin = bench_inputs(artifact, batch=config.batch, count=config.distinct_inputs, source=config.inputs)
     _preimport(runtime)
     options = RuntimeOptions(threads=config.threads, device=config.device, precision=config.precision,
                              extra=_runtime_extra(config, runtime))
@@ -150,7 +150,7 @@ def open_warm(artifact: Artifact | None, plan: RunPlan, config: BenchConfig, *,
         artifact = reload()
     if artifact is None:
         raise ConfigError("nothing to measure: give an artifact or a reload function")
-    runner = open_runner(artifact, runtime=plan.runtime, options=plan.options)
+    runner = feed_runner(open_runner(artifact, runtime=plan.runtime, options=plan.options), artifact)
     try:
         t1 = time.perf_counter_ns()
         fixed = runner.fixed_batch

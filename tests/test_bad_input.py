@@ -116,7 +116,11 @@ def test_pickle_refusal_names_only_options_the_command_has(tmp_path):
     r = run_cli("eval", str(p), "--data", "digits")  # eval has --unsafe-pickle and --arch
     line = _one_line(r.stderr)
     assert r.returncode == 2 and "--unsafe-pickle" in line and "--arch" in line
-    r = run_cli("quantize", str(p), "--data", "digits", "-o", str(tmp_path / "q.onnx"))  # has neither
+    r = run_cli("quantize", str(p), "--data", "digits", "-o", str(tmp_path / "q.onnx"))  # has --arch only
+    line = _one_line(r.stderr)
+    assert r.returncode == 2 and "pickled Python object" in line
+    assert "--unsafe-pickle" not in line and "--arch" in line and "edgetl.save_model" in line
+    r = run_cli("bench", str(p), "--no-store")  # has neither
     line = _one_line(r.stderr)
     assert r.returncode == 2 and "pickled Python object" in line
     assert "--unsafe-pickle" not in line and "--arch" not in line and "edgetl.save_model" in line

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from edgetl.cli import contract_options as co
 from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
 from edgetl.cli.bench_options import DbOpt, open_store, profile_timing
 from edgetl.cli.device_options import ssh_options
@@ -63,6 +64,9 @@ def bench_cmd(
     rounds: Annotated[int, typer.Option("--rounds", help="Interleaved rounds (A B C A B C ...); contended rounds are re-measured up to as many times again.")] = 5,
     max_spread: Annotated[float, typer.Option("--max-spread", help="A speed-up whose per-round ratios spread more than this fraction is marked unreliable.")] = 0.25,
     emulate: Annotated[bool, typer.Option("--emulate", help="Time this machine with a profile that describes another one (labelled 'emulated on ...').")] = False,
+    input_: co.InputFlag = None,
+    opt_shape: co.OptShapeFlag = None,
+    data: co.BenchDataFlag = None,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -81,7 +85,8 @@ def bench_cmd(
                               connect_timeout=connect_timeout)
             results, errors = _remote(artifacts, plan, config, store, run_id, ssh=ssh, eval_data=eval_data)
         else:
-            results, errors = _local(artifacts, plan, config, store, run_id, eval_data=eval_data), {}
+            results, errors = _local(artifacts, plan, config, store, run_id, eval_data=eval_data,
+                                     contract=(input_, opt_shape, data)), {}
         return _report(plan.profile, results, errors, store=store, run_id=run_id, batch=batch, json_=json_)
 
     execute(body, json_=json_, debug=debug)
@@ -162,16 +167,21 @@ def _bench_config(plan: _Plan, *, batch: int, threads: int | None, warmup_runs: 
         runtime=runtime, precision=precision, hint=hint, compile=compile_, inputs=plan.source)
 
 
-def _local(artifacts: list[Path], plan: _Plan, config, store, run_id: str, *, eval_data: str | None):
+def _local(artifacts: list[Path], plan: _Plan, config, store, run_id: str, *, eval_data: str | None,
+           contract: tuple = (None, None, None)):
+    """``contract``: the --input, --opt-shape and --data values (feeds by input name, any model)."""
     from benchmarks.contention import choose_omp_wait_policy
+    from benchmarks.contract_inputs import prepare
     from benchmarks.interleave import Candidate, measure_interleaved
     from edgetl.models import load_model
 
     omp = choose_omp_wait_policy()  # before torch loads OpenMP (load_model imports torch)
+    input_, opt_shape, data = contract
+    flags = co.contract_flags(inputs=input_, opt_shapes=opt_shape)
     cands = []
     for path in artifacts:
-        art = load_model(str(path))
-        reload = (lambda p=str(path): load_model(p)) if art.path is None else None
+        art = prepare(load_model(str(path)), flags, data=data)
+        reload = (lambda p=str(path): prepare(load_model(p), flags, data=data)) if art.path is None else None
         cands.append(Candidate(art, source_path=path, reload=reload))
     run = measure_interleaved(cands, config, profile=plan.profile, baseline=plan.baseline,
                               interleave=plan.interleave)

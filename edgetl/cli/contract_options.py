@@ -120,3 +120,17 @@ def raise_names(ref_contract: Any, contract: Any) -> None:
 
 def _num(v: Any, digits: int = 4) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
+
+
+ArchFlag = Annotated[Optional[str], typer.Option(
+    "--arch", help="Architecture of a plain state-dict file: a zoo name, or your own module.path:ClassName "
+    "(imports that module).")]
+ArchArgsFlag = Annotated[Optional[str], typer.Option(
+    "--arch-args", help="Constructor arguments of --arch module.path:ClassName as a JSON object, e.g. "
+    "'{\"width\": 16}'.")]
+MinSnrFlag = Annotated[Optional[float], typer.Option(
+    "--min-snr", help="Fidelity budget of a model quantized by its contract: the lowest SNR in dB any output may "
+    "have against the fp32 model.")]
+BenchDataFlag = Annotated[Optional[str], typer.Option(
+    "--data", "-d", help="Real inputs to time a model by its contract: an .npz named after the inputs, an image "
+    "folder or module:function (a sample rate or token ids cannot be made up).")]

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgetl.cli import contract_options as co
 from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
 
 
@@ -48,6 +49,13 @@ def quantize_cmd(
                                                   "in float by the --max-drop fallback.")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the data split and calibration choice.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    input_: co.InputFlag = None,
+    opt_shape: co.OptShapeFlag = None,
+    role: co.RoleFlag = None,
+    task: co.TaskFlag = None,
+    min_snr: co.MinSnrFlag = None,
+    arch: co.ArchFlag = None,
+    arch_args: co.ArchArgsFlag = None,
     json_: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -64,7 +72,14 @@ def quantize_cmd(
                              keep_float=tuple(k.strip() for k in (keep_float or "").split(",") if k.strip()),
                              max_float_layers=max_float_layers)
         _check_output(cfg, output, overwrite=overwrite)
-        q, splits = _run(model, data, cfg, output=output, budget=budget)
+        from edgetl.cli import contract_quantize as cq
+
+        flags = co.contract_flags(inputs=input_, opt_shapes=opt_shape, roles=role, task=task)  # -o is the file
+        art = cq.load_for_quantize(model, arch=arch, arch_args=arch_args)
+        if cq.wants_contract(art, flags, min_snr=min_snr, data=data):  # any model, scored label-free
+            return cq.quantize_contract(model, art, cfg, flags, data=data, output=output, max_drop=max_drop,
+                                        min_snr=min_snr)
+        q, splits = _run(art, data, cfg, output=output, budget=budget)
         return _report(model, cfg, q, data_name=splits.name, budget=budget)
 
     execute(body, json_=json_, debug=debug)
@@ -80,19 +95,17 @@ def _check_output(cfg, output: Path, *, overwrite: bool) -> None:
     check_output(output, kind="dir" if bundle else "file", overwrite=overwrite)  # before any model or data loads
 
 
-def _run(model: str, data: str, cfg, *, output: Path, budget: float):
-    """Load, quantize; a budget the quantizer could not meet becomes the gate's error (nothing was written)."""
+def _run(art, data: str, cfg, *, output: Path, budget: float):
+    """Quantize; a budget the quantizer could not meet becomes the gate's error (nothing was written)."""
     import torch
 
     from edgetl import gates
     from edgetl.data import load_data
     from edgetl.errors import BudgetError
-    from edgetl.models import load_model
     from edgetl.quantize import quantize
     from edgetl.stages import StageContext
 
     torch.set_flush_denormal(True)
-    art = load_model(model)
     splits = load_data(data, seed=cfg.seed)
     try:
         return quantize(art, cfg, data=splits, ctx=StageContext(output=output)), splits

@@ -94,6 +94,28 @@ class QuantizerBackend:
         target, function = cls.fp32_export
         return export_function(target, function)(artifact, work / f"fp32{EXPORTS[target].suffix}")
 
+    @classmethod
+    def fp32_by_contract(cls, artifact: Artifact, config: QuantizeConfig, work: Path, feed: dict) -> Artifact:
+        """The fp32 model in this backend's format for a model by its contract; ``feed`` is one real sample (the
+        example to trace with: a sample rate or token ids cannot be made up)."""
+        return cls.fp32(artifact, config, work)
+
+    def run_outputs(self, path: Path, feeds: list[dict], contract) -> list[dict[str, np.ndarray]]:
+        """Every output by name for each feed, in this backend's runtime (checks of a model by its contract)."""
+        from edgetl.formats import format_for_suffix
+        from edgetl.runtimes import open_runtime
+
+        art = Artifact(format=format_for_suffix(Path(path).suffix) or Format.ONNX, input_spec=None, labels=(),
+                       path=Path(path), contract=contract)
+        with open_runtime(art, threads=2) as rt:
+            got = [rt.run_named(dict(f)) for f in feeds]
+        names = contract.output_names
+        if got and set(got[0]) != set(names) and len(got[0]) == len(names):
+            # an OpenVINO port has several names (ONNX's "scores" and "/Reshape_2_output_0") and the runtime
+            # shows any one of them: the outputs are in the model's order, which is the contract's
+            got = [dict(zip(names, g.values(), strict=True)) for g in got]
+        return got
+
     def calibrations(self) -> list[str | None]:
         """The range estimators to try for the first candidate (None: the backend estimates ranges itself)."""
         return [None]
@@ -167,15 +189,21 @@ class OnnxBackend(QuantizerBackend):
         else:
             cache = self.work / f"calibration-{self.method}.json"  # ranges kept per estimator between candidates
             calib = None if cache.exists() else self.calib
-            info = self.qo.quantize_static_onnx(self.pre, out, calib, types=self.types, per_channel=cfg.per_channel,
-                                                exclude=exclude, calibration=self.method, cache=cache)
+            if isinstance(self.calib, np.ndarray):
+                quantize_static = self.qo.quantize_static_onnx
+            else:  # a model of any inputs: feeds by input name (edgetl.quantize.ort_feeds)
+                from edgetl.quantize.ort_feeds import quantize_static_feeds as quantize_static
+            info = quantize_static(self.pre, out, calib, types=self.types, per_channel=cfg.per_channel,
+                                   exclude=exclude, calibration=self.method, cache=cache)
             info["type_choice"] = self.types.to_dict()
         return out, {**self.pre_info, **info}
 
     def unquantized(self, path: Path) -> list[dict[str, str]]:
         return self.qo.unquantized_nodes(self.pre, path)
 
-    def ranking(self, path: Path, batch: np.ndarray) -> list[dict[str, Any]]:
+    def ranking(self, path: Path, batch) -> list[dict[str, Any]]:
+        if not isinstance(batch, np.ndarray):
+            return []  # per-layer taps feed one image input; a model of any inputs is not ranked (no fallback)
         return self.qo.layer_errors(self.pre, path, batch, self.layers())
 
 
@@ -267,6 +295,25 @@ class OpenVinoBackend(QuantizerBackend):
             return artifact
         return export_function("openvino", "export_openvino")(artifact, work / "fp32.xml")
 
+    @classmethod
+    def fp32_by_contract(cls, artifact: Artifact, config: QuantizeConfig, work: Path, feed: dict) -> Artifact:
+        if artifact.format is not Format.TORCH:
+            return cls.fp32(artifact, config, work)
+        import openvino as ov
+        import torch
+
+        from edgetl.contract_shapes import openvino_partial_shapes
+        from edgetl.errors import ExportError
+
+        names = artifact.contract.input_names
+        partial = openvino_partial_shapes(artifact.contract)
+        try:  # traced on a real sample: inputs such as a sample rate cannot be made up
+            model = ov.convert_model(artifact.model.eval(), example_input=tuple(torch.from_numpy(
+                np.asarray(feed[n])) for n in names), input=[ov.PartialShape(partial[n]) for n in names])
+        except Exception as e:  # noqa: BLE001 - the frontends raise their own types
+            raise ExportError(f"OpenVINO could not convert the model: {str(e).strip().splitlines()[0][:300]}") from None
+        return export_function("openvino", "export_openvino")(artifact, work / "fp32.xml", ov_model=model)
+
     def layers(self) -> list[dict[str, str]]:
         return self.qv.compute_ops(self.fp32_model)
 
@@ -331,9 +378,21 @@ class Pt2eBackend(QuantizerBackend):
         if artifact.model is None:
             raise ConfigError("backend pytorch needs the PyTorch model in memory; load the checkpoint with load_model")
 
+    @classmethod
+    def fp32_by_contract(cls, artifact: Artifact, config: QuantizeConfig, work: Path, feed: dict) -> Artifact:
+        from edgetl.quantize import pt2e
+
+        return pt2e.write_fp32_pte(artifact, work / "fp32.pte", feed)
+
+    def run_outputs(self, path: Path, feeds: list[dict], contract) -> list[dict[str, np.ndarray]]:
+        return self.pt2e.run_pte(path, feeds, contract)
+
+    def _feed(self) -> dict | None:
+        return None if isinstance(self.calib, np.ndarray) else self.calib[0]
+
     def layers(self) -> list[dict[str, str]]:
         if self._layers is None:
-            self._layers = self.pt2e.quantizable_layers(self.source.model, self.source)
+            self._layers = self.pt2e.quantizable_layers(self.source.model, self.source, feed=self._feed())
         return self._layers
 
     def build(self, exclude: list[str]) -> tuple[Path, dict[str, Any], Any]:
@@ -341,7 +400,7 @@ class Pt2eBackend(QuantizerBackend):
         out = self.work / f"candidate{self.n}.pte"
         converted, info = self.pt2e.quantize_module(self.source.model, self.calib, artifact=self.source,
                                                     exclude=exclude, per_channel=self.config.per_channel)
-        lowered = self.pt2e.write_pte(converted, self.source, out)
+        lowered = self.pt2e.write_pte(converted, self.source, out, feed=self._feed())
         return out, {**lowered, **info}, converted
 
     def unquantized(self, converted) -> list[dict[str, str]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -142,6 +143,8 @@ class QuantizeConfig:
     loses more, the most sensitive layers are kept in floating point, one at a time, up to ``max_float_layers``.
     ``allow_drop`` writes the best model reached even when the budget is not met (otherwise :class:`BudgetError`).
     ``keep_float`` names layers (ONNX node / OpenVINO op names) the user wants kept in floating point.
+    ``min_snr`` (dB, every output) is the fidelity budget of a model quantized by its contract
+    (:mod:`edgetl.quantize.by_contract`), where ``max_drop`` is in points of the task's agreement metric.
     """
 
     backend: Backend | PluginBackend = Backend.ONNXRUNTIME
@@ -161,6 +164,7 @@ class QuantizeConfig:
     sensitivity_samples: int = 64
     eval_split: str = "val"
     eval_samples: int | None = None
+    min_snr: float | None = None  # dB on every output: the fidelity budget of a model quantized by its contract
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backend", parse_backend(self.backend))
@@ -179,6 +183,8 @@ class QuantizeConfig:
                               f"{self.calib_samples}")
         if self.max_drop is not None and not 0 <= float(self.max_drop) <= 100:
             raise ConfigError(f"--max-drop is in accuracy points between 0 and 100, got {self.max_drop}")
+        if self.min_snr is not None and not (isinstance(self.min_snr, (int, float)) and math.isfinite(self.min_snr)):
+            raise ConfigError(f"--min-snr is a number of dB, got {self.min_snr!r}")
         if int(self.max_float_layers) < 0:
             raise ConfigError(f"max_float_layers must not be negative, got {self.max_float_layers}")
         if int(self.sensitivity_samples) < 1:

@@ -92,16 +92,25 @@ def unquantized_ops(q_model, fp32_ops: list[dict[str, str]]) -> list[dict[str, s
     return out
 
 
+def _calibration_items(calib) -> list:
+    """NNCF's dataset items: one image per item from a float32 N x C x H x W batch, or the feeds themselves (a
+    list of ``{input name: array}``, one sample each) for a model of any inputs."""
+    if isinstance(calib, np.ndarray):
+        return [np.ascontiguousarray(calib[i : i + 1]) for i in range(len(calib))]
+    return [{k: np.asarray(v, order="C") for k, v in feed.items()} for feed in calib]  # a 0-d sample rate stays 0-d
+
+
 def quantize_ov(
     ov_model,
-    calib_batch: np.ndarray,
+    calib_batch: np.ndarray | Sequence[dict[str, np.ndarray]],
     *,
     preset: str = "auto",
     target_device: str = "cpu",
     ignored: Sequence[str] = (),
     plain_defaults: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
-    """``nncf.quantize`` of ``ov_model`` on ``calib_batch`` (float32 N x C x H x W); returns (model, info).
+    """``nncf.quantize`` of ``ov_model`` on ``calib_batch`` (float32 N x C x H x W, or a list of feeds by input
+    name for a model of any inputs); returns (model, info).
 
     ``ignored`` names ops (their friendly names) to keep in float. ``plain_defaults`` calls ``nncf.quantize``
     with nothing but the dataset: the benchmark baseline.
@@ -109,7 +118,7 @@ def quantize_ov(
     _require()
     import nncf
 
-    batch1 = [np.ascontiguousarray(calib_batch[i : i + 1]) for i in range(len(calib_batch))]
+    batch1 = _calibration_items(calib_batch)
     dataset = nncf.Dataset(batch1)
     if plain_defaults:
         return _run(nncf.quantize, ov_model, dataset), {"preset": "default", "defaults": True}
@@ -160,6 +169,15 @@ def _source(output):
     return output
 
 
+def _producer(output) -> tuple[str, int]:
+    """(op name, port) of the tensor behind ``output``, through the Result node a model output may be."""
+    node = output.get_node()
+    if node.get_type_name() == "Result":
+        output = node.input_value(0)
+        node = output.get_node()
+    return node.get_friendly_name(), output.get_index()
+
+
 def _taps(model, names: list[str]) -> tuple[Any, list[tuple[int, int]]]:
     """Clone ``model`` with the input source and output of each named op added as outputs; index pairs."""
     m = model.clone()
@@ -173,20 +191,23 @@ def _taps(model, names: list[str]) -> tuple[Any, list[tuple[int, int]]]:
         src = _source(op.input_value(0))
         pairs.append((len(wanted), len(wanted) + 1))
         wanted += [src, op.output(0)]
-    n0 = len(m.outputs)
     m.add_outputs(wanted)
-    return m, [(a + n0, b + n0) if a >= 0 else (-1, -1) for a, b in pairs]
+    # add_outputs adds a tensor once: heads that share an input (a detector's box, score and landmark convs) tap
+    # the same tensor, so each tap's index is looked up, not counted
+    where = {_producer(o): i for i, o in enumerate(m.outputs)}
+    index = [where[_producer(w)] for w in wanted]
+    return m, [(index[a], index[b]) if a >= 0 else (-1, -1) for a, b in pairs]
 
 
-def _collect(model, batch: np.ndarray, names: list[str]) -> list[tuple[np.ndarray, np.ndarray] | None]:
+def _collect(model, batch, names: list[str]) -> list[tuple[np.ndarray, np.ndarray] | None]:
     import openvino as ov
 
     m, pairs = _taps(model, names)
     compiled = ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2})
     req = compiled.create_infer_request()
     acc: list[list[list[np.ndarray]]] = [[[], []] for _ in names]
-    for i in range(len(batch)):
-        res = req.infer({0: batch[i : i + 1]})
+    for item in _calibration_items(batch):
+        res = req.infer(item if isinstance(item, dict) else {0: item})
         for k, (a, b) in enumerate(pairs):
             if a >= 0:
                 acc[k][0].append(np.array(res[compiled.outputs[a]], dtype=np.float32))
@@ -194,8 +215,9 @@ def _collect(model, batch: np.ndarray, names: list[str]) -> list[tuple[np.ndarra
     return [(np.concatenate(x), np.concatenate(y)) if x else None for x, y in acc]
 
 
-def layer_errors(fp32_model, q_model, batch: np.ndarray, ops: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """Per weighted op, the noise-to-signal ratio it adds (output NSR minus input NSR), largest first."""
+def layer_errors(fp32_model, q_model, batch, ops: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Per weighted op, the noise-to-signal ratio it adds (output NSR minus input NSR), largest first; ``batch``
+    is a float32 image batch or a list of feeds by input name."""
     from edgetl.quantize.onnxruntime import _nsr
 
     names = [d["node"] for d in ops]

@@ -104,9 +104,66 @@ def capture_dynamic(model, artifact: Artifact, batch: int):
         return capture(model.eval(), artifact, example[:1]), 1
 
 
-def quantizable_layers(model, artifact: Artifact) -> list[dict[str, str]]:
+# --------------------------------------------------------------------------- any model, by its contract
+def _args(feed: dict, artifact: Artifact) -> tuple:
+    """A feed by input name as ``forward``'s positional arguments, in the contract's order. Copied: a view such
+    as ``img[None]`` has a 0 stride that torch.export keeps and ExecuTorch refuses ("0 in strides")."""
+    import torch
+
+    return tuple(torch.from_numpy(np.array(feed[n], order="C")) for n in artifact.contract.input_names)
+
+
+def capture_feed(model, artifact: Artifact, feed: dict):
+    """``torch.export`` of ``model`` at one real sample's shapes (static: ExecuTorch plans memory for them)."""
+    import torch
+
+    from edgetl.errors import ExportError
+
+    try:
+        return torch.export.export(model, _args(feed, artifact))
+    except Exception as e:  # noqa: BLE001 - torch.export raises many kinds
+        first = str(e).strip().splitlines()
+        raise ExportError(f"torch.export could not capture the model: {first[0][:300] if first else e}") from None
+
+
+def write_fp32_pte(artifact: Artifact, path: Path, feed: dict) -> Artifact:
+    """The fp32 reference ``.pte`` of a model by its contract, lowered like the int8 candidates."""
+    from edgetl.artifact import Format, StageRecord
+    from edgetl.formats import export_function
+
+    lowered = export_function("executorch", "lower_to_pte")(capture_feed(artifact.model.eval(), artifact, feed), path)
+    shapes = {k: list(np.asarray(v).shape) for k, v in feed.items()}
+    record = StageRecord(stage="export", options={"format": "executorch", "precision": "fp32", "by_contract": True,
+                                                  "static_shapes": shapes, "backend": "xnnpack"})
+    extra = {"precision": "fp32", "static_shapes": shapes, "executorch": lowered["executorch"],
+             "executorch_non_delegated_ops": lowered["non_delegated_ops"],
+             "executorch_delegated_ops": lowered["delegated_ops"]}
+    return artifact.with_stage(record, path=Path(path), format=Format.EXECUTORCH, extra=extra)
+
+
+def run_pte(path: Path, feeds: list[dict], contract) -> list[dict[str, np.ndarray]]:
+    """Every output by the contract's names for each feed, run by the ExecuTorch runtime."""
+    from executorch.runtime import Runtime as EtRuntime
+
+    from edgetl.errors import ParityError
+
+    method = EtRuntime.get().load_program(str(path)).load_method("forward")
+    names = contract.output_names
+    out = []
+    for feed in feeds:
+        import torch
+
+        args = tuple(torch.from_numpy(np.array(feed[n], order="C")) for n in contract.input_names)
+        got = [t.numpy().copy() for t in method.execute(args)]  # outputs alias memory the next call reuses
+        if len(got) != len(names):
+            raise ParityError(f"{Path(path).name} gave {len(got)} outputs; the contract names {len(names)}")
+        out.append(dict(zip(names, got, strict=True)))
+    return out
+
+
+def quantizable_layers(model, artifact: Artifact, *, feed: dict | None = None) -> list[dict[str, str]]:
     """The modules owning a conv/linear op: ``{"node": path, "op": aten op, "layer": path}`` in graph order."""
-    gm = capture_dynamic(model, artifact, 2)[0].module()
+    gm = (capture_dynamic(model, artifact, 2)[0] if feed is None else capture_feed(model, artifact, feed)).module()
     seen: dict[str, dict[str, str]] = {}
     for key, node in _weighted_nodes(gm).items():
         path = key.split("#")[0]
@@ -125,19 +182,26 @@ def quantize_module(model, calib: np.ndarray, *, artifact: Artifact, exclude: Se
     xnn_quantizer, symmetric, prepare_pt2e, convert_pt2e = _require()
     from torchao.quantization.pt2e.quantizer import get_module_name_filter
 
-    program, max_batch = capture_dynamic(model, artifact, len(calib))
+    feeds = not isinstance(calib, np.ndarray)
+    program, max_batch = (capture_feed(model, artifact, calib[0]), 1) if feeds else \
+        capture_dynamic(model, artifact, len(calib))
     quantizer = xnn_quantizer().set_global(symmetric(is_per_channel=bool(per_channel)))
     if exclude:
         filters = [get_module_name_filter(name) for name in exclude]
         quantizer.set_filter_function(lambda n: not any(f(n) for f in filters))
     prepared = prepare_pt2e(program.module(), quantizer)
-    per_image = int(np.prod(calib.shape[1:]))
-    step = max(1, min(max_batch, _CALIB_VALUES_PER_CALL // max(per_image, 1), len(calib)))
     calls = 0
     with torch.no_grad():
-        for i in range(0, len(calib), step):
-            prepared(torch.from_numpy(np.ascontiguousarray(calib[i : i + step])))
-            calls += 1
+        if feeds:  # one sample per call, every input by the contract's order
+            for feed in calib:
+                prepared(*_args(feed, artifact))
+                calls += 1
+        else:
+            per_image = int(np.prod(calib.shape[1:]))
+            step = max(1, min(max_batch, _CALIB_VALUES_PER_CALL // max(per_image, 1), len(calib)))
+            for i in range(0, len(calib), step):
+                prepared(torch.from_numpy(np.ascontiguousarray(calib[i : i + step])))
+                calls += 1
     converted = convert_pt2e(prepared)
     import torchao
 
@@ -150,14 +214,16 @@ def quantize_module(model, calib: np.ndarray, *, artifact: Artifact, exclude: Se
     return converted, info
 
 
-def write_pte(converted, artifact: Artifact, path: str | Path) -> dict[str, Any]:
-    """Re-capture the converted module at batch 1 and lower it to an XNNPACK ``.pte`` (shared with the exporter)."""
+def write_pte(converted, artifact: Artifact, path: str | Path, *, feed: dict | None = None) -> dict[str, Any]:
+    """Re-capture the converted module at batch 1 (at ``feed``'s shapes for a model by its contract) and lower
+    it to an XNNPACK ``.pte`` (shared with the exporter)."""
     import torch
 
     from edgetl.formats import export_function
 
     capture, lower_to_pte = export_function("executorch", "capture"), export_function("executorch", "lower_to_pte")
-    program = capture(converted, artifact, torch.zeros(artifact.input_spec.batch_shape(1)))
+    program = capture(converted, artifact, torch.zeros(artifact.input_spec.batch_shape(1))) if feed is None \
+        else capture_feed(converted, artifact, feed)
     lowered = lower_to_pte(program, path)
     return {"format": "ExecuTorch .pte (XNNPACK delegate)", "executorch": lowered["executorch"],
             "delegated_ops": lowered["delegated_ops"], "non_delegated_ops": lowered["non_delegated_ops"]}
@@ -195,7 +261,7 @@ def _run_tapped(gm, x, taps: dict[str, tuple[Any, Any]]) -> dict[Any, Any]:
                 seen[n] = out.detach().double()
             return out
 
-    _Tap(gm).run(x)
+    _Tap(gm).run(*(x if isinstance(x, tuple) else (x,)))
     return seen
 
 
@@ -210,16 +276,18 @@ def layer_errors(model, converted, batch: np.ndarray, layers: list[dict[str, str
     import torch
 
     xnn_quantizer, _, prepare_pt2e, _ = _require()
-    reference, _ = capture_dynamic(model, artifact, chunk)
+    feeds = not isinstance(batch, np.ndarray)
+    reference = capture_feed(model, artifact, batch[0]) if feeds else capture_dynamic(model, artifact, chunk)[0]
     # prepare_pt2e folds BatchNorm into the preceding conv; a quantizer with no config annotates nothing, so this
     # is the fp32 graph with the same (folded) convolutions as the converted one.
     ref_gm = prepare_pt2e(reference.module(), xnn_quantizer())
     ref_taps, q_taps = _taps(ref_gm), _taps(converted)
     keys = [k for k in ref_taps if k in q_taps]
     sums = {k: np.zeros(4) for k in keys}  # noise_in, signal_in, noise_out, signal_out
+    steps = [_args(f, artifact) for f in batch] if feeds else \
+        [torch.from_numpy(np.ascontiguousarray(batch[i : i + chunk])) for i in range(0, len(batch), chunk)]
     with torch.no_grad():
-        for i in range(0, len(batch), chunk):
-            x = torch.from_numpy(np.ascontiguousarray(batch[i : i + chunk]))
+        for x in steps:
             f = _run_tapped(ref_gm, x, ref_taps)
             q = _run_tapped(converted, x, q_taps)
             for k in keys:

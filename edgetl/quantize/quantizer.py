@@ -41,6 +41,7 @@ from edgetl.quantize.config import AUTO_CALIBRATIONS, QuantizeConfig, QuantPreci
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgetl.data import DataSplits
+    from edgetl.inputs import InputSet
     from edgetl.stages import StageContext
 
 __all__ = ["AUTO_CALIBRATIONS", "Attempt", "QuantizerBackend", "default_suffix", "quantize"]
@@ -49,7 +50,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Attempt:
-    """One quantized candidate and how it scored."""
+    """One quantized candidate and how it scored: ``accuracy`` is top-1 against labels for a classifier, the
+    headline fidelity metric against the fp32 model (``fidelity`` holds the rest) for a model by its contract."""
 
     kept_float: list[dict[str, str]]
     accuracy: float
@@ -57,8 +59,14 @@ class Attempt:
     path: Path
     model: Any = None  # in-memory ov.Model for OpenVINO, the converted graph module for PT2E
     info: dict[str, Any] = field(default_factory=dict)
+    fidelity: dict[str, Any] | None = None
 
     def summary(self, fp32_accuracy: float) -> dict[str, Any]:
+        if self.fidelity is not None:
+            return {"kept_float": [k["layer"] for k in self.kept_float], "headline": self.fidelity["headline"],
+                    "within_budget": self.fidelity["within_budget"],
+                    "snr_db": {o["output"]: o["snr_db"] for o in self.fidelity["outputs"]},
+                    **({"calibration": self.info["calibration"]} if self.info.get("calibration") else {})}
         return {"kept_float": [k["layer"] for k in self.kept_float], "accuracy": self.accuracy,
                 "drop_points": _points(fp32_accuracy - self.accuracy), "agreement": self.agreement,
                 **({"calibration": self.info["calibration"]} if self.info.get("calibration") else {})}
@@ -69,17 +77,28 @@ def _points(x: float) -> float:
 
 
 # --------------------------------------------------------------------------- the stage
-def quantize(artifact: Artifact, config: QuantizeConfig, *, data: DataSplits | None = None,
+def quantize(artifact: Artifact, config: QuantizeConfig, *, data: DataSplits | InputSet | None = None,
              ctx: StageContext | None = None) -> Artifact:
     """Quantize ``artifact`` for ``config.backend``; returns the accuracy-checked artifact.
+
+    ``data`` is a labelled dataset (:func:`edgetl.data.load_data`) for a classifier, or real inputs of any model
+    (:func:`edgetl.inputs.load_inputs`, read by its contract): then fidelity on every output is the check
+    (:mod:`edgetl.quantize.by_contract`).
 
     It is written to ``ctx.output``, else to ``ctx.out_dir / model.PRECISION.SUFFIX``, else into a fresh
     temporary directory. The returned artifact's last record is the ``quantize`` stage: options, calibration
     set, accuracy before/after, agreement, sizes, layers kept in float and why.
     """
     from edgetl.data import check_classes
+    from edgetl.inputs import InputSet
     from edgetl.stages import StageContext
 
+    if isinstance(data, InputSet):  # any model: unlabeled feeds, label-free fidelity on every output
+        from edgetl.quantize.by_contract import quantize_by_contract
+
+        if not isinstance(config, QuantizeConfig):
+            raise ConfigError(f"quantize takes a QuantizeConfig, got {type(config).__name__}")
+        return quantize_by_contract(artifact, config, inputs=data, ctx=ctx)
     ctx = ctx or StageContext()
     if data is None:
         raise ConfigError("quantization calibrates and checks accuracy on data: pass data= (e.g. load_data(...))")
@@ -103,7 +122,10 @@ def quantize(artifact: Artifact, config: QuantizeConfig, *, data: DataSplits | N
             bar.advance(1, step="fp32 model ready")
             batch = calib.batch(artifact.input_spec)
             backend = kind(config, artifact, fp32_art, work, batch)
-            chosen, attempts, fp32_acc, ranking, unsupported = _search(backend, config, fp32_art, data, calib, bar)
+            scorer = _TopOneScorer(backend, config, fp32_art, data)
+            chosen, attempts, fp32_acc, ranking, unsupported = _search(
+                backend, config, scorer, lambda: calib.batch(fp32_art.input_spec, limit=config.sensitivity_samples),
+                bar)
         metrics = _metrics(config, calib, fp32_acc, chosen, attempts, ranking, unsupported, backend.note())
         metrics["fp32_size_bytes"] = _size(fp32_art)
         drop = fp32_acc - chosen.accuracy
@@ -142,17 +164,31 @@ def _logits(artifact_like: Artifact, path: Path, images) -> np.ndarray:
     return predict(art, images, threads=2)
 
 
-def _search(backend, config: QuantizeConfig, fp32_art: Artifact, data: DataSplits, calib: CalibrationSet, bar):
-    split = data.split(config.eval_split)
-    n = len(split) if config.eval_samples is None else min(config.eval_samples, len(split))
-    if n == 0:
-        from edgetl.errors import DataError
+class _TopOneScorer:
+    """Top-1 against the labels of ``config.eval_split`` and agreement with the fp32 model, in its runtime."""
 
-        raise DataError(f"the {config.eval_split} split of {data.name!r} is empty: the accuracy check needs it")
-    images, labels = split.images[:n], np.asarray(split.labels[:n])
-    ref = _logits(fp32_art, backend.reference, images)
-    ref_top = ref.argmax(1)
-    fp32_acc = float((ref_top == labels).mean())
+    def __init__(self, backend, config: QuantizeConfig, fp32_art: Artifact, data: DataSplits) -> None:
+        split = data.split(config.eval_split)
+        n = len(split) if config.eval_samples is None else min(config.eval_samples, len(split))
+        if n == 0:
+            from edgetl.errors import DataError
+
+            raise DataError(f"the {config.eval_split} split of {data.name!r} is empty: the accuracy check needs it")
+        self.config, self.fp32_art = config, fp32_art
+        self.images, self.labels = split.images[:n], np.asarray(split.labels[:n])
+        self.ref_top = _logits(fp32_art, backend.reference, self.images).argmax(1)
+        self.baseline = float((self.ref_top == self.labels).mean())
+
+    def measure(self, path: Path, model: Any) -> tuple[float, float, dict[str, Any] | None]:
+        top = _logits(self.fp32_art, path, self.images).argmax(1)
+        return float((top == self.labels).mean()), float((top == self.ref_top).mean()), None
+
+    def within(self, a: Attempt) -> bool:
+        budget = self.config.max_drop
+        return budget is None or _points(self.baseline - a.accuracy) <= budget + 1e-9
+
+
+def _user_keep(backend, config: QuantizeConfig) -> list[dict[str, str]]:
     layers = {d["node"]: d for d in backend.layers()}
     user_keep = []
     for name in config.keep_float:
@@ -162,17 +198,24 @@ def _search(backend, config: QuantizeConfig, fp32_art: Artifact, data: DataSplit
 
             raise UnknownNameError("layer to keep in float", name, [d["layer"] for d in layers.values()])
         user_keep.append(hit)
+    return user_keep
+
+
+def _search(backend, config: QuantizeConfig, scorer, sensitivity, bar):
+    """The candidates: one per range estimator, then (over budget) the most sensitive layers kept in float one
+    more at a time. ``scorer`` measures a candidate and says whether it is within budget (top-1 against labels,
+    or fidelity by the model's contract); ``sensitivity()`` gives the inputs layers are ranked on."""
+    user_keep = _user_keep(backend, config)
 
     def attempt(keep: list[dict[str, str]]) -> Attempt:
         path, info, model = _build(backend, [k["node"] for k in keep])
-        logits = _logits(fp32_art, path, images)
-        top = logits.argmax(1)
-        a = Attempt(kept_float=keep, accuracy=float((top == labels).mean()),
-                    agreement=float((top == ref_top).mean()), path=path, model=model, info=info)
-        bar.advance(1, kept=len(keep), acc=round(100 * a.accuracy, 2))
+        score, agreement, fidelity = scorer.measure(path, model)
+        a = Attempt(kept_float=keep, accuracy=score, agreement=agreement, path=path, model=model, info=info,
+                    fidelity=fidelity)
+        bar.advance(1, kept=len(keep), score=round(score, 4))
         return a
 
-    # Calibration "auto": one candidate per range estimator, the most accurate (then most agreeing) kept; the
+    # Calibration "auto": one candidate per range estimator, the best scoring (then most agreeing) kept; the
     # fallback below re-quantizes with the estimator chosen here.
     tried = []
     for method in backend.calibrations():
@@ -188,11 +231,8 @@ def _search(backend, config: QuantizeConfig, fp32_art: Artifact, data: DataSplit
         log.warning("%s cannot quantize %s node %s (layer %s): it stays in floating point", config.backend.value,
                     u["op"], u["node"], u["layer"])
     attempts, best, ranking = list(tried), first, []
-    budget = config.max_drop
-    over = budget is not None and _points(fp32_acc - first.accuracy) > budget + 1e-9
-    if over and config.precision is QuantPrecision.INT8 and config.max_float_layers > 0:
-        sens = calib.batch(fp32_art.input_spec, limit=config.sensitivity_samples)
-        ranked = backend.ranking(first.model if first.model is not None else first.path, sens)
+    if not scorer.within(first) and config.precision is QuantPrecision.INT8 and config.max_float_layers > 0:
+        ranked = backend.ranking(first.model if first.model is not None else first.path, sensitivity())
         skip = {k["node"] for k in user_keep} | {u["node"] for u in unsupported}
         ranking = [r for r in ranked if r["node"] not in skip]
         keep = list(user_keep)
@@ -202,10 +242,10 @@ def _search(backend, config: QuantizeConfig, fp32_art: Artifact, data: DataSplit
             attempts.append(a)
             if a.accuracy > best.accuracy + 1e-12:
                 best = a
-            if _points(fp32_acc - a.accuracy) <= budget + 1e-9:
+            if scorer.within(a):
                 best = a
                 break
-    return best, attempts, fp32_acc, ranking, unsupported
+    return best, attempts, scorer.baseline, ranking, unsupported
 
 
 def _metrics(config, calib, fp32_acc, chosen: Attempt, attempts, ranking, unsupported, note) -> dict[str, Any]:
