@@ -45,7 +45,7 @@ def _cache_key() -> str:
     """Changes whenever the code or config that produces the shared teacher changes."""
     root = Path(__file__).resolve().parent.parent / "edgetl"
     h = hashlib.sha256(repr(sorted(LITE0_DIGITS_CONFIG.items())).encode())
-    for name in ("finetune.py", "train.py", "data.py", "models.py", "artifact.py"):
+    for name in ("finetune.py", "train.py", "data.py", "models.py", "checkpoint.py", "artifact.py"):
         h.update((root / name).read_bytes())
     return h.hexdigest()[:16]
 

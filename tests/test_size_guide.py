@@ -18,7 +18,6 @@ MAX_FUNCTION_LINES = 80
 
 # path -> why it may be over the guide for now (remove the line once the branch is merged)
 BEING_SPLIT = {
-    "edgetl/models.py": "being split on branch contract",
 }
 
 
