@@ -48,9 +48,11 @@ class Quiet:
     waited_s: float = 0.0
     held_s: float = 0.0
     paused: list[int] = field(default_factory=list)
+    mode: str = "held"  # held (this call took the lock), nested (an outer call holds it), off (set_enabled(False))
 
     def to_dict(self) -> dict:
-        return {"waited_s": round(self.waited_s, 3), "held_s": round(self.held_s, 3), "paused": list(self.paused)}
+        return {"mode": self.mode, "waited_s": round(self.waited_s, 3), "held_s": round(self.held_s, 3),
+                "paused": list(self.paused)}
 
 
 def _signal(pids: Iterable[int], sig: int) -> list[int]:
@@ -72,6 +74,7 @@ def quiet_machine(*, flag: Path | None = None, lock: Path | None = None,
     flag, lock = Path(flag or QUIET_FLAG), Path(lock or BENCH_LOCK)
     q = Quiet()
     if not _enabled or _depth:  # off, or held by this process (a second flock would wait for ourselves)
+        q.mode = "off" if not _enabled else "nested"
         _depth += 1
         try:
             yield q

@@ -38,6 +38,7 @@ def test_every_section_has_measured_rows(smoke):
     _, out = smoke
     assert out["smoke"] is True
     assert [s["key"] for s in out["sections"]] == ["s1", "s2", "s3"]
+    assert all(s["measure"]["quiet"]["mode"] == "off" for s in out["sections"])  # smoke: the lock is off
     built_latency = 0
     for s in out["sections"]:
         kinds = [p["kind"] for p in s["points"]]
@@ -110,10 +111,10 @@ def test_quiet_machine_flags_locks_pauses_and_cleans_up(tmp_path):
                     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             finally:
                 os.close(fd)
-            with quiet_machine(flag=flag, lock=lock):  # re-entrant: no wait on our own lock
-                assert flag.exists()
+            with quiet_machine(flag=flag, lock=lock) as inner:  # re-entrant: no wait on our own lock
+                assert flag.exists() and inner.mode == "nested"
             assert flag.exists()
-        assert q.paused == [child.pid]
+        assert q.paused == [child.pid] and q.mode == "held"
         assert not flag.exists()
         time.sleep(0.2)
         assert Path(f"/proc/{child.pid}/stat").read_text().split(")")[1].split()[0] != "T"

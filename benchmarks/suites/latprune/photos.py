@@ -14,7 +14,6 @@ seeded at the unpruned model's top-1), see :func:`_label_free_reference`.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -154,4 +153,4 @@ def section(a, *, work: Path, pause: tuple[int, ...], log):
                      "model; KL in the JSON. The LRP reference set is 100 recovery views seeded at the unpruned "
                      "model's top-1 (prune's per-class draw cannot serve 1000-class label-free data)."),
             "photos": info}
-    return dataclasses.replace(sec), meta
+    return sec, meta

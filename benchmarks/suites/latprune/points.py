@@ -41,7 +41,9 @@ class Recovery:
     def describe(self) -> str:
         data = f"{self.train_images} train images" if self.train_images else "the whole train split"
         bn = ", then BatchNorm statistics re-estimated on the same images" if self.adapt_bn else ""
-        return f"{self.kind} {self.epochs} epoch(s) at lr {self.lr:g} on {data}{bn}"
+        how = ("distillation from the unpruned model (edgetl's, one view per image)" if self.kind == "distill"
+               else "fine-tuning on the labels (edgetl.train.fit)")
+        return f"{how}, {self.epochs} epoch(s) at lr {self.lr:g} on {data}{bn}"
 
 
 def subset(splits, n: int | None, seed: int = 0):
@@ -69,7 +71,9 @@ def recovery_fn(rec: Recovery, splits, teacher):
         if rec.kind == "distill":
             from edgetl.distill import DistillConfig, recovery_from
 
-            art = recovery_from(teacher, DistillConfig(epochs=rec.epochs, lr=rec.lr, seed=rec.seed))(art, data)
+            # one view per image: the section's data are already crops and flips (and it halves the cost)
+            cfg = DistillConfig(epochs=rec.epochs, lr=rec.lr, seed=rec.seed, views="original")
+            art = recovery_from(teacher, cfg)(art, data)
             val = None
         else:
             val = fit(art.model, data, art.input_spec, epochs=rec.epochs, lr=rec.lr, seed=rec.seed,
@@ -123,6 +127,33 @@ class Section:
     @property
     def cache(self) -> Path:
         return self.work / "latency-cache"
+
+
+def fingerprint(sec: Section) -> dict[str, Any]:
+    """What a section's cached points depend on: the teacher's weights, the recovery, the data."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sec.teacher.model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().numpy().tobytes())
+    return {"teacher_sha256": h.hexdigest()[:16], "recovery": dataclasses.asdict(sec.recovery),
+            "input_shape": list(sec.teacher.input_spec.shape), "data": sec.splits.name,
+            "sizes": [len(sec.splits.train), len(sec.splits.val), len(sec.splits.test)]}
+
+
+def claim_work_dir(sec: Section) -> None:
+    """Refuse a work dir built for another teacher, recovery or data: its cached points would be stale."""
+    folder = sec.work / sec.key
+    folder.mkdir(parents=True, exist_ok=True)
+    f, fp = folder / "fingerprint.json", fingerprint(sec)
+    if f.exists():
+        old = json.loads(f.read_text())
+        if old != json.loads(json.dumps(fp)):
+            raise ConfigError(f"{folder} holds points built for another teacher, recovery or data ({old}); give "
+                              "another --work or delete that folder")
+    else:
+        f.write_text(json.dumps(fp, indent=2))
 
 
 def _int8(art, splits, folder: Path, quick: bool):
@@ -181,7 +212,7 @@ def flops_point(sec: Section, fraction: float) -> dict[str, Any]:
     folder = sec.work / sec.key / name
     if (p := _cached(folder)) is not None:
         return p
-    missed = folder.with_suffix(".missed.json")
+    missed = folder.parent / f"{folder.name}.missed.json"  # not with_suffix: names hold "0.5"
     if missed.exists():
         return json.loads(missed.read_text())
     sec.log(f"[{sec.key}] {name}: FLOPs target {fraction:g}")
@@ -220,14 +251,14 @@ def latency_point(sec: Section, target_ms: float, label: str) -> dict[str, Any]:
     folder = sec.work / sec.key / name
     if (p := _cached(folder)) is not None:
         return p
-    missed = folder.with_suffix(".missed.json")
+    missed = folder.parent / f"{folder.name}.missed.json"  # not with_suffix: names hold "0.5"
     if missed.exists():
         return json.loads(missed.read_text())
     sec.log(f"[{sec.key}] {name}: int8 p50 target {target_ms:.4g} ms")
     t0 = time.perf_counter()
     target = QuietLatencyTarget.from_options(target_ms=target_ms, device="x86-cpu", runtime="openvino",
                                              threads=sec.threads, cache_dir=sec.cache, quick=sec.quick,
-                                             precision="int8")
+                                             precision="int8", max_iterations=2 if sec.quick else 4)
     target = dataclasses.replace(target, pause=sec.pause)
     try:
         # The fit (prune, quantize, measure, tighten) is mostly measurement: held quiet as one period rather

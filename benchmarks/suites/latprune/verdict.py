@@ -142,8 +142,9 @@ def section_markdown(sec: dict) -> list[str]:
     if m:
         lines += ["", f"Measured: {m['rounds_run']} interleaved rounds ({m['extra_rounds']} extra), "
                   f"{m['config']['min_time_s']} s per artifact, batch 1, {m['config']['threads']} threads, OpenVINO "
-                  f"int8; quiet machine (waited {m['quiet']['waited_s']:.0f} s for the lock, held "
-                  f"{m['quiet']['held_s']:.0f} s)."]
+                  + (f"int8; quiet machine (waited {m['quiet']['waited_s']:.0f} s for the lock, held "
+                     f"{m['quiet']['held_s']:.0f} s)." if m["quiet"].get("mode", "held") == "held"
+                     else "int8; the quiet lock was OFF (smoke): the machine was shared.")]
     return lines + [""]
 
 
