@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["BENCH_LOCK", "QUIET_FLAG", "Quiet", "quiet_machine", "set_enabled"]
+__all__ = ["BENCH_LOCK", "QUIET_FLAG", "Quiet", "quiet_machine", "remove_stale_flag", "set_enabled"]
 
 QUIET_FLAG = Path(os.environ.get("EDGETL_QUIET_FLAG", "/tmp/edgetl-quiet"))
 BENCH_LOCK = Path(os.environ.get("EDGETL_BENCH_LOCK", "/tmp/edgetl-bench.lock"))
@@ -66,6 +66,23 @@ def _signal(pids: Iterable[int], sig: int) -> list[int]:
     return done
 
 
+def remove_stale_flag(flag: Path | None = None) -> bool:
+    """Remove the quiet flag when the process that wrote it is gone (killed hard); True when removed."""
+    flag = Path(flag or QUIET_FLAG)
+    try:
+        pid = int(flag.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):  # absent, or written by a tool that records no pid
+        return False
+    try:
+        os.kill(pid, 0)
+        return False
+    except ProcessLookupError:
+        flag.unlink(missing_ok=True)
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+
+
 @contextlib.contextmanager
 def quiet_machine(*, flag: Path | None = None, lock: Path | None = None,
                   pause: Iterable[int] = ()) -> Iterator[Quiet]:
@@ -81,7 +98,7 @@ def quiet_machine(*, flag: Path | None = None, lock: Path | None = None,
         finally:
             _depth -= 1
         return
-    flag.touch()
+    flag.write_text(f"{os.getpid()}\n")  # who asked: a flag left by a dead process can be told from a live one
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     paused: list[int] = []
     try:

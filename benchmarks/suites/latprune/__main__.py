@@ -179,10 +179,12 @@ def main(argv=None) -> int:
     torch.set_flush_denormal(True)
     torch.set_num_threads(a.threads)
     from benchmarks.harness import environment
-    from benchmarks.quiet import set_enabled
+    from benchmarks.quiet import remove_stale_flag, set_enabled
     from edgetl.data import load_data
 
     set_enabled(not a.smoke)  # smoke timings are no claim, and tests start it under the shared lock
+    if not a.smoke and remove_stale_flag():
+        _log("removed a quiet flag left by a process that is gone")
     from edgetl.models import load_model
 
     wanted = [s.strip() for s in a.sections.split(",") if s.strip()]

@@ -35,12 +35,14 @@ class Recovery:
     epochs: int
     lr: float
     train_images: int | None  # None: the whole recovery split
-    adapt_bn: bool = True  # re-estimate BatchNorm statistics after (the Lite0 package's momentum is 0.01)
+    adapt_bn: bool = True  # re-estimate BatchNorm statistics before and after (see recovery_fn)
+    bn_momentum: float | None = 0.1  # during the recovery (None: the model's own; Lite0's package sets 0.01)
     seed: int = 0
 
     def describe(self) -> str:
         data = f"{self.train_images} train images" if self.train_images else "the whole train split"
-        bn = ", then BatchNorm statistics re-estimated on the same images" if self.adapt_bn else ""
+        bn = (", BatchNorm statistics re-estimated on the same images before and after" if self.adapt_bn else "")
+        bn += f", BatchNorm momentum {self.bn_momentum:g} while training" if self.bn_momentum else ""
         how = ("distillation from the unpruned model (edgetl's, one view per image)" if self.kind == "distill"
                else "fine-tuning on the labels (edgetl.train.fit)")
         return f"{how}, {self.epochs} epoch(s) at lr {self.lr:g} on {data}{bn}"
@@ -62,28 +64,58 @@ def recovery_fn(rec: Recovery, splits, teacher):
     """The recovery callable handed to ``prune(recover=)`` and ``LatencyTarget.prune(recover=)``."""
     from edgetl.artifact import StageRecord
     from edgetl.finetune import adapt_batchnorm
-    from edgetl.train import fit
 
     data = subset(splits, rec.train_images, rec.seed)
 
     def recover(art, _data):
+        # Before: a pruned model's BatchNorm statistics no longer match its channels, and edgetl.train.fit keeps
+        # the best-validation weights judged in eval mode; with Lite0's momentum of 0.01 the running statistics
+        # lag the training so far that a heavily pruned model stayed at chance on validation and fit restored
+        # its untrained weights (S1, first run). Re-estimating first and a usual momentum avoid that.
         t0 = time.perf_counter()
-        if rec.kind == "distill":
-            from edgetl.distill import DistillConfig, recovery_from
-
-            # one view per image: the section's data are already crops and flips (and it halves the cost)
-            cfg = DistillConfig(epochs=rec.epochs, lr=rec.lr, seed=rec.seed, views="original")
-            art = recovery_from(teacher, cfg)(art, data)
-            val = None
-        else:
-            val = fit(art.model, data, art.input_spec, epochs=rec.epochs, lr=rec.lr, seed=rec.seed,
-                      description="recover").best_val_accuracy
+        if rec.adapt_bn:
+            adapt_batchnorm(art.model, data, art.input_spec)
+        saved = _set_bn_momentum(art.model, rec.bn_momentum)
+        try:
+            val, art = _train(rec, art, data, teacher)
+        finally:
+            _set_bn_momentum(art.model, saved)
         if rec.adapt_bn:
             adapt_batchnorm(art.model, data, art.input_spec)
         return art.with_stage(StageRecord("recover", dataclasses.asdict(rec), {"val_accuracy_before_bn": val},
                                           time.perf_counter() - t0))
 
     return recover
+
+
+def _set_bn_momentum(model, momentum):
+    """Set every BatchNorm's momentum (None leaves them); returns the previous ones to restore."""
+    import torch.nn as nn
+
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if isinstance(momentum, dict):
+        for m in bns:
+            m.momentum = momentum.get(id(m), m.momentum)
+        return None
+    saved = {id(m): m.momentum for m in bns}
+    if momentum is not None:
+        for m in bns:
+            m.momentum = momentum
+    return saved
+
+
+def _train(rec: Recovery, art, data, teacher):
+    """One recovery's training: (best validation accuracy or None, the artifact)."""
+    from edgetl.train import fit
+
+    if rec.kind == "distill":
+        from edgetl.distill import DistillConfig, recovery_from
+
+        # one view per image: the section's data are already crops and flips (and it halves the cost)
+        cfg = DistillConfig(epochs=rec.epochs, lr=rec.lr, seed=rec.seed, views="original")
+        return None, recovery_from(teacher, cfg)(art, data)
+    return fit(art.model, data, art.input_spec, epochs=rec.epochs, lr=rec.lr, seed=rec.seed,
+               description="recover").best_val_accuracy, art
 
 
 @dataclass(frozen=True)
