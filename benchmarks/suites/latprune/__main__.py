@@ -54,6 +54,8 @@ def _args(argv=None):
     p.add_argument("--s2-recover-epochs", type=int, default=1)
     p.add_argument("--s2-recover-images", type=int, default=800)
     p.add_argument("--s3-recover-epochs", type=int, default=2)
+    p.add_argument("--max-iterations", type=int, default=4, help="measure-and-tighten rounds of a latency target "
+                   "(a target missed with fewer is tried again)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--min-time", type=float, default=10.0, help="seconds per artifact over all rounds")
@@ -143,7 +145,7 @@ def run_section(sec: P.Section, *, flops: list[float], lower: list[float], a, me
                              **{k: first[k] for k in ("rounds_run", "quiet", "config")},
                              "p50_ms": {k: v["p50_ms"] for k, v in first["points"].items()},
                              "contended": {k: v["contended"] for k, v in first["points"].items()}}
-    pts += [P.latency_point(sec, ms, label) for label, ms in targets]
+    pts += [P.latency_point(sec, ms, label, max_iterations=a.max_iterations) for label, ms in targets]
     _log(f"[{sec.key}] measuring every point interleaved")
     m = V.measure_points(pts, threads=a.threads, rounds=a.rounds, min_time=a.min_time, quick=a.smoke,
                          pause=sec.pause)

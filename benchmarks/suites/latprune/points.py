@@ -274,7 +274,7 @@ def build_table(sec: Section) -> dict[str, Any]:
     return {**table_summary(table), "base_ms": None, "seconds": time.perf_counter() - t0, "quiet": q.to_dict()}
 
 
-def latency_point(sec: Section, target_ms: float, label: str) -> dict[str, Any]:
+def latency_point(sec: Section, target_ms: float, label: str, *, max_iterations: int = 4) -> dict[str, Any]:
     """LRP pruned to a measured int8 p50 target; a target out of reach is a row saying so, not a crash."""
     from edgetl.errors import EdgetlError
     from edgetl.prune import PruneConfig
@@ -284,13 +284,17 @@ def latency_point(sec: Section, target_ms: float, label: str) -> dict[str, Any]:
     if (p := _cached(folder)) is not None:
         return p
     missed = folder.parent / f"{folder.name}.missed.json"  # not with_suffix: names hold "0.5"
+    earlier: list[dict[str, Any]] = []
     if missed.exists():
-        return json.loads(missed.read_text())
+        row = json.loads(missed.read_text())
+        if row.get("max_iterations", 4) >= max_iterations:
+            return row
+        earlier = [*row.pop("earlier_attempts", []), row]  # tried with fewer iterations: try again, keep the miss
     sec.log(f"[{sec.key}] {name}: int8 p50 target {target_ms:.4g} ms")
     t0 = time.perf_counter()
     target = QuietLatencyTarget.from_options(target_ms=target_ms, device="x86-cpu", runtime="openvino",
                                              threads=sec.threads, cache_dir=sec.cache, quick=sec.quick,
-                                             precision="int8", max_iterations=2 if sec.quick else 4)
+                                             precision="int8", max_iterations=2 if sec.quick else max_iterations)
     target = dataclasses.replace(target, pause=sec.pause)
     try:
         # The fit (prune, quantize, measure, tighten) is mostly measurement: held quiet as one period rather
@@ -302,13 +306,14 @@ def latency_point(sec: Section, target_ms: float, label: str) -> dict[str, Any]:
         report["quiet"] = q.to_dict()
         art = recovery_fn(sec.recovery, sec.splits, sec.teacher)(art, sec.splits)
     except EdgetlError as e:  # e.g. BudgetError: the target was not met by measurement
-        return _missed(missed, {"name": name, "kind": "latency", "target": target_ms,
-                                "missed": f"{type(e).__name__}: {e}"})
+        return _missed(missed, {"name": name, "kind": "latency", "target": target_ms, "max_iterations": max_iterations,
+                                "missed": f"{type(e).__name__}: {e}", "earlier_attempts": earlier})
     folder.mkdir(parents=True)
     report = {k: v for k, v in report.items() if k != "table"} | {
         "table_measured_points": report["table"]["measured_points"]}
     return _finish(sec, name, "latency", art, folder, {"target": target_ms, "latency_fit": report,
-                                                        "build_s": time.perf_counter() - t0})
+                                                        "build_s": time.perf_counter() - t0,
+                                                        "earlier_attempts": earlier})
 
 
 @contextlib.contextmanager

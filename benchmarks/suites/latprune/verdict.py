@@ -118,7 +118,8 @@ def section_markdown(sec: dict) -> list[str]:
     lines += [cols, "|---|---|---|---|---|---|---|---|---|---|"]
     for p in sec["points"]:
         if "missed" in p:
-            lines.append(f"| {p['name']} | {p['target']:.3f} ms | - | - | - | - | - | - | - | not built: {p['missed'][:160]} |")
+            lines.append(f"| {p['name']} | {p['target']:.3f} ms | - | - | - | - | - | - | - | not built "
+                         f"({p.get('max_iterations', 4)} iterations): {p['missed'][:160]} |")
             continue
         mp = (m or {}).get("points", {}).get(p["name"])
         tgt = "-" if p["target"] is None else (f"{p['target']:.3f} ms" if p["kind"] == "latency"
@@ -132,6 +133,9 @@ def section_markdown(sec: dict) -> list[str]:
                      f"{'' if not sp or sp['reliable'] else ' (unreliable: ' + sp['unreliable_because'] + ')'} | "
                      f"{cont}{' CONTENDED: not a result' if mp and mp['contended'] else ''} |")
     for p in sec["points"]:
+        for e in p.get("earlier_attempts", []):
+            lines.append(f"- {p['name']}, an earlier attempt with {e.get('max_iterations', 4)} iterations: "
+                         f"{e['missed'][:220]}")
         fit = p.get("latency_fit")
         if fit:
             lines.append(f"- {p['name']}: target {fit['target_ms']:.3f} ms, predicted {fit['predicted_ms']:.3f}, "
