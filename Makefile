@@ -68,4 +68,10 @@ bench-quantize: $(DEMO_DIR)/teacher.pt
 
 # edgetl LRP (FLOPs and latency targets) vs Torch-Pruning's pruners (+ ModelOpt FastNAS where it imports), same recovery, NNCF int8 (idle machine).
 bench-peers: $(DEMO_DIR)/teacher.pt
-	flock /tmp/edgetl-bench.lock $(BIN)/python -m benchmarks.suites.peers --teacher $(DEMO_DIR)/teacher.pt
+	$(BIN)/python -m benchmarks.suites.peers --teacher $(DEMO_DIR)/teacher.pt
+
+# Latency-budgeted vs FLOPs-targeted LRP at 64, 160 and 224 (issue #15; hours on 2 cores, resumable). The suite takes
+# the machine lock itself, exclusive, only while it times (benchmarks/quiet.py): no outer flock.
+.PHONY: bench-latprune
+bench-latprune: $(DEMO_DIR)/teacher.pt
+	$(BIN)/python -m benchmarks.suites.latprune --work bench-work/latprune --teacher $(DEMO_DIR)/teacher.pt

@@ -14,9 +14,10 @@ ModelOpt FastNAS, on the same teacher, data and recovery budget, each quantized 
    ``--rounds``; medians of the per-round p50): ONNX Runtime fp32 and OpenVINO int8, batch 1, ``--threads``.
 5. Writes ``benchmarks/results/peers.{json,md,png}`` (``peers-smoke.*`` with ``--smoke``) with the command.
 
-It measures latency: run it alone on an idle machine::
+It measures latency; its timed parts (the latency target's table and fit, the final measurement) take the
+machine alone through :func:`benchmarks.quiet.quiet_machine` (no outer flock: it would wait for itself)::
 
-    flock /tmp/edgetl-bench.lock .venv/bin/python -m benchmarks.suites.peers --teacher demo-out/teacher.pt
+    .venv/bin/python -m benchmarks.suites.peers --teacher demo-out/teacher.pt
 
 ``--smoke`` (a tiny CNN trained for one epoch on digits, one recovery epoch, short timing) proves the suite
 runs end to end; its figures are no claim.
@@ -264,7 +265,10 @@ def main(argv=None) -> int:
     torch.set_flush_denormal(True)
     torch.set_num_threads(a.threads)
     from benchmarks.harness import environment
+    from benchmarks.quiet import quiet_machine, set_enabled
     from edgetl.cli.latency_target import LatencyTarget
+
+    set_enabled(not a.smoke)  # smoke timings are no claim, and tests start it under the shared lock
     from edgetl.data import load_data
     from edgetl.prune import PruneConfig, model_cost, prune
 
@@ -292,13 +296,18 @@ def main(argv=None) -> int:
                           recover_epochs=recover, recover_lr=a.recover_lr)
         rows.append(_row("edgetl-lrp-flops", prune(teacher, cfg, data=splits), splits, work / "lrp-flops", recover,
                          a.recover_lr, {"target_flops": flops_fraction}))
-        target = LatencyTarget.from_options(target_ms=_p50_of(mag, a.latency_runtime, a.threads, a.smoke),
-                                            device="x86-cpu", runtime=a.latency_runtime, threads=a.threads,
-                                            quick=a.smoke)
+        with quiet_machine():
+            target_ms = _p50_of(mag, a.latency_runtime, a.threads, a.smoke)
+        target = LatencyTarget.from_options(target_ms=target_ms, device="x86-cpu", runtime=a.latency_runtime,
+                                            threads=a.threads, quick=a.smoke)
         try:
-            lat_art, lat_report = target.prune(teacher, PruneConfig(criterion="lrp", recover_epochs=recover,
-                                                                    recover_lr=a.recover_lr,
-                                                                    samples_per_class=a.samples_per_class), splits)
+            # The table and the fit's measurements run alone (one quiet period); recovery after, the same
+            # fine-tuning as every peer's (recovery changes no width).
+            with quiet_machine():
+                lat_art, lat_report = target.prune(teacher, PruneConfig(criterion="lrp",
+                                                                        samples_per_class=a.samples_per_class),
+                                                   splits)
+            lat_art = _recover(lat_art.model, lat_art, splits, recover, a.recover_lr)
             rows.append(_row("edgetl-lrp-latency", lat_art, splits, work / "lrp-latency", recover, a.recover_lr,
                              {"latency": lat_report}))
         except Exception as e:  # noqa: BLE001 - a missed target is a result to report, not a crash
@@ -313,13 +322,15 @@ def main(argv=None) -> int:
                 skipped["modelopt-fastnas"] = f"failed here: {type(e).__name__}: {str(e)[:200]}"
         else:
             skipped["modelopt-fastnas"] = why
-        _measure_all(rows, threads=a.threads, rounds=rounds, min_time=min_time, smoke=a.smoke)
-    command = "flock /tmp/edgetl-bench.lock .venv/bin/python -m benchmarks.suites.peers " + shlex.join(
+        with quiet_machine() as q:
+            _measure_all(rows, threads=a.threads, rounds=rounds, min_time=min_time, smoke=a.smoke)
+    command = ".venv/bin/python -m benchmarks.suites.peers " + shlex.join(
         argv if argv is not None else sys.argv[1:])
     out = {"command": command, "when": time.strftime("%Y-%m-%d %H:%M:%S"), "smoke": a.smoke,
            "teacher": "edgetl_tinycnn (smoke)" if a.smoke else a.teacher, "data": data, "ratio": a.ratio,
            "recover_epochs": recover, "rounds": rounds, "threads": a.threads,
            "rows": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], "skipped": skipped,
+           "quiet": q.to_dict(),
            "env": environment()}
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
