@@ -218,3 +218,27 @@ def test_cli_prune_of_own_architecture_saves_widths_and_eval_reloads_with_the_sa
     assert all(o["max_abs"] == 0.0 for o in json.loads(r.stdout)["fidelity"]["outputs"])
     _one_line(_cli(env, "eval", str(tmp_path / "pruned.pt"), *contract, "--data", str(tmp_path / "feeds.npz")),
               f"--arch {spec}")
+
+
+def test_eval_and_export_take_arch_args(user_pkg, tmp_path):
+    import importlib
+
+    mod, env = user_pkg
+    spec = f"{mod}:TwoHead"
+    torch.save(_trained_like(importlib.import_module(mod).TwoHead(width=6)).state_dict(), tmp_path / "w.pth")
+    x = _feed(7, 10)
+    np.savez(tmp_path / "feeds.npz", image=x[0].numpy()[:, None], side=x[1].numpy()[:, None])
+    contract = ("--input", "image:1x1x12x12:float32", "--input", "side:1x4:float32")
+    out = tmp_path / "out"
+    r = _cli(env, "export", str(tmp_path / "w.pth"), "--arch", spec, "--arch-args", '{"width": 6}', *contract,
+             "--data", str(tmp_path / "feeds.npz"), "--format", "onnx", "-o", str(out), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert list(out.rglob("*.onnx"))
+    r = _cli(env, "eval", str(tmp_path / "w.pth"), "--arch", spec, "--arch-args", '{"width": 6}', *contract,
+             "--data", str(tmp_path / "feeds.npz"), "--reference", str(tmp_path / "w.pth"), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    _one_line(_cli(env, "eval", str(tmp_path / "w.pth"), "--arch", spec, "--arch-args", "{width: 6}", *contract,
+                   "--data", str(tmp_path / "feeds.npz")), "--arch-args", "not valid JSON")
+    _one_line(_cli(env, "export", str(tmp_path / "w.pth"), "--arch", spec, "--arch-args", "[6]", *contract,
+                   "--format", "onnx", "-o", str(tmp_path / "o2")), "JSON object")
+    assert not (tmp_path / "o2").exists()

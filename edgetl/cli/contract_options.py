@@ -69,7 +69,7 @@ def wants_contract(flags: Any, art: Any, *, reference: str | None, metric: str |
 
 def contract_eval(model: str, art: Any, flags: Any, *, data: str, reference: str | None, metric: str | None,
                   runtime: str | None, threads: int | None, limit: int | None, arch: str | None,
-                  unsafe_pickle: bool) -> tuple[dict[str, Any], Any]:
+                  unsafe_pickle: bool, arch_args: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
     """The contract path of ``edgetl eval``: (result, render). Every check comes before the first run."""
     from edgetl.cli._common import table
     from edgetl.contract_merge import require
@@ -84,7 +84,7 @@ def contract_eval(model: str, art: Any, flags: Any, *, data: str, reference: str
         resolve_metric(metric)  # an unimportable metric is refused before any work
     ref_art = ref_contract = None
     if reference is not None:
-        ref_art = load_model(reference, arch=arch, unsafe_pickle=unsafe_pickle)
+        ref_art = load_model(reference, arch=arch, unsafe_pickle=unsafe_pickle, arch_args=arch_args)
         ref_contract = contract_for(ref_art, flags, what="--reference")
         if ref_contract.input_names != contract.input_names:
             raise_names(ref_contract, contract)

@@ -84,7 +84,8 @@ def eval_cmd(
     data: Annotated[str, typer.Option("--data", "-d", help="Built-in dataset name, image folder (with or without "
                                       "class folders), .npz named after the inputs, or module:function.")] = "mnist5k",
     split: Annotated[str, typer.Option(help="train, val or test (built-in datasets).")] = "test",
-    arch: ArchOpt = None,
+    arch: co.ArchFlag = None,
+    arch_args: co.ArchArgsFlag = None,
     unsafe_pickle: UnsafeOpt = False,
     threads: Annotated[Optional[int], typer.Option(help="Runtime threads.")] = None,
     runtime: Annotated[Optional[str], typer.Option(help="Run it in this runtime (default: the format's own; "
@@ -114,11 +115,14 @@ def eval_cmd(
         flags = co.contract_flags(inputs=input_, opt_shapes=opt_shape, outputs=output, roles=role, task=task)
         if split not in SPLITS:
             raise UnknownNameError("split", split, SPLITS)
-        art = load_model(model, arch=arch, unsafe_pickle=unsafe_pickle)
+        from edgetl.user_arch import parse_arch_args
+
+        kwargs = {"arch_args": parse_arch_args(arch_args)} if arch_args else {}
+        art = load_model(model, arch=arch, unsafe_pickle=unsafe_pickle, **kwargs)
         if co.wants_contract(flags, art, reference=reference, metric=metric):
             return co.contract_eval(model, art, flags, data=data, reference=reference, metric=metric,
                                     runtime=runtime, threads=threads, limit=limit, arch=arch,
-                                    unsafe_pickle=unsafe_pickle)
+                                    unsafe_pickle=unsafe_pickle, arch_args=kwargs.get("arch_args"))
         splits = load_data(data, seed=seed)
         r = evaluate(art, splits, split=split, threads=threads, runtime=runtime)
         result = {"model": model, "format": art.format.value, "data": splits.name, **r}

@@ -43,7 +43,8 @@ def export_cmd(
                                                 "images).")] = None,
     no_parity: Annotated[bool, typer.Option("--no-parity", help="Skip the output comparison with the source "
                                             "model.")] = False,
-    arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture of a plain state-dict file.")] = None,
+    arch: co.ArchFlag = None,
+    arch_args: co.ArchArgsFlag = None,
     unsafe_pickle: Annotated[bool, typer.Option("--unsafe-pickle", help="Allow loading a fully pickled nn.Module "
                                                 "(runs code from the file: only for files you trust).")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the dataset's train/val/test split.")] = 0,
@@ -62,7 +63,7 @@ def export_cmd(
         options = _check_request(format_, output, overwrite=overwrite, opset=opset, dynamic_batch=dynamic_batch,
                                  max_batch=max_batch, precision=precision, dla_core=dla_core, parity=not no_parity)
         flags = co.contract_flags(inputs=input_, opt_shapes=opt_shape, roles=role, task=task)  # -o is the directory
-        art, splits = _load(model, flags, arch=arch, unsafe_pickle=unsafe_pickle,
+        art, splits = _load(model, flags, arch=arch, arch_args=arch_args, unsafe_pickle=unsafe_pickle,
                             data=None if no_parity else data, seed=seed)
         exported, failed = _export(art, format_, output, options=options, data=splits, overwrite=overwrite,
                                    model=model)
@@ -83,14 +84,16 @@ def _check_request(format_: str, output: Path, *, overwrite: bool, **values):
     return options
 
 
-def _load(model: str, flags, *, arch: str | None, unsafe_pickle: bool, data: str | None, seed: int):
+def _load(model: str, flags, *, arch: str | None, arch_args: str | None, unsafe_pickle: bool, data: str | None,
+          seed: int):
     """The model with its contract, and the parity inputs when ``data`` names them."""
     import torch
 
     from edgetl.models import load_model
+    from edgetl.user_arch import parse_arch_args
 
     torch.set_flush_denormal(True)
-    art = load_model(model, arch=arch, unsafe_pickle=unsafe_pickle)
+    art = load_model(model, arch=arch, unsafe_pickle=unsafe_pickle, arch_args=parse_arch_args(arch_args) or None)
     if art.input_spec is None or co.flags_given(flags):
         art = co.with_contract(art, flags)  # a contradiction with the file: one line, before any export
     if data is None:
