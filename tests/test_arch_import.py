@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from edgetl.errors import ConfigError, UnknownNameError
+from tests.cli_checks import refused as _one_line
 
 USER_CODE = '''
 import torch
@@ -65,15 +66,6 @@ def user_pkg(tmp_path, monkeypatch):
 def _cli(env, *args):
     return subprocess.run([sys.executable, "-m", "edgetl.cli", *args], capture_output=True, text=True, env=env,
                           timeout=600)
-
-
-def _one_line(r, *words, code=2):
-    assert r.returncode == code, r.stdout + r.stderr
-    msg = r.stderr.strip()
-    assert len(msg.splitlines()) == 1, msg
-    for w in words:
-        assert w in msg, msg
-    return msg
 
 
 def _feed(seed=0, n=2):

@@ -7,41 +7,20 @@ No timing figure is asserted (no timed unit tests): what is checked is what was 
 
 from __future__ import annotations
 
-import json
-import warnings
-
 import numpy as np
 import pytest
 import torch
 
 from tests import shapes
+from tests.cli_checks import ok_json as _ok
+from tests.cli_checks import onnx_of as _onnx
+from tests.cli_checks import refused as _refused
 from tests.conftest import run_cli
 
 pytest.importorskip("onnxruntime")
 
 QUICK = ("--min-time", "0", "--min-count", "5", "--max-time", "10", "--warmup", "0", "--warmup-runs", "1",
          "--rounds", "1", "--threads", "1", "--no-store", "--json")
-
-
-def _onnx(model, example, path, *, inputs, outputs, dynamic=None):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), example, str(path), dynamo=False, input_names=inputs, output_names=outputs,
-                          dynamic_axes=dynamic, opset_version=17)
-    return path
-
-
-def _ok(r):
-    assert r.returncode == 0, r.stdout + r.stderr
-    return json.loads(r.stdout)
-
-
-def _refused(r, *words, code=2):
-    assert r.returncode == code, r.stdout + r.stderr
-    msg = r.stderr.strip()
-    assert len(msg.splitlines()) == 1, msg
-    for w in words:
-        assert w in msg, msg
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,9 @@ import pytest
 import torch
 
 from tests import shapes
+from tests.cli_checks import ok_json as _ok
+from tests.cli_checks import onnx_of as _onnx
+from tests.cli_checks import refused as _refused
 from tests.conftest import run_cli
 
 pytest.importorskip("onnxruntime")
@@ -29,14 +31,6 @@ pytest.importorskip("openvino")
 @pytest.fixture(scope="session")
 def shape_cache(tmp_path_factory):
     return tmp_path_factory.getbasetemp().parent / "edgetl-fixtures"
-
-
-def _onnx(model, example, path, *, inputs, outputs, dynamic=None):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), example, str(path), dynamo=False, input_names=inputs, output_names=outputs,
-                          dynamic_axes=dynamic, opset_version=17)
-    return path
 
 
 def _ir(onnx_path, path):
@@ -54,20 +48,6 @@ def _perturbed(model, scale=0.02, seed=0):
         for p in m.parameters():
             p.add_(torch.randn(p.shape, generator=g) * scale * p.abs().mean())
     return m
-
-
-def _ok(r):
-    assert r.returncode == 0, r.stdout + r.stderr
-    return json.loads(r.stdout)
-
-
-def _refused(r, *words, code=2):
-    assert r.returncode == code, r.stdout + r.stderr
-    msg = r.stderr.strip()
-    assert len(msg.splitlines()) == 1, msg
-    for w in words:
-        assert w in msg, msg
-    return msg
 
 
 # --------------------------------------------------------------------------- two inputs with state, a scalar
