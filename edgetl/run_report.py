@@ -331,7 +331,7 @@ def _blocks(rep: RunReport) -> list[tuple]:
                   for k, _ in _COLS] for r in rows]
         out += [("h2", device), ("table", [h for _, h in _COLS], table),
                 ("p", f"top-1 and agreement: {'; '.join(splits) or 'not measured'}. Latency: batch 1, "
-                      "single stream, p90 the headline.")]
+                      "single stream; the recommendation is ranked by p50, p90 the headline.")]
         sp = d["speedups"].get(device)
         if sp:
             parts = [f"{format_ratio(sp[k])} {label}" for k, label in
