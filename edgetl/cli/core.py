@@ -12,7 +12,6 @@ from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
 
 ModelArg = Annotated[str, typer.Argument(help="Model file (.pt, .pt2, TorchScript, .onnx, .xml ...) or zoo name.")]
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="Built-in dataset name, image folder or .npz file.")]
-ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture of a plain state-dict file.")]
 UnsafeOpt = Annotated[bool, typer.Option("--unsafe-pickle", help="Allow loading a fully pickled nn.Module "
                                          "(runs code from the file: only for files you trust).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the train/val/test split.")]
