@@ -116,12 +116,12 @@ def eval_cmd(
             raise UnknownNameError("split", split, SPLITS)
         from edgetl.user_arch import parse_arch_args
 
-        kwargs = {"arch_args": parse_arch_args(arch_args)} if arch_args else {}
-        art = load_model(model, arch=arch, unsafe_pickle=unsafe_pickle, **kwargs)
+        args = parse_arch_args(arch_args) or None
+        art = load_model(model, arch=arch, unsafe_pickle=unsafe_pickle, arch_args=args)
         if co.wants_contract(flags, art, reference=reference, metric=metric):
             return co.contract_eval(model, art, flags, data=data, reference=reference, metric=metric,
                                     runtime=runtime, threads=threads, limit=limit, arch=arch,
-                                    unsafe_pickle=unsafe_pickle, arch_args=kwargs.get("arch_args"))
+                                    unsafe_pickle=unsafe_pickle, arch_args=args)
         splits = load_data(data, seed=seed)
         r = evaluate(art, splits, split=split, threads=threads, runtime=runtime)
         result = {"model": model, "format": art.format.value, "data": splits.name, **r}
