@@ -82,14 +82,18 @@ class RunReport:
     gates: list[dict[str, Any]] = field(default_factory=list)  # edgetl.gates.Verdict.to_dict() of each stage judged
 
     def recommendation(self) -> dict[str, Any] | None:
-        return _recommend(self.rows, self.budget_points, set(self.blocked_roles))
+        from edgetl.run_choose import recommend
+
+        return recommend(self.rows, self.budget_points, set(self.blocked_roles))
 
     def to_dict(self) -> dict[str, Any]:
+        from edgetl.run_choose import speedups
+
         d = {"recipe": self.recipe, "fingerprint": self.fingerprint, "run_dir": self.run_dir, "model": self.model,
              "data": self.data, "stages": self.stages, "artifacts": [r.flat() for r in self.rows],
              "recommendation": self.recommendation(), "accuracy_budget_points": self.budget_points,
              "blocked_roles": list(self.blocked_roles), "warnings": self.warnings, "gates": self.gates,
-             "speedups": _speedups(self)}
+             "speedups": speedups(self)}
         if self.search is not None:
             d["budget"] = self.search
         return d
@@ -232,59 +236,6 @@ def _skipped(report: RunReport, outcomes, gates) -> list[str]:
         return []
     return [f"stage{'s' if len(skipped) > 1 else ''} {', '.join(skipped)} skipped: the {stopped.stage} output failed "
             "its quality gate, so nothing was built on it; the rows measured are the teacher and its baselines"]
-
-
-# --------------------------------------------------------------------------- choosing
-def _recommend(rows: list[ReportRow], budget: float, blocked: set[str]) -> dict[str, Any] | None:
-    if not rows:
-        return None
-    device = rows[0].device
-    on_dev = [r for r in rows if r.device == device and r.accuracy is not None]
-    teacher = next((r for r in on_dev if r.role == "teacher"), None)
-    if teacher is None:
-        return None
-    ok = [r for r in on_dev if r.deployable and r.role not in blocked
-          and 100 * (teacher.accuracy - r.accuracy) <= budget + 1e-9]
-    if not ok:
-        return {"device": device, "line": f"no artifact met the budget: no deployable artifact is within {budget:g} "
-                                          f"points of the teacher's accuracy ({100 * teacher.accuracy:.2f} %)"}
-    # Ranked by the median call, not p90: beside busy processes the tail measures the scheduler (ONNX Runtime and
-    # ExecuTorch at 1 ms swapped places by p90 between a quiet and a loaded demo; by p50 they did not). p90 is shown.
-    best = min(ok, key=lambda r: (r.result["latency_ms"]["p50"], r.result["latency_ms"]["p90"]))
-    from benchmarks.report import format_ratio
-
-    p90 = best.result["latency_ms"]["p90"]
-    speed = teacher.result["latency_ms"]["p90"] / p90
-    trust = (" (timings contended: the ratio is not reliable)" if best.contended or teacher.contended else "")
-    line = (f"ship {best.file} ({best.result['format']}, {best.result['runtime']}, {best.result['precision']}): the "
-            f"fastest deployable artifact within {budget:g} points of the teacher (median latency "
-            f"{best.result['latency_ms']['p50']:.3f} ms), p90 {p90:.3f} ms on {device}, "
-            f"{format_ratio(speed)} the teacher in PyTorch eager{trust}, top-1 {100 * best.accuracy:.2f} % vs "
-            f"{100 * teacher.accuracy:.2f} % ({best.accuracy_split})")
-    return {"device": device, "role": best.role, "artifact": best.result["artifact"], "file": best.file,
-            "format": best.result["format"], "runtime": best.result["runtime"], "p90_ms": p90,
-            "accuracy": best.accuracy, "teacher_accuracy": teacher.accuracy, "reliable": not trust, "line": line}
-
-
-def _speedups(report: RunReport) -> dict[str, Any]:
-    """p90 ratios of the recommended artifact against the baselines, per device (``reliable`` says whether the
-    timings behind them were uncontended)."""
-    out: dict[str, Any] = {}
-    for device in dict.fromkeys(r.device for r in report.rows):
-        rows = [r for r in report.rows if r.device == device]
-        rec = _recommend(rows, report.budget_points, set(report.blocked_roles))
-        if not rec or "role" not in rec:
-            continue
-        on = {r.role: r for r in rows}
-        best = on[rec["role"]]
-        d: dict[str, Any] = {"shipped": rec["file"], "reliable": True}
-        for key, role in (("vs_teacher_eager", "teacher"), ("vs_teacher_int8", "baseline:teacher-int8"),
-                          ("vs_teacher_fp32_export", "baseline:teacher-fp32")):
-            if role in on:
-                d[key] = on[role].result["latency_ms"]["p90"] / best.result["latency_ms"]["p90"]
-                d["reliable"] = d["reliable"] and not (on[role].contended or best.contended)
-        out[device] = d
-    return out
 
 
 # --------------------------------------------------------------------------- rendering: one set of blocks

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EDGETL = ROOT / "edgetl"
 TOP = {EDGETL / "cli", EDGETL / "recipe.py", EDGETL / "pipeline.py", EDGETL / "run_report.py", EDGETL / "package",
        EDGETL / "run_stages.py", EDGETL / "run_bench.py", EDGETL / "run_gates.py", EDGETL / "run_search.py",
-       EDGETL / "run_latency.py",
+       EDGETL / "run_latency.py", EDGETL / "run_choose.py",
        EDGETL / "package.py"}
 FORBIDDEN = ("benchmarks", "exporters")
 
