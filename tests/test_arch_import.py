@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,8 @@ import torch
 
 from edgetl.errors import ConfigError, UnknownNameError
 from tests.cli_checks import refused as _one_line
+
+ROOT = Path(__file__).resolve().parents[1]
 
 USER_CODE = '''
 import torch
@@ -234,3 +237,49 @@ def test_eval_and_export_take_arch_args(user_pkg, tmp_path):
     _one_line(_cli(env, "export", str(tmp_path / "w.pth"), "--arch", spec, "--arch-args", "[6]", *contract,
                    "--format", "onnx", "-o", str(tmp_path / "o2")), "JSON object")
     assert not (tmp_path / "o2").exists()
+
+
+def test_cli_prunes_a_three_input_model_without_input_spec_and_reloads_it_by_its_recorded_contract(tmp_path):
+    """VadLike (audio, a recurrent state, an int64 scalar sample rate; no input spec) from a state dict of a
+    non-default width, pruned from the CLI with --arch and --arch-args: the checkpoint records the contract the
+    --input flags gave and the arguments, never code, and eval reloads it with the same --arch and no flags."""
+    from edgetl.models import load_model
+    from tests import shapes
+    from tests.cli_checks import ok_json
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    spec = "tests.shapes:VadLike"
+    torch.manual_seed(0)
+    torch.save(shapes.VadLike(hidden=24).state_dict(), tmp_path / "vad.pth")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "vad.npz", audio=rng.standard_normal((20, 1, 256)).astype(np.float32),
+             state=rng.standard_normal((20, 2, 1, 24)).astype(np.float32) * 0.5, sr=np.full(20, 16000, np.int64))
+    flags = ("--input", "audio:Nx256:float32", "--input", "state:2xNx24:float32", "--input", "sr:scalar:int64")
+    out = tmp_path / "vad_small.pt"
+    _one_line(_cli(env, "prune", str(tmp_path / "vad.pth"), "--arch", spec, "--arch-args", '{"hidden": ', *flags,
+                   "--data", str(tmp_path / "vad.npz"), "--ratio", "0.3", "-o", str(out)), "--arch-args",
+              "not valid JSON")
+    assert not out.exists()
+    res = ok_json(_cli(env, "prune", str(tmp_path / "vad.pth"), "--arch", spec, "--arch-args", '{"hidden": 24}',
+                       *flags, "--data", str(tmp_path / "vad.npz"), "--ratio", "0.3", "-o", str(out), "--json"))
+    assert res["arch"] == spec and res["widths_after"]["feat"] < res["widths_before"]["feat"] == 24
+    raw = torch.load(out, weights_only=True)  # tensors, widths, strings: no pickled code
+    assert "pickled_module" not in raw and raw["input_spec"] is None and raw["arch"] == spec
+    assert json.loads(raw["extra_json"])["arch_args"] == {"hidden": 24}
+    recorded = json.loads(raw["contract_json"])["inputs"]
+    assert [(t["name"], t["shape"], t["dtype"]) for t in recorded] == [
+        ("audio", ["N", 256], "float32"), ("state", [2, "N", 24], "float32"), ("sr", [], "int64")]
+    assert raw["structure"]["feat"]["out_features"] == res["widths_after"]["feat"]
+    with pytest.raises(ConfigError, match=f"--arch {spec}"):
+        load_model(out)  # a checkpoint never imports code by itself
+    back = load_model(out, arch=spec)
+    assert back.contract.input_names == ("audio", "state", "sr") and back.contract.input("state").shape == (2, "N", 24)
+    assert sum(p.numel() for p in back.model.parameters()) == res["params_after"]
+    # eval reloads it with the same --arch and no contract flags; the source state dict is the reference
+    ev = ok_json(_cli(env, "eval", str(out), "--arch", spec, "--data", str(tmp_path / "vad.npz"), "--reference",
+                      str(tmp_path / "vad.pth"), "--json"))
+    assert ev["samples"] == 20 and ev["reference_outputs"] == "by name"
+    assert ev["contract"]["inputs"] == {"audio": "Nx256 float32", "state": "2xNx24 float32", "sr": "scalar int64"}
+    fid = {o["output"]: o for o in ev["fidelity"]["outputs"]}
+    assert set(fid) == {"output0", "output1"} and all(0.0 < o["max_abs"] for o in fid.values())  # really pruned
+    assert fid["output0"]["cosine"] > 0.9

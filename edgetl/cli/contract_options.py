@@ -34,6 +34,17 @@ ReferenceFlag = Annotated[Optional[str], typer.Option(
 LimitFlag = Annotated[Optional[int], typer.Option("--limit", help="Evaluate at most this many samples.")]
 
 
+def load_with_arch(model: str, *, arch: str | None, arch_args: str | dict[str, Any] | None,
+                   unsafe_pickle: bool = False) -> Any:
+    """The model, with ``--arch`` (a zoo name or ``module.path:ClassName``) and ``--arch-args JSON``: the one loader
+    of the commands that take both (bad JSON, an unknown module or class is one line, exit 2)."""
+    from edgetl.models import load_model
+    from edgetl.user_arch import parse_arch_args
+
+    args = parse_arch_args(arch_args)
+    return load_model(model, arch=arch, unsafe_pickle=unsafe_pickle, arch_args=args or None)
+
+
 def contract_flags(*, inputs=None, opt_shapes=None, outputs=None, roles=None, task=None) -> Any:
     from edgetl.contract import parse_flags
 
@@ -57,6 +68,50 @@ def with_contract(art: Any, flags: Any) -> Any:
     return art
 
 
+def contract_of(art: Any, flags: Any, data: str | None = None, *, what: str = "MODEL") -> Any:
+    """The artifact's contract, completed by the flags; an edgetl checkpoint of a non-classifier (no labels) gives
+    its input from the recorded input spec. Where the model cannot be run on made-up inputs (an integer sample
+    rate, a dynamic size without --opt-shape), it runs once on the first sample of ``data``, read against the
+    inputs the flags declare."""
+    from edgetl.contract import ModelContract
+    from edgetl.contract_read import from_input_spec
+    from edgetl.errors import ConfigError
+    from edgetl.evaluate_contract import contract_for
+
+    if art.contract is None and art.input_spec is not None:
+        spec_inputs = from_input_spec(art.input_spec, ("_",), input_name="image").inputs
+        art.contract = ModelContract(inputs=spec_inputs, fixed=False, source="input_spec")
+    try:
+        return contract_for(art, flags, what=what)
+    except ConfigError as e:
+        if data is None or getattr(art.model, "forward", None) is None:
+            raise
+        first_error = e
+    try:
+        first = _first_sample(art, flags, data)
+    except ConfigError:
+        raise first_error from None  # the data cannot be read either: what the contract lacks is the first fact
+    return contract_for(art, flags, data=first)
+
+
+def _first_sample(art: Any, flags: Any, data: str) -> dict[str, Any]:
+    """The first sample of ``data`` read against the inputs the model declares (a recorded contract, else the
+    parameters of ``forward``) as the flags complete them."""
+    import dataclasses
+    import inspect
+
+    from edgetl.contract import InputTensor, ModelContract, merge
+    from edgetl.inputs import load_inputs
+
+    base = art.contract
+    if base is None or not base.inputs:
+        params = [p for p in inspect.signature(art.model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+        base = ModelContract(inputs=tuple(InputTensor(name=p.name) for p in params), fixed=False)
+    declared = merge(ModelContract(inputs=base.inputs, fixed=False), dataclasses.replace(flags, outputs=(), roles=()))
+    return load_inputs(data, contract=declared, limit=1).samples[0]
+
+
 def wants_contract(flags: Any, art: Any, *, reference: str | None, metric: str | None) -> bool:
     """The contract path of eval: any contract flag, a reference or metric, or a model that is not a one-input
     one-output classifier with an input spec. Otherwise the classic top-1 evaluation runs unchanged."""
@@ -73,19 +128,20 @@ def contract_eval(model: str, art: Any, flags: Any, *, data: str, reference: str
     """The contract path of ``edgetl eval``: (result, render). Every check comes before the first run."""
     from edgetl.cli._common import table
     from edgetl.contract_merge import require
-    from edgetl.evaluate_contract import contract_for, describe_contract, evaluate_contract
+    from edgetl.evaluate_contract import describe_contract, evaluate_contract
     from edgetl.fidelity import resolve_metric
     from edgetl.inputs import load_inputs
     from edgetl.models import load_model
 
-    contract = contract_for(art, flags)
+    contract = contract_of(art, flags, data)  # a PyTorch model runs once on the first sample where it must
     require(contract, shapes=True)
     if metric is not None:
         resolve_metric(metric)  # an unimportable metric is refused before any work
     ref_art = ref_contract = None
     if reference is not None:
         ref_art = load_model(reference, arch=arch, unsafe_pickle=unsafe_pickle, arch_args=arch_args)
-        ref_contract = contract_for(ref_art, flags, what="--reference")
+        _inputs_from(ref_art, contract)
+        ref_contract = contract_of(ref_art, flags, data, what="--reference")
         if ref_contract.input_names != contract.input_names:
             raise_names(ref_contract, contract)
     inputs = load_inputs(data, contract=contract, model_labels=art.labels or None, limit=limit)
@@ -109,6 +165,17 @@ def contract_eval(model: str, art: Any, flags: Any, *, data: str, reference: str
             console.print(note)
 
     return result, render
+
+
+def _inputs_from(ref_art: Any, contract: Any) -> None:
+    """A PyTorch reference that names the model's inputs but knows none of their shapes (a state dict of the same
+    ``--arch``) takes the model's inputs, so a pruned checkpoint compares with its source without flags."""
+    import dataclasses
+
+    c = ref_art.contract
+    if (ref_art.model is not None and c is not None and c.input_names == contract.input_names
+            and all(t.shape is None for t in c.inputs)):
+        ref_art.contract = dataclasses.replace(c, inputs=contract.inputs)
 
 
 def raise_names(ref_contract: Any, contract: Any) -> None:

@@ -21,11 +21,7 @@ __all__ = ["load_for_quantize", "quantize_contract", "wants_contract"]
 
 def load_for_quantize(model: str, *, arch: str | None, arch_args: str | None) -> Any:
     """The model, with ``--arch``/``--arch-args`` (bad JSON or an unknown module is one line, exit 2)."""
-    from edgetl.models import load_model
-    from edgetl.user_arch import parse_arch_args
-
-    args = parse_arch_args(arch_args)
-    return load_model(model, arch=arch, arch_args=args or None)
+    return co.load_with_arch(model, arch=arch, arch_args=arch_args)
 
 
 def unlabeled(data: str) -> bool:

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from edgetl.cli import contract_options as co
 from edgetl.cli import device_options as do
 from edgetl.cli._common import DebugOpt, JsonOpt, execute, table
 from edgetl.cli.config_options import config_options
@@ -30,7 +31,8 @@ def prune_cmd(
                                             "ranking channels globally.")] = False,
     ignore: Annotated[Optional[list[str]], typer.Option(help="Layer name pattern to leave unpruned (repeatable, "
                                                         "shell-style, e.g. 'features.0*').")] = None,
-    arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture of a plain state-dict file.")] = None,
+    arch: co.ArchFlag = None,
+    arch_args: co.ArchArgsFlag = None,
     target_latency_ms: Annotated[Optional[float], typer.Option(
         "--target-latency-ms", help="Latency to reach: p50 ms at batch 1 on --runtime with --threads; widths are "
         "chosen against a per-layer latency table measured there, then the pruned model is measured and the "
@@ -76,7 +78,8 @@ def prune_cmd(
                                                  ssh_options=do.ssh_options(ssh_config=ssh_config, port=port,
                                                                             remote_edgetl=remote_edgetl))
         cfg = _config(options, layerwise=layerwise, ignore=ignore)
-        pruned, splits, latency_result = _run(model, data, cfg, arch=arch, latency=latency, output=output)
+        pruned, splits, latency_result = _run(model, data, cfg, arch=arch, arch_args=arch_args, latency=latency,
+                                              output=output)
         return _report(pruned, cfg, output, data_name=splits.name, latency_result=latency_result)
 
     execute(body, json_=json_, debug=debug)
@@ -109,16 +112,16 @@ def _config(options: dict, *, layerwise: bool, ignore: list[str] | None):
                   ignore=layers_matching(*ignore) if ignore else None)
 
 
-def _run(model: str, data: str, cfg, *, arch: str | None, latency, output: Path):
+def _run(model: str, data: str, cfg, *, arch: str | None, arch_args: str | None, latency, output: Path):
     """Load, prune (to the latency target when there is one) and save; returns (pruned, splits, latency report)."""
     import torch
 
     from edgetl.data import load_data
-    from edgetl.models import load_model, save_model
+    from edgetl.models import save_model
     from edgetl.prune import prune
 
     torch.set_flush_denormal(True)
-    art = load_model(model, arch=arch)
+    art = co.load_with_arch(model, arch=arch, arch_args=arch_args)
     splits = load_data(data, seed=cfg.seed)
     if latency is not None:
         pruned, latency_result = latency.prune(art, cfg, splits)

@@ -57,7 +57,8 @@ def contract_command(run: Callable[..., Any], *, model_key: str) -> Callable[[Ca
         def command(**kwargs: Any) -> Any:
             said = {n: kwargs.pop(n) for n in _FLAGS}
             model = kwargs[model_key]
-            if not wanted(said, model[0] if isinstance(model, list) else model, kwargs.get("arch")):
+            if not wanted(said, model[0] if isinstance(model, list) else model, kwargs.get("arch"),
+                          kwargs.get("arch_args")):
                 return fn(**kwargs)
             return run(said, **kwargs)
 
@@ -78,60 +79,24 @@ def flags_of(said: dict[str, Any]) -> Any:
                              roles=said["role"], task=said["task"])
 
 
-def wanted(said: dict[str, Any], model: str, arch: str | None = None) -> bool:
+def wanted(said: dict[str, Any], model: str, arch: str | None = None, arch_args: str | None = None) -> bool:
     """A contract flag, or a model that is not a one-input one-output classifier with labels (peeked at; a model
     that does not load goes down the classic path, which says why)."""
     if any(v for v in said.values()):
         return True
     from edgetl.errors import EdgetlError
-    from edgetl.models import load_model
 
     try:
-        art = load_model(model, arch=arch)
+        art = co.load_with_arch(model, arch=arch, arch_args=arch_args)
     except EdgetlError:
         return False
     return co.wants_contract(co.contract_flags(), art, reference=None, metric=None)
 
 
 def contract_of(art: Any, flags: Any, data: str | None = None) -> Any:
-    """The artifact's contract, completed by the flags; an edgetl checkpoint of a non-classifier (no labels) gives
-    its input from the recorded input spec. Where the model cannot be run on made-up inputs (an integer sample
-    rate, a dynamic size without --opt-shape), it runs once on the first sample of ``data``, read against the
-    inputs the flags declare."""
-    from edgetl.contract import ModelContract
-    from edgetl.contract_read import from_input_spec
-    from edgetl.errors import ConfigError
-    from edgetl.evaluate_contract import contract_for
-
-    if art.contract is None and art.input_spec is not None:
-        spec_inputs = from_input_spec(art.input_spec, ("_",), input_name="image").inputs
-        art.contract = ModelContract(inputs=spec_inputs, fixed=False, source="input_spec")
-    try:
-        return contract_for(art, flags)
-    except ConfigError as e:
-        if data is None:
-            raise
-        first_error = e
-    try:
-        first = _first_sample(art, flags, data)
-    except ConfigError:
-        raise first_error from None  # the data cannot be read either: what the contract lacks is the first fact
-    return contract_for(art, flags, data=first)
-
-
-def _first_sample(art: Any, flags: Any, data: str) -> dict[str, Any]:
-    """The first sample of ``data`` read against the inputs of ``forward`` as the flags declare them."""
-    import dataclasses
-    import inspect
-
-    from edgetl.contract import InputTensor, ModelContract, merge
-    from edgetl.inputs import load_inputs
-
-    params = [p for p in inspect.signature(art.model.forward).parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
-    declared = merge(ModelContract(inputs=tuple(InputTensor(name=p.name) for p in params), fixed=False),
-                     dataclasses.replace(flags, outputs=(), roles=()))
-    return load_inputs(data, contract=declared, limit=1).samples[0]
+    """The artifact's contract completed by the flags (and, where needed, the first sample of ``data``):
+    :func:`edgetl.cli.contract_options.contract_of`."""
+    return co.contract_of(art, flags, data)
 
 
 def _check_options(kwargs: dict[str, Any], options: dict) -> Path:
@@ -159,7 +124,7 @@ def _run(said: dict[str, Any], *, options: dict, json_: bool = False, debug: boo
         import torch
 
         from edgetl.inputs import load_inputs
-        from edgetl.models import load_model, save_model
+        from edgetl.models import save_model
         from edgetl.prune import Scope, layers_matching, prune
         from edgetl.stages import stage_kind
 
@@ -172,7 +137,7 @@ def _run(said: dict[str, Any], *, options: dict, json_: bool = False, debug: boo
         ignore = kwargs.get("ignore")
         cfg = stage_kind("prune").config_class()(**opts, scope=Scope.LAYERWISE if kwargs.get("layerwise")
                                                  else Scope.GLOBAL, ignore=layers_matching(*ignore) if ignore else None)
-        art = load_model(kwargs["model"], arch=kwargs.get("arch"))
+        art = co.load_with_arch(kwargs["model"], arch=kwargs.get("arch"), arch_args=kwargs.get("arch_args"))
         art.contract = contract_of(art, flags, kwargs["data"])
         inputs = load_inputs(kwargs["data"], contract=art.contract, model_labels=art.labels or None)
         pruned = prune(art, cfg, data=inputs)
