@@ -139,6 +139,51 @@ def test_fidelity_budget_that_cannot_be_met_writes_nothing(facedet, tmp_path):
     assert not target.exists() and not list(tmp_path.iterdir())
 
 
+def test_onnxruntime_fallback_keeps_layers_in_float_for_a_three_head_detector(facedet):
+    """ORT's per-layer ranking taps the feeds by input name: over an SNR budget, the most sensitive layers go
+    back to float one at a time, each candidate judged on every head, until the budget holds."""
+    import onnx
+
+    out_path = facedet["d"] / "det.fallback.int8.onnx"
+    out = _ok(run_cli("quantize", str(facedet["src"]), "--backend", "onnxruntime", *DET, "--calibration",
+                      "percentile", "--data", str(facedet["data"]), "--min-snr", "40", "-o", str(out_path), "--json"))
+    first, chosen = out["attempts"][0], out["attempts"][-1]
+    assert first["kept_float"] == [] and first["within_budget"] is False and min(first["snr_db"].values()) < 40
+    assert out["budget_met"] is True and out["kept_float"] and chosen["within_budget"] is True
+    assert [k["layer"] for k in out["kept_float"]] == chosen["kept_float"]
+    per = _per_output(out)
+    assert set(per) == {"boxes", "scores", "landmarks"} and all(40 <= o["snr_db"] < 200 for o in per.values())
+    kept = {k["node"] for k in out["kept_float"]}
+    graph = onnx.load(str(out_path)).graph
+    produced = {o: n for n in graph.node for o in n.output}
+    for n in graph.node:  # the kept layers read float weights; the others still go through DequantizeLinear
+        if n.op_type == "Conv":
+            via_dq = produced.get(n.input[1]) is not None and produced[n.input[1]].op_type == "DequantizeLinear"
+            assert via_dq != (n.name in kept), n.name
+
+
+def test_onnxruntime_fallback_ranks_the_layers_of_a_three_input_model(vad, tmp_path):
+    """The ranking feeds all three inputs (a state, an int64 sample rate); layer errors are finite per layer, and
+    a budget the float layers cannot reach is refused after trying them, writing nothing."""
+    from edgetl.quantize.onnxruntime import choose_ort_types, compute_nodes, layer_errors
+    from edgetl.quantize.ort_feeds import quantize_static_feeds
+
+    data = np.load(vad["data"])
+    feeds = [{k: data[k][i] for k in ("audio", "state")} | {"sr": data["sr"][i]} for i in range(12)]
+    q = tmp_path / "q.onnx"
+    quantize_static_feeds(vad["src"], q, feeds, types=choose_ort_types())
+    ranked = layer_errors(vad["src"], q, feeds, compute_nodes(vad["src"]))
+    assert {r["layer"] for r in ranked} == {"feat", "cell0", "cell1", "head"}
+    assert all(np.isfinite(r["added"]) and r["nsr_out"] > 0 for r in ranked)
+    target = tmp_path / "vad.int8.onnx"
+    r = run_cli("quantize", str(vad["src"]), "--backend", "onnxruntime", "--data", str(vad["data"]), "--min-snr",
+                "60", "--max-float-layers", "2", "-o", str(target))
+    assert r.returncode == 1, r.stdout + r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "keeps 2 layer(s) in float" in last and "SNR" in last, last
+    assert not target.exists()
+
+
 # --------------------------------------------------------------------------- dynamic H x W
 @pytest.fixture(scope="module")
 def segnet(tmp_path_factory, shape_cache):

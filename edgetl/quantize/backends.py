@@ -202,9 +202,7 @@ class OnnxBackend(QuantizerBackend):
         return self.qo.unquantized_nodes(self.pre, path)
 
     def ranking(self, path: Path, batch) -> list[dict[str, Any]]:
-        if not isinstance(batch, np.ndarray):
-            return []  # per-layer taps feed one image input; a model of any inputs is not ranked (no fallback)
-        return self.qo.layer_errors(self.pre, path, batch, self.layers())
+        return self.qo.layer_errors(self.pre, path, batch, self.layers())  # an image batch, or feeds by name
 
 
 class TensorRtBackend(OnnxBackend):

@@ -34,6 +34,7 @@ import numpy as np
 
 from edgetl.errors import ExportError, MissingDependencyError
 from edgetl.quantize.onnx_size import explain_size, size_breakdown
+from edgetl.quantize.ort_layers import layer_errors
 
 __all__ = [
     "OrtTypeChoice",
@@ -360,83 +361,6 @@ def convert_fp16(fp32: Path, out: Path) -> dict[str, Any]:
     proto = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
     onnx.save(proto, str(out))
     return {"format": "fp16", "keep_io_types": True}
-
-
-# --------------------------------------------------------------------------- per-layer error
-def _producer_chain_source(proto, tensor: str) -> str:
-    """Follow DequantizeLinear <- QuantizeLinear back to the float tensor that was quantized."""
-    produced_by = {o: n for n in proto.graph.node for o in n.output}
-    for _ in range(2):
-        n = produced_by.get(tensor)
-        if n is None or n.op_type not in ("DequantizeLinear", "QuantizeLinear"):
-            break
-        tensor = n.input[0]
-    return tensor
-
-
-def _run_with_taps(path: Path, names: list[str], batch: np.ndarray) -> dict[str, np.ndarray]:
-    import onnx
-    import onnxruntime as ort
-
-    proto = onnx.load(str(path))
-    existing = {o.name for o in proto.graph.output}
-    for name in names:
-        if name not in existing:
-            proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-            existing.add(name)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tapped tensor
-    so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
-    step = fixed or len(batch)
-    outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    out_names = [o.name for o in sess.get_outputs()]
-    for i in range(0, len(batch) - (len(batch) % step if fixed else 0), step):
-        res = sess.run(names, {inp.name: batch[i : i + step]})
-        for n, r in zip(names, res, strict=True):
-            outs[n].append(np.asarray(r, dtype=np.float32))
-    del out_names
-    return {n: np.concatenate(v) for n, v in outs.items() if v}
-
-
-def layer_errors(fp32: Path, quantized: Path, batch: np.ndarray, nodes: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """The error each weighted layer adds in ``quantized`` relative to ``fp32``, largest first.
-
-    For a layer, ``nsr_out`` is the noise-to-signal ratio of its output and ``nsr_in`` that of the float tensor
-    feeding it (before its input quantizer); ``added = nsr_out - nsr_in`` is what quantizing this layer (its
-    input and weights) adds on top of the error it receives. One pass of each model ranks every layer.
-    """
-    import onnx
-
-    qproto = onnx.load(str(quantized), load_external_data=False)
-    qnames = {n.name: n for n in qproto.graph.node}
-    taps = []
-    for nd in nodes:
-        q = qnames.get(nd["node"])
-        if q is None:
-            continue
-        taps.append((nd, nd["input"], _producer_chain_source(qproto, q.input[0]), nd["output"], q.output[0]))
-    f_names = sorted({t[1] for t in taps} | {t[3] for t in taps})
-    q_names = sorted({t[2] for t in taps} | {t[4] for t in taps})
-    f = _run_with_taps(fp32, f_names, batch)
-    q = _run_with_taps(quantized, q_names, batch)
-    res = []
-    for nd, f_in, q_in, f_out, q_out in taps:
-        if f_in not in f or q_in not in q or f_out not in f or q_out not in q:
-            continue
-        n_in, n_out = _nsr(f[f_in], q[q_in]), _nsr(f[f_out], q[q_out])
-        res.append({**{k: nd[k] for k in ("node", "op", "layer")}, "nsr_in": n_in, "nsr_out": n_out,
-                    "added": n_out - n_in})
-    res.sort(key=lambda r: r["added"], reverse=True)
-    return res
-
-
-def _nsr(ref: np.ndarray, got: np.ndarray) -> float:
-    ref = ref.astype(np.float64)
-    noise = float(np.mean((got.astype(np.float64) - ref) ** 2))
-    return noise / max(float(np.mean(ref ** 2)), 1e-12)
 
 
 def scratch_dir(near: Path) -> tempfile.TemporaryDirectory:

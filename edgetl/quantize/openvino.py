@@ -218,7 +218,7 @@ def _collect(model, batch, names: list[str]) -> list[tuple[np.ndarray, np.ndarra
 def layer_errors(fp32_model, q_model, batch, ops: list[dict[str, str]]) -> list[dict[str, Any]]:
     """Per weighted op, the noise-to-signal ratio it adds (output NSR minus input NSR), largest first; ``batch``
     is a float32 image batch or a list of feeds by input name."""
-    from edgetl.quantize.onnxruntime import _nsr
+    from edgetl.quantize.ort_layers import _nsr
 
     names = [d["node"] for d in ops]
     f = _collect(fp32_model, batch, names)

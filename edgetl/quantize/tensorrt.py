@@ -62,13 +62,16 @@ def weight_axis(node, weight: np.ndarray) -> int:
     return weight.ndim - 1  # MatMul: (K, N)
 
 
-def _amax(values: np.ndarray, method: str) -> float:
-    """The clipping magnitude of one activation tensor (``values``: calibration images on axis 0)."""
-    if values.size == 0:
+def _amax(values: np.ndarray | list[np.ndarray], method: str) -> float:
+    """The clipping magnitude of one activation tensor (``values``: calibration images on axis 0, or one array
+    per calibration feed of a model of any inputs)."""
+    per = [v for v in values if v.size] if isinstance(values, list) else \
+        list(values.astype(np.float32).reshape(len(values), -1)) if values.size else []
+    if not per:
         return 0.0
-    if method == "mean-minmax":  # each image's own largest magnitude, averaged: outlier images do not set it
-        return float(np.abs(values.astype(np.float32)).reshape(len(values), -1).max(axis=1).mean())
-    a = np.abs(values.astype(np.float32)).ravel()
+    if method == "mean-minmax":  # each sample's own largest magnitude, averaged: outlier samples do not set it
+        return float(np.mean([np.abs(v).max() for v in per]))
+    a = np.abs(np.concatenate([v.ravel() for v in per]).astype(np.float32))
     if method == "percentile":
         return float(np.percentile(a, PERCENTILE))
     if method == "entropy":
@@ -102,22 +105,27 @@ def _entropy_amax(a: np.ndarray, bins: int = 2048, levels: int = 128) -> float:
     return float(edges[best_i]) if best_i < len(edges) else top
 
 
-def _activation_ranges(path: Path, tensors: list[str], batch: np.ndarray, method: str) -> dict[str, float]:
-    from edgetl.quantize.onnxruntime import _run_with_taps
+def _activation_ranges(path: Path, tensors: list[str], batch: np.ndarray | Sequence[dict[str, np.ndarray]],
+                       method: str) -> dict[str, float]:
+    """Each tensor's clipping magnitude on ``batch``: an image batch for the single input, or feeds by input name
+    (a model of any inputs, calibrated from its contract's unlabeled data)."""
+    from edgetl.quantize.ort_layers import _run_with_taps, tap_feeds
 
-    values = _run_with_taps(path, tensors, batch)
+    values: dict[str, Any] = tap_feeds(path, tensors, batch) if not isinstance(batch, np.ndarray) else \
+        _run_with_taps(path, tensors, batch)
     return {t: _amax(v, method) for t, v in values.items()}
 
 
 def make_qdq(
     fp32: Path,
     out: Path,
-    calib_batch: np.ndarray,
+    calib_batch: np.ndarray | Sequence[dict[str, np.ndarray]],
     *,
     exclude: Sequence[str] = (),
     calibration: str = "mean-minmax",
 ) -> dict[str, Any]:
     """Write the TensorRT-ready Q/DQ ONNX of ``fp32`` to ``out``; ``exclude`` names nodes kept in float.
+    ``calib_batch`` is an image batch (one input) or a list of feeds by input name (any inputs, unlabeled).
 
     Returns what was placed: counts of quantized layers, residual Adds and activation quantizers, and the
     weighted nodes of op types this placement does not quantize.
