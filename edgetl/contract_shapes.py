@@ -38,6 +38,13 @@ def check_sample(t: InputTensor, value: np.ndarray, *, origin: str = "--data") -
         if isinstance(d, int) and v != d:
             raise DataError(f"{origin}: input {t.name!r} got shape {tuple(value.shape)} but dim {axis} must be {d} "
                             f"(the model takes {format_shape(t.shape)})")
+        lo = t.min_shape[axis] if t.min_shape and len(t.min_shape) > axis else None
+        hi = t.max_shape[axis] if t.max_shape and len(t.max_shape) > axis else None
+        if (hi is not None and v > hi) or (lo is not None and v < lo):
+            raise DataError(f"{origin}: input {t.name!r} got shape {tuple(value.shape)} but dim {axis} ({d}) must be "
+                            f"within {lo or 1}..{hi if hi is not None else ''}, the bounds the model was exported for "
+                            f"(min {format_shape(t.min_shape)}, max {format_shape(t.max_shape)}); resize the inputs, "
+                            "or re-export with other --min-shape/--max-shape")
 
 
 def preprocess(t: InputTensor, unit: np.ndarray) -> np.ndarray:

@@ -152,6 +152,10 @@ def _from_exported_file(path: Path, fmt: Format, *, input_spec, labels) -> Artif
     if spec is None and fmt is Format.ONNX:
         spec = _onnx_spec(path)
     contract = file_contract(path)
+    if contract is None and side.get("contract"):  # a file that cannot say it (.pte, .ort): edgetl's own record
+        from edgetl.contract import ModelContract
+
+        contract = ModelContract.from_dict(side["contract"])
     if spec is None and contract is None:
         raise InputFileError(f"{path} has no {path.name}{SIDECAR_SUFFIX} metadata and its inputs cannot be read; "
                              "give them with --input NAME:SHAPE[:DTYPE] so edgetl knows what to feed it")

@@ -39,6 +39,10 @@ def export_executorch(artifact: Artifact, path: str | Path, *, dynamic_batch: bo
 
     if artifact.format is not Format.TORCH or artifact.model is None:
         raise ExportError(f"ExecuTorch export needs a PyTorch model; got a {artifact.format.value} artifact")
+    if artifact.input_spec is None and artifact.contract is not None:
+        from exporters.executorch_contract import export_by_contract
+
+        return export_by_contract(artifact, Path(path))
     path = Path(path)
     start = time.perf_counter()
     model = artifact.model.eval()
@@ -75,7 +79,8 @@ def _require() -> None:
 
 
 def capture(model, artifact: Artifact, example, *, dynamic_shapes=None):
-    """``torch.export.export(model, (example,))``; a failure names the unconvertible op and the module calling it.
+    """``torch.export.export(model, (example,))`` (``example`` a tuple: every input of a model by its contract);
+    a failure names the unconvertible op and the module calling it.
 
     Shared by the fp32 export and the PT2E int8 path (:mod:`edgetl.quantize.pt2e`), which also re-captures the
     converted (quantized) graph module through here before lowering.
@@ -83,7 +88,8 @@ def capture(model, artifact: Artifact, example, *, dynamic_shapes=None):
     import torch
 
     try:
-        return torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+        args = example if isinstance(example, tuple) else (example,)
+        return torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
     except Exception as e:  # noqa: BLE001 - torch.export raises many kinds
         from exporters.onnx import modules_calling, unconvertible_op
 

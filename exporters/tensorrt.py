@@ -52,7 +52,7 @@ class BuildSettings:
     onnx: str
     engine: str
     input_name: str
-    chw: tuple[int, int, int]
+    chw: tuple[int, int, int] | None  # an image classifier's input (None: a model by its contract, see profiles)
     precision: str  # fp32 | fp16 | int8
     qdq: bool
     dynamic_batch: bool
@@ -61,9 +61,22 @@ class BuildSettings:
     dla_core: int | None = None
     workspace_mib: int = 1024
     timing_cache: str = TIMING_CACHE
+    # A model by its contract: one optimization profile, (input name, min, opt, max) per input, from
+    # --min-shape/--opt-shape/--max-shape (edgetl.contract_shapes.tensorrt_profiles); empty when every input is static.
+    profiles: tuple[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...] = ()
 
     def shape(self, batch: int) -> str:
-        return "x".join(str(d) for d in (batch, *self.chw))
+        return "x".join(str(d) for d in (batch, *(self.chw or ())))
+
+    def profile_shapes(self) -> list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """The optimization profile: (input name, min, opt, max) per dynamic input; what ``build.sh`` passes to
+        trtexec and the Python build to ``IOptimizationProfile.set_shape``."""
+        if self.profiles:
+            return list(self.profiles)
+        if not self.dynamic_batch or self.chw is None:
+            return []
+        c, h, w = self.chw
+        return [(self.input_name, (1, c, h, w), (self.opt_batch, c, h, w), (self.max_batch, c, h, w))]
 
 
 def exporter(artifact: Artifact, out: Path, options) -> Artifact:
@@ -82,9 +95,12 @@ def trtexec_args(s: BuildSettings, *, strongly_typed: bool = True) -> list[str]:
         args.append("--fp16")
     else:
         args.append("--noTF32")
-    if s.dynamic_batch:
-        args += [f"--minShapes={s.input_name}:{s.shape(1)}", f"--optShapes={s.input_name}:{s.shape(s.opt_batch)}",
-                 f"--maxShapes={s.input_name}:{s.shape(s.max_batch)}"]
+    profile = s.profile_shapes()
+    if profile:
+        from edgetl.contract_shapes import trtexec_shape_flags
+
+        args += trtexec_shape_flags({k: {name: shapes[i] for name, *shapes in profile}
+                                     for i, k in enumerate(("min", "opt", "max"))})
     args += [f"--memPoolSize=workspace:{s.workspace_mib}", f"--timingCacheFile={s.timing_cache}"]
     if s.dla_core is not None:
         args += [f"--useDLACore={s.dla_core}", "--allowGPUFallback"]
@@ -143,6 +159,8 @@ def export_tensorrt(
         "onnx": settings.onnx,
         "parity_proxy": settings.onnx,
         "trtexec": shlex.join(trtexec_args(settings)),
+        **({"profile": {n: {"min": list(lo), "opt": list(opt), "max": list(hi)} for n, lo, opt, hi in settings.profiles}}
+           if settings.profiles else {}),
         **info,
     }
     if info:
@@ -165,14 +183,38 @@ def _settings(artifact: Artifact, path: Path, *, precision, qdq, dynamic_batch, 
     if dla_core is not None and precision == "fp32":
         raise ConfigError("DLA runs fp16 or int8 only; pass --precision fp16 (or export a quantized model) with "
                           "--dla-core")
+    stem = path.name.removesuffix("_tensorrt") or "model"
+    if artifact.input_spec is None and artifact.contract is not None:
+        return _contract_settings(artifact, stem, precision=precision, qdq=qdq, dynamic_batch=dynamic_batch,
+                                  dla_core=dla_core, workspace_mib=workspace_mib)
     if dynamic_batch and isinstance(batch_dim, int):
         raise ConfigError(f"{artifact.path.name} has a fixed batch of {batch_dim}; export the ONNX with "
                           "--dynamic-batch for a TensorRT optimization profile")
-    stem = path.name.removesuffix("_tensorrt") or "model"
     return BuildSettings(onnx=f"{stem}.onnx", engine=f"{stem}.engine", input_name=name,
                          chw=tuple(artifact.input_spec.shape), precision=precision, qdq=qdq,
                          dynamic_batch=bool(dynamic_batch or not isinstance(batch_dim, int)),
                          max_batch=int(max_batch), dla_core=dla_core, workspace_mib=int(workspace_mib))
+
+
+def _contract_settings(artifact: Artifact, stem: str, *, precision, qdq, dynamic_batch, dla_core,
+                       workspace_mib) -> BuildSettings:
+    """Any model by its contract: one optimization profile over every named input (min/opt/max from
+    --min-shape/--opt-shape/--max-shape; a static input uses its shape for all three). A dynamic input without
+    them is one line naming the flag."""
+    from edgetl.contract_shapes import tensorrt_profiles
+
+    contract = artifact.contract
+    if dynamic_batch:
+        raise ConfigError("--dynamic-batch shapes an image classifier's profile; for a model by its contract give "
+                          "--min-shape/--opt-shape/--max-shape NAME:SHAPE per dynamic input")
+    profiles: tuple = ()
+    if not all(t.is_static for t in contract.inputs):
+        p = tensorrt_profiles(contract)
+        profiles = tuple((t.name, p["min"][t.name], p["opt"][t.name], p["max"][t.name]) for t in contract.inputs
+                         if not t.is_static)  # a static input (a scalar sample rate) needs no profile entry
+    return BuildSettings(onnx=f"{stem}.onnx", engine=f"{stem}.engine", input_name=contract.input_names[0], chw=None,
+                         precision=precision, qdq=qdq, dynamic_batch=False, max_batch=1, dla_core=dla_core,
+                         workspace_mib=int(workspace_mib), profiles=profiles)
 
 
 def _onnx_input(path: Path) -> tuple[str, int | str]:
@@ -215,8 +257,13 @@ def _write_script(bundle: Path, s: BuildSettings) -> None:
 
 
 def _write_readme(bundle: Path, s: BuildSettings) -> None:
-    shapes = (f"dynamic batch 1..{s.max_batch} (optimised for {s.opt_batch})" if s.dynamic_batch
-              else f"fixed shape {s.shape(1)}")
+    if s.profiles:
+        shapes = "profile " + "; ".join(f"{n} min {_x(lo)} opt {_x(opt)} max {_x(hi)}" for n, lo, opt, hi in s.profiles)
+    elif s.chw is None:
+        shapes = "static input shapes"
+    else:
+        shapes = (f"dynamic batch 1..{s.max_batch} (optimised for {s.opt_batch})" if s.dynamic_batch
+                  else f"fixed shape {s.shape(1)}")
     text = (
         f"Run `./build.sh` on the target device to build `{s.engine}` ({s.precision}, {shapes}"
         f"{f', DLA core {s.dla_core} with GPU fallback' if s.dla_core is not None else ''}) from `{s.onnx}` "
@@ -225,6 +272,10 @@ def _write_readme(bundle: Path, s: BuildSettings) -> None:
         "TensorRT 8.5 (JetPack 5) parses ONNX opsets up to 17: if it rejects the model, re-export with --opset 17.\n"
     )
     (bundle / "README.md").write_text(text)
+
+
+def _x(shape: tuple[int, ...]) -> str:
+    return "x".join(str(d) for d in shape)
 
 
 # --------------------------------------------------------------------------- the engine, where possible
@@ -287,10 +338,11 @@ def build_engine(bundle: Path, s: BuildSettings) -> dict[str, Any]:
         config.set_flag(trt.BuilderFlag.FP16)
     elif not s.qdq:
         config.clear_flag(trt.BuilderFlag.TF32)
-    if s.dynamic_batch:
+    shapes = s.profile_shapes()
+    if shapes:  # IOptimizationProfile.set_shape(input, min, opt, max) per dynamic input, one profile
         profile = builder.create_optimization_profile()
-        c, h, w = s.chw
-        profile.set_shape(s.input_name, (1, c, h, w), (s.opt_batch, c, h, w), (s.max_batch, c, h, w))
+        for name, lo, opt, hi in shapes:
+            profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(profile)
     if s.dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA

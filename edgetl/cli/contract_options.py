@@ -19,6 +19,11 @@ InputFlag = Annotated[Optional[list[str]], typer.Option(
     "left out for a one-input model.")]
 OptShapeFlag = Annotated[Optional[list[str]], typer.Option(
     "--opt-shape", help="The concrete size of a dynamic input: NAME:1x3x640x640; repeatable.")]
+MinShapeFlag = Annotated[Optional[list[str]], typer.Option(
+    "--min-shape", help="The smallest shape of a dynamic input: NAME:1x3x32x32 (TensorRT profile); repeatable.")]
+MaxShapeFlag = Annotated[Optional[list[str]], typer.Option(
+    "--max-shape", help="The largest shape of a dynamic input: NAME:1x3x640x640 (TensorRT profile, ExecuTorch "
+    "upper bound); repeatable.")]
 OutputFlag = Annotated[Optional[list[str]], typer.Option(
     "--output", help="Which outputs the metric looks at: NAME[,NAME] (or an index such as 0).")]
 RoleFlag = Annotated[Optional[list[str]], typer.Option(
@@ -45,15 +50,17 @@ def load_with_arch(model: str, *, arch: str | None, arch_args: str | dict[str, A
     return load_model(model, arch=arch, unsafe_pickle=unsafe_pickle, arch_args=args or None)
 
 
-def contract_flags(*, inputs=None, opt_shapes=None, outputs=None, roles=None, task=None) -> Any:
+def contract_flags(*, inputs=None, opt_shapes=None, outputs=None, roles=None, task=None, min_shapes=None,
+                   max_shapes=None) -> Any:
     from edgetl.contract import parse_flags
 
     return parse_flags(inputs=inputs or (), opt_shapes=opt_shapes or (), outputs=outputs or (), roles=roles or (),
-                       task=task)
+                       task=task, min_shapes=min_shapes or (), max_shapes=max_shapes or ())
 
 
 def flags_given(flags: Any) -> bool:
-    return bool(flags.inputs or flags.opt_shapes or flags.outputs or flags.roles or flags.task)
+    return bool(flags.inputs or flags.opt_shapes or flags.min_shapes or flags.max_shapes or flags.outputs
+                or flags.roles or flags.task)
 
 
 def with_contract(art: Any, flags: Any) -> Any:
@@ -66,6 +73,20 @@ def with_contract(art: Any, flags: Any) -> Any:
         require(contract, shapes=True)
     art.contract = contract
     return art
+
+
+def check_export_shapes(art: Any, formats: str) -> None:
+    """Before any export work: the bounds a format needs from a model by its contract (ExecuTorch's upper bound
+    per dynamic dim, TensorRT's min/opt/max per dynamic input), each missing one a line naming the flag."""
+    from edgetl.contract_shapes import executorch_upper_bounds, tensorrt_profiles
+
+    if art.input_spec is not None or art.contract is None:
+        return
+    names = {f.strip().lower() for f in formats.split(",")}
+    if "executorch" in names:
+        executorch_upper_bounds(art.contract)
+    if "tensorrt" in names and not all(t.is_static for t in art.contract.inputs):
+        tensorrt_profiles(art.contract)
 
 
 def contract_of(art: Any, flags: Any, data: str | None = None, *, what: str = "MODEL") -> Any:

@@ -50,6 +50,8 @@ def export_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the dataset's train/val/test split.")] = 0,
     input_: co.InputFlag = None,
     opt_shape: co.OptShapeFlag = None,
+    min_shape: co.MinShapeFlag = None,
+    max_shape: co.MaxShapeFlag = None,
     role: co.RoleFlag = None,
     task: co.TaskFlag = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output directory (only "
@@ -62,9 +64,11 @@ def export_cmd(
     def body():
         options = _check_request(format_, output, overwrite=overwrite, opset=opset, dynamic_batch=dynamic_batch,
                                  max_batch=max_batch, precision=precision, dla_core=dla_core, parity=not no_parity)
-        flags = co.contract_flags(inputs=input_, opt_shapes=opt_shape, roles=role, task=task)  # -o is the directory
+        flags = co.contract_flags(inputs=input_, opt_shapes=opt_shape, min_shapes=min_shape, max_shapes=max_shape,
+                                  roles=role, task=task)  # -o is the directory
         art, splits = _load(model, flags, arch=arch, arch_args=arch_args, unsafe_pickle=unsafe_pickle,
                             data=None if no_parity else data, seed=seed)
+        co.check_export_shapes(art, format_)  # bounds the formats need, before any export
         exported, failed = _export(art, format_, output, options=options, data=splits, overwrite=overwrite,
                                    model=model)
         return _report(model, output, exported, failed)
