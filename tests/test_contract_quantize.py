@@ -97,10 +97,39 @@ def test_generic_task_refuses_max_drop_and_warns_without_a_budget(vad, tmp_path)
     out = _ok(run_cli("quantize", str(vad["src"]), "--backend", "openvino", "--data", str(vad["data"]),
                       "-o", str(tmp_path / "b.xml"), "--json"))
     assert out["budget_met"] is None and any("no fidelity budget" in w for w in out["warnings"])
-    _refused(run_cli("quantize", str(vad["src"]), "--backend", "tensorrt", "--data", str(vad["data"]),
-                     "-o", str(tmp_path / "c.onnx")), "openvino or pytorch or onnxruntime")
     _refused(run_cli("quantize", str(vad["src"]), "--backend", "openvino", "--input", "audio:Nx128",
                      "--data", str(vad["data"]), "-o", str(tmp_path / "d.xml")), "256")
+
+
+def test_tensorrt_qdq_of_a_three_input_model_calibrates_from_feeds_and_checks_every_output(vad):
+    """TensorRT Q/DQ by the contract: symmetric int8 scales from the unlabeled feeds of all three inputs (the
+    state too, the int64 sample rate passed through), fidelity of every output in ONNX Runtime (no engine here)."""
+    import onnx
+
+    out_path = vad["d"] / "vad.qdq.onnx"
+    out = _ok(run_cli("quantize", str(vad["src"]), "--backend", "tensorrt", "--data", str(vad["data"]),
+                      "--min-snr", "20", "-o", str(out_path), "--json"))
+    assert out["by_contract"] and out["backend"] == "tensorrt" and out["budget_met"] is True
+    per = _per_output(out)
+    assert set(per) == {"prob", "new_state"} and all(20 <= o["snr_db"] < 200 for o in per.values())
+    info = out["backend_info"]
+    assert info["symmetric"] and info["quantized_layers"] == 4 and info["activation_quantizers"] == 4
+    assert out["calibration"]["count"] == 48 and out["calibration"]["disjoint"] is True
+    graph = onnx.load(str(out_path)).graph
+    assert [i.name for i in graph.input] == ["audio", "state", "sr"]
+    zero_points = [i for i in graph.initializer if i.name == "qdq_zero_point_int8"]
+    assert zero_points and onnx.numpy_helper.to_array(zero_points[0]) == 0  # symmetric, as TensorRT takes it
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) == 4
+
+
+def test_tensorrt_qdq_of_the_detector_is_judged_on_box_f1_and_every_head(facedet):
+    out = _ok(run_cli("quantize", str(facedet["src"]), "--backend", "tensorrt", *DET, "--data",
+                      str(facedet["data"]), "--calibration", "percentile", "--min-snr", "30", "--max-drop", "10",
+                      "-o", str(facedet["d"] / "det.qdq.onnx"), "--json"))
+    assert out["metric"] == "box_f1" and out["budget_met"] is True and out["headline"]["value"] >= 0.9
+    assert set(_per_output(out)) == {"boxes", "scores", "landmarks"}
+    assert all(30 <= o["snr_db"] < 200 for o in out["fidelity"]["outputs"])
+    assert "ONNX Runtime" in out["note"]
 
 
 # --------------------------------------------------------------------------- three heads

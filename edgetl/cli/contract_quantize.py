@@ -75,7 +75,8 @@ def quantize_contract(model: str, art: Any, cfg: Any, flags: Any, *, data: str, 
               "min_snr": m["min_snr"], "budget_met": m["budget_met"], "kept_float": m["kept_float"],
               "unquantizable": m["unquantizable"], "calibration": m["calibration"], "warnings": m["warnings"],
               "attempts": m["attempts"], "backend_info": m["backend_info"], "size_bytes": m.get("size_bytes"),
-              "fp32_size_bytes": m.get("fp32_size_bytes"), "seconds": q.history[-1].seconds}
+              "fp32_size_bytes": m.get("fp32_size_bytes"), "seconds": q.history[-1].seconds,
+              **({"note": m["note"]} if m.get("note") else {})}
 
     def render(console):
         from edgetl.cli._common import table
@@ -90,6 +91,8 @@ def quantize_contract(model: str, art: Any, cfg: Any, flags: Any, *, data: str, 
                for o in m["fidelity"]["outputs"]])
         for w in m["warnings"]:
             console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        if m.get("note"):
+            console.print(f"note: {m['note']}", highlight=False)
         console.print(f"wrote {q.path}")
 
     return result, render

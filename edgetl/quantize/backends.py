@@ -236,7 +236,8 @@ class TensorRtBackend(OnnxBackend):
         if self.config.precision is QuantPrecision.FP16:
             return ("fp16 is applied by the TensorRT builder on the device; the accuracy here is the fp32 ONNX the "
                     "engine is built from")
-        return None
+        return ("int8 is checked on the Q/DQ ONNX in ONNX Runtime (no TensorRT engine is built here); build it on "
+                "the device (edgetl export --format tensorrt) and evaluate the engine there")
 
     def unquantized(self, path: Path) -> list[dict[str, str]]:
         if path == self.pre:

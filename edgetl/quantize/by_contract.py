@@ -43,7 +43,7 @@ __all__ = ["CONTRACT_BACKENDS", "FidelityScorer", "quantize_by_contract", "split
 
 log = logging.getLogger(__name__)
 
-CONTRACT_BACKENDS = ("openvino", "pytorch", "onnxruntime")  # the backends that calibrate from feeds of any inputs
+CONTRACT_BACKENDS = ("openvino", "pytorch", "onnxruntime", "tensorrt")  # calibrate from feeds of any inputs
 
 
 def split_inputs(inputs: InputSet, config: QuantizeConfig) -> tuple[list[dict], list[dict], dict[str, Any]]:
