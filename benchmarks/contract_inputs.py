@@ -20,7 +20,9 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,7 @@ import numpy as np
 from edgetl.artifact import Artifact
 from edgetl.errors import ConfigError, DataError
 
-__all__ = ["FeedRunner", "bench_inputs", "feed_runner", "input_shape", "prepare"]
+__all__ = ["FeedRunner", "RemoteFeeds", "bench_inputs", "feed_runner", "input_shape", "prepare", "remote_feeds"]
 
 _DATA_KEY = "bench_data"  # artifact.extra: where the feeds come from (a path or module:function)
 
@@ -128,6 +130,49 @@ class FeedRunner:
 
     def __getattr__(self, name: str) -> Any:  # synchronize, describe, close, own_clock, last_latency_ms
         return getattr(self.inner, name)
+
+
+@dataclass(frozen=True)
+class RemoteFeeds:
+    """What a board needs to time models by their contract: the contract flags to repeat there, and the real feeds
+    packed here as an ``.npz`` named after the inputs (None: float inputs made up there, as locally)."""
+
+    args: tuple[str, ...]  # --input/--opt-shape words for the board's edgetl
+    npz: Path | None
+    origin: str | None  # where the packed feeds came from here
+    samples: int = 0
+
+
+def remote_feeds(paths: Sequence[str | Path], *, inputs: Sequence[str] = (), opt_shapes: Sequence[str] = (),
+                 data: str | None, folder: Path, count: int) -> RemoteFeeds | None:
+    """Check every artifact's contract here (a contradiction or a missing fact is one line before connecting)
+    and pack ``count`` real samples of ``data`` (any form: an .npz, an image folder, ``module:function``) into
+    ``folder/feeds.npz``, one array per input with samples on axis 0, the form ``--data`` reads on the board.
+    None when no contract flag and no data were given (a classifier benched as before)."""
+    from edgetl.contract import parse_flags
+    from edgetl.inputs import load_inputs
+    from edgetl.models import load_model
+
+    if not (inputs or opt_shapes or data):
+        return None
+    flags = parse_flags(inputs=tuple(inputs), opt_shapes=tuple(opt_shapes))
+    arts = [prepare(load_model(str(p)), flags, data=data) for p in paths]
+    args = tuple(w for flag, vals in (("--input", inputs), ("--opt-shape", opt_shapes)) for v in vals for w in (flag, v))
+    if data is None:
+        for art in arts:
+            _synthetic(art, 1)  # an integer input cannot be made up, here or there: refused before connecting
+        return RemoteFeeds(args=args, npz=None, origin=None)
+    got = load_inputs(data, contract=arts[0].contract, limit=count)
+    for art in arts:
+        why = _opt_mismatch(art.contract, got.samples[0])
+        if why:
+            raise DataError(why)
+        if art.contract.input_names != arts[0].contract.input_names:
+            raise ConfigError(f"{art.name} takes inputs {', '.join(art.contract.input_names)} but {arts[0].name} takes "
+                              f"{', '.join(arts[0].contract.input_names)}; bench models of the same inputs together")
+    npz = folder / "feeds.npz"
+    np.savez(npz, **{n: np.stack([np.asarray(s[n]) for s in got.samples]) for n in arts[0].contract.input_names})
+    return RemoteFeeds(args=args, npz=npz, origin=got.origin, samples=len(got))
 
 
 def feed_runner(runner: Any, art: Artifact) -> Any:

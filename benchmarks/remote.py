@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.contract_inputs import RemoteFeeds
 from benchmarks.harness import BenchConfig, BenchResult
 from benchmarks.profiles import DeviceProfile
 from edgetl.errors import ConfigError, EdgetlError, InputFileError, RemoteError
@@ -229,8 +230,10 @@ def _parse_json_line(stdout: str) -> dict[str, Any] | None:
 def bench_remote(paths: Sequence[str | Path], target: SshTarget, *, profile: DeviceProfile,
                  config: BenchConfig | None = None, store=None, run_id: str | None = None,
                  on_result: Callable[[BenchResult], None] | None = None, keep_files: bool = False,
-                 eval_data: str | None = None) -> list[BenchResult]:
-    """Measure each artifact on ``target``; each result is stored as soon as it arrives.
+                 eval_data: str | None = None, feeds: RemoteFeeds | None = None) -> list[BenchResult]:
+    """Measure each artifact on ``target``; each result is stored as soon as it arrives. ``feeds`` (from
+    :func:`benchmarks.contract_inputs.remote_feeds`): models timed by their contract on the real feeds packed
+    here, sent along with the contract flags.
 
     Raises :class:`RemoteError` when the board cannot be reached or verified, lacks both edgetl and trtexec,
     or drops mid-run; results taken before that are already in ``store``.
@@ -247,13 +250,19 @@ def bench_remote(paths: Sequence[str | Path], target: SshTarget, *, profile: Dev
         with tempfile.TemporaryDirectory(prefix="edgetl-remote-") as tmp:
             prof_file = _profile_yaml(profile, Path(tmp))
             if have["edgetl"]:
-                board.copy([prof_file], run_dir, during="copying the device profile")
+                sent = [prof_file] + ([feeds.npz] if feeds is not None and feeds.npz is not None else [])
+                board.copy(sent, run_dir, during="copying the device profile" + (" and the feeds" if len(sent) > 1
+                                                                                 else ""))
+            elif feeds is not None:
+                raise RemoteError(f"{target.host} has no working edgetl (`{target.remote_edgetl}`): a model by its "
+                                  "contract is timed there by edgetl on the feeds sent along; install edgetl there")
             for k, (path, files) in enumerate(zip(paths, file_sets, strict=True)):
                 what = f"{path.name} ({k + 1}/{len(paths)})"
                 try:
                     board.copy(files, run_dir, during=f"copying {what}")
                     if have["edgetl"]:
-                        res = _bench_with_edgetl(board, run_dir, path, prof_file.name, config, what, eval_data)
+                        res = _bench_with_edgetl(board, run_dir, path, prof_file.name, config, what, eval_data,
+                                                 feeds)
                     elif have["trtexec"] and path.suffix in (".engine", ".plan"):
                         res = _bench_with_trtexec(board, run_dir, path, profile, config, what)
                     else:
@@ -283,11 +292,13 @@ def bench_remote(paths: Sequence[str | Path], target: SshTarget, *, profile: Dev
 
 
 def _bench_with_edgetl(board: _Board, run_dir: str, path: Path, profile_file: str, config: BenchConfig, what: str,
-                       eval_data: str | None) -> BenchResult:
+                       eval_data: str | None, feeds: RemoteFeeds | None = None) -> BenchResult:
     t = board.target
     args = ["bench", path.name, "--device", profile_file, "--local", "--no-store", "--json", *_bench_flags(config)]
     if eval_data:
         args += ["--eval-data", eval_data]
+    if feeds is not None:
+        args += [*feeds.args, *(["--data", feeds.npz.name] if feeds.npz is not None else [])]
     cmd = f"cd {shlex.quote(run_dir)} && {t.remote_edgetl} {' '.join(shlex.quote(a) for a in args)}"
     r = board.sh(cmd, during=f"benchmarking {what}")
     payload = _parse_json_line(r.stdout)
@@ -301,7 +312,10 @@ def _bench_with_edgetl(board: _Board, run_dir: str, path: Path, profile_file: st
     res = payload.get("results") or []
     if len(res) != 1:
         raise RemoteError(f"edgetl on {t.host} returned {len(res)} results for {what}; expected one")
-    return BenchResult.from_dict(res[0])
+    out = BenchResult.from_dict(res[0])
+    if feeds is not None and feeds.origin is not None:
+        out.inputs = f"{out.inputs}; sent from {feeds.origin}, {feeds.samples} sample(s)"
+    return out
 
 
 def _bench_with_trtexec(board: _Board, run_dir: str, path: Path, profile: DeviceProfile, config: BenchConfig,
@@ -339,7 +353,8 @@ def _bench_with_trtexec(board: _Board, run_dir: str, path: Path, profile: Device
 
 def bench_farm(paths: Sequence[str | Path], targets: Sequence[SshTarget], *, profile: DeviceProfile,
                config: BenchConfig | None = None, store=None, run_id: str | None = None,
-               on_result: Callable[[BenchResult], None] | None = None, eval_data: str | None = None) -> FarmResult:
+               on_result: Callable[[BenchResult], None] | None = None, eval_data: str | None = None,
+               feeds: RemoteFeeds | None = None) -> FarmResult:
     """Run :func:`bench_remote` on every target at once (one thread per board); a failed board does not stop
     the others, and its error is reported per host."""
     if not targets:
@@ -358,7 +373,7 @@ def bench_farm(paths: Sequence[str | Path], targets: Sequence[SshTarget], *, pro
 
     def one(target: SshTarget) -> None:
         bench_remote(paths, target, profile=profile, config=config, store=store, run_id=run_id, on_result=collect,
-                     eval_data=eval_data)
+                     eval_data=eval_data, feeds=feeds)
 
     with ThreadPoolExecutor(max_workers=len(targets)) as pool:
         futures = {t.host: pool.submit(one, t) for t in targets}

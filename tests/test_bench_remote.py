@@ -244,6 +244,57 @@ def test_trtexec_only_board_is_parsed_into_the_same_schema(sshd, tmp_path):
     assert r.env.get("tensorrt_version") == "10.3.0"
 
 
+@pytest.fixture(scope="module")
+def vad_feeds(tmp_path_factory):
+    """A three-input ONNX (audio, a recurrent state, an int64 scalar sample rate) and real feeds by input name."""
+    import numpy as np
+    import torch
+
+    from tests import shapes
+    from tests.cli_checks import onnx_of
+
+    d = tmp_path_factory.mktemp("remote_vad")
+    torch.manual_seed(0)
+    src = onnx_of(shapes.VadLike().eval(), (torch.randn(1, 256), torch.zeros(2, 1, 32), torch.tensor(16000)),
+                  d / "vad.onnx", inputs=["audio", "state", "sr"], outputs=["prob", "new_state"],
+                  dynamic={"audio": {0: "N"}, "state": {1: "N"}, "prob": {0: "N"}, "new_state": {1: "N"}})
+    rng = np.random.default_rng(3)
+    np.savez(d / "vad.npz", audio=rng.standard_normal((12, 1, 256)).astype(np.float32),
+             state=rng.uniform(-1, 1, (12, 2, 1, 32)).astype(np.float32), sr=np.full(12, 8000, np.int64))
+    return src, d / "vad.npz"
+
+
+def test_remote_bench_times_the_real_feeds_of_a_three_input_model_on_the_board(sshd, vad_feeds, tmp_path):
+    """The contract is checked and the feeds read here, packed as an .npz named after the inputs, sent with the
+    contract flags, and timed on the board by its edgetl: the result says which feeds it timed."""
+    src, data = vad_feeds
+    r = run_cli("bench", str(src), "--device", "x86-cpu", "--host", "board", "--ssh-config", str(sshd.config),
+                "--remote-edgetl", REMOTE_EDGETL, "--data", str(data), "--opt-shape", "audio:1x256",
+                "--opt-shape", "state:2x1x32", "--db", str(tmp_path / "r.db"), "--json", *QUICK)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(r.stdout)["results"][0]
+    assert res["host"] == "board" and res["tool"] == "edgetl" and res["runtime"] == "onnxruntime"
+    assert res["latency_ms"]["count"] >= 5 and res["latency_ms"]["p50"] > 0
+    assert res["inputs"].startswith("data:feeds.npz[0:8] (audio 1x256, state 2x1x32, sr scalar)"), res["inputs"]
+    assert f"sent from {data}, 8 sample(s)" in res["inputs"]
+    assert not any((sshd.root / "remote-work").glob("*/feeds.npz"))  # cleaned up on the board
+
+
+def test_remote_bench_contract_refusals_come_before_connecting(vad_feeds, tmp_path):
+    """Nothing listens on the port: the contract's own errors must come first, each one line, exit 2."""
+    src, data = vad_feeds
+    port = str(_free_port())
+    base = ("bench", str(src), "--host", "127.0.0.1", "--port", port, "--connect-timeout", "3", "--db",
+            str(tmp_path / "r.db"), *QUICK)
+    for extra, words in ((("--opt-shape", "audio:1x256", "--opt-shape", "state:2x1x32"), ("'sr'", "--data")),
+                         (("--input", "nope:1x256", "--data", str(data)), ("nope",)),
+                         (("--input", "audio:1x128", "--data", str(data)), ("256",))):
+        r = run_cli(*base, *extra, timeout=60)
+        assert r.returncode == 2, r.stdout + r.stderr
+        msg = r.stderr.strip()
+        assert len(msg.splitlines()) == 1 and all(w in msg for w in words) and "cannot reach" not in msg, msg
+
+
 # A stand-in for trtexec that writes a log and an --exportTimes file in trtexec's documented formats:
 # 10 warm-up queries inside --warmUp, then 40 timed ones.
 FAKE_TRTEXEC = r'''

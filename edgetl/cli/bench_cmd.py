@@ -83,7 +83,8 @@ def bench_cmd(
         if plan.hosts:
             ssh = ssh_options(ssh_config=ssh_config, port=port, remote_edgetl=remote_edgetl,
                               connect_timeout=connect_timeout)
-            results, errors = _remote(artifacts, plan, config, store, run_id, ssh=ssh, eval_data=eval_data)
+            results, errors = _remote(artifacts, plan, config, store, run_id, ssh=ssh, eval_data=eval_data,
+                                      contract=(input_, opt_shape, data))
         else:
             results, errors = _local(artifacts, plan, config, store, run_id, eval_data=eval_data,
                                      contract=(input_, opt_shape, data)), {}
@@ -196,16 +197,24 @@ def _local(artifacts: list[Path], plan: _Plan, config, store, run_id: str, *, ev
 
 
 def _remote(artifacts: list[Path], plan: _Plan, config, store, run_id: str, *, ssh: dict[str, Any],
-            eval_data: str | None):
+            eval_data: str | None, contract: tuple = (None, None, None)):
+    """``contract``: --input, --opt-shape, --data; checked here and the feeds packed before connecting."""
+    import tempfile
+
+    from benchmarks.contract_inputs import remote_feeds
     from benchmarks.remote import SshTarget, bench_farm
     from edgetl.progress import task
 
     targets = [SshTarget.from_profile(h, plan.profile, **ssh) for h in plan.hosts]
-    with task(f"bench on {len(plan.hosts)} board(s)", total=len(plan.hosts) * len(artifacts)) as bar:
-        farm = bench_farm(artifacts, targets, profile=plan.profile, config=config, store=store, run_id=run_id,
-                          eval_data=eval_data,
-                          on_result=lambda r: bar.advance(1, last=f"{r.host}:{r.artifact}",
-                                                          p90_ms=r.latency_ms.p90))
+    input_, opt_shape, data = contract
+    with tempfile.TemporaryDirectory(prefix="edgetl-feeds-") as tmp:
+        feeds = remote_feeds(artifacts, inputs=input_ or (), opt_shapes=opt_shape or (), data=data,
+                             folder=Path(tmp), count=config.distinct_inputs * config.batch)
+        with task(f"bench on {len(plan.hosts)} board(s)", total=len(plan.hosts) * len(artifacts)) as bar:
+            farm = bench_farm(artifacts, targets, profile=plan.profile, config=config, store=store, run_id=run_id,
+                              eval_data=eval_data, feeds=feeds,
+                              on_result=lambda r: bar.advance(1, last=f"{r.host}:{r.artifact}",
+                                                              p90_ms=r.latency_ms.p90))
     return farm.results, farm.errors
 
 
