@@ -113,9 +113,13 @@ def _recorded_contract(obj: dict) -> ModelContract | None:
     text = obj.get("contract_json")
     if not text:
         return None
+    import dataclasses
+
     from edgetl.contract import ModelContract
 
-    return ModelContract.from_dict(json.loads(text))
+    # The recorded ranks and fixed sizes are facts of these weights (a pruned width, a frame length): a flag that
+    # contradicts them is refused like one that contradicts a file; symbolic dims stay free.
+    return dataclasses.replace(ModelContract.from_dict(json.loads(text)), fixed=True, source="checkpoint")
 
 
 def _checkpoint_model(path: Path, obj: dict, *, arch: str | None, arch_args: dict | None, n_labels: int):

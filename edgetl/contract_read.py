@@ -415,8 +415,9 @@ def resolve_contract(model: Any, flags: Any = None, *, data: Mapping[str, Any] |
         if len(known) == len(names) == 1 and known[0].name != names[0].name:
             known = (dataclasses.replace(known[0], name=names[0].name),)
         seed_inputs = known
+    recorded = base is not None and base.source == "checkpoint"  # sizes the saved weights fix: not overridable
     seed = ModelContract(inputs=seed_inputs, outputs=base.outputs if base else (), task=base.task if base else
-                         "generic", selected=base.selected if base else (), fixed=False, source="module")
+                         "generic", selected=base.selected if base else (), fixed=recorded, source="module")
     declared = merge(seed, dataclasses.replace(flags, outputs=(), roles=()))  # outputs are known after the run
 
     def run(feed: dict[str, Any]) -> ModelContract:

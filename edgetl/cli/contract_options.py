@@ -108,9 +108,11 @@ def contract_of(art: Any, flags: Any, data: str | None = None, *, what: str = "M
         if data is None or getattr(art.model, "forward", None) is None:
             raise
         first_error = e
+    from edgetl.errors import EdgetlError
+
     try:
         first = _first_sample(art, flags, data)
-    except ConfigError:
+    except EdgetlError:
         raise first_error from None  # the data cannot be read either: what the contract lacks is the first fact
     return contract_for(art, flags, data=first)
 

@@ -51,6 +51,8 @@ def quantize_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
     input_: co.InputFlag = None,
     opt_shape: co.OptShapeFlag = None,
+    min_shape: co.MinShapeFlag = None,
+    max_shape: co.MaxShapeFlag = None,
     role: co.RoleFlag = None,
     task: co.TaskFlag = None,
     min_snr: co.MinSnrFlag = None,
@@ -74,7 +76,8 @@ def quantize_cmd(
         _check_output(cfg, output, overwrite=overwrite)
         from edgetl.cli import contract_quantize as cq
 
-        flags = co.contract_flags(inputs=input_, opt_shapes=opt_shape, roles=role, task=task)  # -o is the file
+        flags = co.contract_flags(inputs=input_, opt_shapes=opt_shape, min_shapes=min_shape, max_shapes=max_shape,
+                                  roles=role, task=task)  # -o is the file
         art = cq.load_for_quantize(model, arch=arch, arch_args=arch_args)
         if cq.wants_contract(art, flags, min_snr=min_snr, data=data):  # any model, scored label-free
             return cq.quantize_contract(model, art, cfg, flags, data=data, output=output, max_drop=max_drop,
