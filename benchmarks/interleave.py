@@ -12,6 +12,11 @@ while any artifact has fewer than ``rounds`` clean blocks. A row whose figures s
 marked ``contended``; a speed-up from contended rounds, or whose rounds disagree by more than ``max_spread``, is
 ``reliable: False`` and reports say so instead of headlining it.
 
+Each result also names what a later run needs to compare against it: the sha256 of the bytes measured
+(``artifact_meta["sha256"]``), the id of these rounds (``config["interleaved_run"]``, shared by every artifact
+measured together) and each round's fastest call and 5th percentile (``rounds[i]["min_ms"]``, ``"p5_ms"``), the
+lower tail :mod:`benchmarks.ranking` ranks by when every round was contended.
+
 Example::
 
     run = measure_interleaved([Candidate(a), Candidate(b)], BenchConfig(threads=2), profile=load_profile("x86-cpu"))
