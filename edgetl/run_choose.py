@@ -35,11 +35,10 @@ def recommend(rows: list[ReportRow], budget: float, blocked: set[str]) -> dict[s
     p90 = best.result["latency_ms"]["p90"]
     trust = (" (timings contended: the ratio is not reliable)" if best.contended or teacher.contended else "")
     line = _line(best, teacher, ok, ranking, budget=budget, device=device, trust=trust)
-    rec = {"device": device, "role": best.role, "artifact": best.result["artifact"], "file": best.file,
-           "format": best.result["format"], "runtime": best.result["runtime"], "p90_ms": p90,
-           "accuracy": best.accuracy, "teacher_accuracy": teacher.accuracy,
-           "reliable": not trust and ranking.settled, "line": line, **_ranking_fields(ok, ranking)}
-    return rec
+    return {"device": device, "role": best.role, "artifact": best.result["artifact"], "file": best.file,
+            "format": best.result["format"], "runtime": best.result["runtime"], "p90_ms": p90,
+            "accuracy": best.accuracy, "teacher_accuracy": teacher.accuracy,
+            "reliable": not trust and ranking.settled, "line": line, **_ranking_fields(ok, ranking)}
 
 
 def _eligible(rows: list[ReportRow], device: str, budget: float, blocked: set[str]):
