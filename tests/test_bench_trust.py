@@ -235,3 +235,37 @@ def test_a_contended_rerun_ranks_by_the_stored_clean_run_of_the_same_files(tiny,
     faster_then = min(first[1:], key=lambda r: (r.latency_ms.p50, r.latency_ms.p90))
     assert rec["file"] == faster_then.path and rec["reliable"] is False
     assert "ranked by the uncontended measurement of the same files in run run:first" in rec["line"]
+
+
+def test_a_baseline_is_built_once_per_run_and_copied_into_each_bench_stage(tiny, tmp_path):
+    """Re-measuring times the same bytes: the second bench stage copies the first build (no rebuild), so the
+    store can match its sha256; a failed build leaves nothing behind."""
+    from types import SimpleNamespace
+
+    from benchmarks.identity import content_sha256
+    from edgetl.models import load_model
+    from edgetl.run_bench import baseline
+
+    ctx = SimpleNamespace(run_dir=tmp_path / "run", recipe=SimpleNamespace(model=str(tiny["pt"]), data="digits",
+                                                                           seed=0))
+    builds = []
+
+    def build(d: Path):
+        builds.append(d)
+        return load_model(str(export_onnx(load_model(str(tiny["pt"])), d)))
+
+    first = baseline(ctx, "teacher-fp32", build, tmp_path / "run" / "stages" / "04-bench-a")
+    second = baseline(ctx, "teacher-fp32", build, tmp_path / "run" / "stages" / "04-bench-b")
+    assert len(builds) == 1
+    assert first.path.parent == tmp_path / "run" / "stages" / "04-bench-a" / "baseline-teacher-fp32"
+    assert second.path.parent == tmp_path / "run" / "stages" / "04-bench-b" / "baseline-teacher-fp32"
+    assert content_sha256(first.path) == content_sha256(second.path) is not None
+    assert not (second.path.parent / "baseline.json").exists()
+
+    def broken(d: Path):
+        raise RuntimeError("quantizer crashed")
+
+    with pytest.raises(RuntimeError):
+        baseline(ctx, "teacher-int8", broken, tmp_path / "run" / "stages" / "04-bench-c")
+    # only the fp32 build is there: no int8 entry, no temporary directory
+    assert [p.name.startswith("teacher-fp32-") for p in (tmp_path / "run" / "baselines").iterdir()] == [True]
