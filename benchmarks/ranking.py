@@ -12,9 +12,9 @@ preemption (a 2-thread XNNPACK pool more than ONNX Runtime), so:
    estimate the uncontended cost better than the median does: Chen & Revels 2016, "Robust benchmarking in noisy
    environments" (arXiv:1608.04295), the basis of Julia's BenchmarkTools, argue for the minimum. Here each round's
    fastest call, the median over rounds (``ranked_by: "min-per-call"``). It is trusted only when it and the
-   median call pick the same artifact and no other artifact is as fast in any round, or the rounds' ratios
-   disagree by more than the spread rule; otherwise the ranking is **unsettled** and names the candidates
-   within the noise.
+   median call pick the same artifact, no other artifact is as fast in any round, and no artifact within the
+   spread rule of it (25 %) has per-round ratios to it that disagree by more than that rule; otherwise the
+   ranking is **unsettled** and names the (at most three) candidates within the noise.
 
 Example::
 
@@ -107,11 +107,12 @@ def _lower_tail(results: Sequence[dict[str, Any]], by_p50: list[int]) -> Ranking
             reasons.append(f"the median call ranks {name} first")
         if ratios and min(ratios) <= 1.0:
             reasons.append(f"{name} was as fast in {sum(x <= 1.0 for x in ratios)} of {len(ratios)} rounds")
-        if spread > spread_rule:
-            reasons.append(f"the rounds' ratios for {name} disagree by {100 * spread:.0f} % (more than "
-                           f"{100 * spread_rule:.0f} %)")
+        if spread > spread_rule and med <= 1 + spread_rule:  # near enough that the rounds' disagreement matters
+            reasons.append(f"the rounds' ratios of {name} to {results[best].get('artifact')} disagree by "
+                           f"{100 * spread:.0f} % (more than {100 * spread_rule:.0f} %)")
+        if reasons and len(noisy) < 2:  # named: the best and at most two others
+            why += reasons
         if reasons:
             noisy.append(i)
-            why += reasons
     return Ranking(order=order, ranked_by="min-per-call", figure_ms=est, settled=not noisy,
                    candidates=[best, *noisy][:3] if noisy else [], why="; ".join(why) or None)
