@@ -12,6 +12,11 @@ while any artifact has fewer than ``rounds`` clean blocks. A row whose figures s
 marked ``contended``; a speed-up from contended rounds, or whose rounds disagree by more than ``max_spread``, is
 ``reliable: False`` and reports say so instead of headlining it.
 
+Each result also names what a later run needs to compare against it: the sha256 of the bytes measured
+(``artifact_meta["sha256"]``), the id of these rounds (``config["interleaved_run"]``, shared by every artifact
+measured together) and each round's fastest call and 5th percentile (``rounds[i]["min_ms"]``, ``"p5_ms"``), the
+lower tail :mod:`benchmarks.ranking` ranks by when every round was contended.
+
 Example::
 
     run = measure_interleaved([Candidate(a), Candidate(b)], BenchConfig(threads=2), profile=load_profile("x86-cpu"))
@@ -20,7 +25,9 @@ Example::
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
+import secrets
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.contention import BlockLoad, ContentionRule
+from benchmarks.identity import content_sha256
 from benchmarks.machine import environment
 from benchmarks.schema import BenchConfig, BenchResult, result_fields
-from benchmarks.stats import LatencyStats
+from benchmarks.stats import LatencyStats, percentile
 from benchmarks.timing import TimedBlock, WarmRunner, open_warm, plan_run, time_block
 from edgetl.artifact import Artifact
 from edgetl.errors import ConfigError
@@ -91,6 +99,12 @@ class _Block:
     @property
     def p50_ms(self) -> float:
         return statistics.median(self.samples_ns) / 1e6
+
+    def tail_ms(self) -> dict[str, float]:
+        """The block's fastest call and its 5th percentile: contention only adds time, so the lower tail is the
+        estimate of the uncontended cost (Chen & Revels 2016, arXiv:1608.04295); see :mod:`benchmarks.ranking`."""
+        xs = sorted(self.samples_ns)
+        return {"min_ms": round(xs[0] / 1e6, 6), "p5_ms": round(percentile(xs, 5) / 1e6, 6)}
 
 
 @dataclass
@@ -198,12 +212,15 @@ def measure_interleaved(candidates: Sequence[Candidate], config: BenchConfig | N
     finally:
         for ln in lanes:
             ln.warm.close()
-    results = [_result(ln, info, config, profile, il) for ln, info in zip(lanes, infos, strict=True)]
+    # one name for these rounds, stored with each result: a later run can find the artifacts measured together
+    session = f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+    results = [_result(ln, info, config, profile, il, session) for ln, info in zip(lanes, infos, strict=True)]
     _add_speedups(lanes, results, baseline, il)
     return InterleavedRun(results=results, rounds=done, extra_rounds=extra, baseline=baseline)
 
 
-def _result(lane: _Lane, info: dict[str, Any], config: BenchConfig, profile, il: InterleaveConfig) -> BenchResult:
+def _result(lane: _Lane, info: dict[str, Any], config: BenchConfig, profile, il: InterleaveConfig,
+            session: str) -> BenchResult:
     used = _used(lane, il.rounds)
     blocks = [lane.blocks[i] for i in used]
     samples = [s for b in blocks for s in b.samples_ns]
@@ -225,18 +242,21 @@ def _result(lane: _Lane, info: dict[str, Any], config: BenchConfig, profile, il:
         warnings.append("the model produced non-finite outputs on real inputs")
     env = environment(profile)
     env["background_load_cores"] = statistics.median(others) if others else None
+    fields = result_fields(lane.warm, info, config, profile, name=lane.name, source_path=lane.candidate.source_path)
+    fields["artifact_meta"]["sha256"] = content_sha256(fields["path"])  # identity of the bytes measured
     return BenchResult(
-        **result_fields(lane.warm, info, config, profile, name=lane.name, source_path=lane.candidate.source_path),
+        **fields,
         latency_ms=LatencyStats.from_ns(samples), runtime_latency_ms=LatencyStats.from_samples(rt) if rt else None,
         throughput=config.batch * len(samples) / wall if wall > 0 else 0.0, peak_rss_delta_mb=lane.peak_delta_mb,
-        config={**config.to_dict(), "interleaved_rounds": il.rounds, "max_spread": il.max_spread},
+        config={**config.to_dict(), "interleaved_rounds": il.rounds, "max_spread": il.max_spread,
+                "interleaved_run": session},
         env=env, warnings=warnings,
         contended=contended,
         contention={"rounds": len(lane.blocks), "contended_rounds": n_contended, "used_rounds": used,
                     "others_cores_max": max(others) if others else None,
                     "rule": {"others_cores": il.rule.others_cores, "min_cpu_share": il.rule.min_cpu_share}},
-        rounds=[{"round": i, "p50_ms": round(b.p50_ms, 6), "count": len(b.samples_ns), "contended": b.contended,
-                 "reasons": b.reasons, **b.load.to_dict()} for i, b in enumerate(lane.blocks)],
+        rounds=[{"round": i, "p50_ms": round(b.p50_ms, 6), **b.tail_ms(), "count": len(b.samples_ns),
+                 "contended": b.contended, "reasons": b.reasons, **b.load.to_dict()} for i, b in enumerate(lane.blocks)],
     )
 
 

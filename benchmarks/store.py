@@ -129,6 +129,25 @@ class ResultsStore:
             out = sorted(newest.values(), key=lambda t: t[0])
         return out
 
+    def clean_records(self, result: BenchResult, *, limit: int = 10) -> list[dict[str, Any]]:
+        """Earlier uncontended measurements of the same bytes (``artifact_meta["sha256"]``) on the same device,
+        host and machine, by the same runtime, precision, batch and threads: newest first, one per interleaved
+        run, at most ``limit``. A record without a hash, of other content (a rebuilt file at the same path), from
+        another host or device, emulated, or contended is not one. Empty when ``result`` has no hash."""
+        want = _identity(result)
+        if want is None:
+            return []
+        seen: dict[str, dict[str, Any]] = {}
+        for sid, run_id, r in reversed(self.query(device=result.device)):
+            session = r.config.get("interleaved_run")
+            if r.contended or r.emulated or not session or session in seen or _identity(r) != want:
+                continue
+            seen[session] = {"store_id": sid, "run_id": run_id, "interleaved_run": session, "created": r.created,
+                             "p50_ms": r.latency_ms.p50, "p90_ms": r.latency_ms.p90, "count": r.latency_ms.count}
+            if len(seen) >= limit:
+                break
+        return list(seen.values())
+
     def results(self, **kw: Any) -> list[BenchResult]:
         return [r for _, _, r in self.query(**kw)]
 
@@ -155,6 +174,14 @@ class ResultsStore:
                             r.throughput, r.cold_start_ms, r.peak_rss_delta_mb, r.model_size_bytes, r.accuracy,
                             r.tool, r.inputs, r.env.get("cpu"), r.arch, r.emulated or "", int(bool(r.contended))])
         return Path(path)
+
+
+def _identity(r: BenchResult) -> tuple | None:
+    """What makes two measurements comparable: the same bytes, measured the same way on the same machine."""
+    digest = (r.artifact_meta or {}).get("sha256")
+    if not digest:
+        return None
+    return (digest, r.device, r.host, r.env.get("hostname"), r.arch, r.runtime, r.precision, r.batch, r.threads)
 
 
 def record_run(results, *, run_id: str, db: str | os.PathLike[str] | None = None) -> list[int]:

@@ -282,7 +282,7 @@ def _blocks(rep: RunReport) -> list[tuple]:
                   for k, _ in _COLS] for r in rows]
         out += [("h2", device), ("table", [h for _, h in _COLS], table),
                 ("p", f"top-1 and agreement: {'; '.join(splits) or 'not measured'}. Latency: batch 1, "
-                      "single stream; the recommendation is ranked by p50, p90 the headline.")]
+                      f"single stream; the recommendation is ranked by {_basis(rec, device)}, p90 the headline.")]
         sp = d["speedups"].get(device)
         if sp:
             parts = [f"{format_ratio(sp[k])} {label}" for k, label in
@@ -297,6 +297,11 @@ def _blocks(rep: RunReport) -> list[tuple]:
              [[s["stage"], "yes" if s["cached"] else "no", f"{s['seconds']:.1f}", s["directory"] or "-",
                ", ".join(f"{k}={_compact(v)}" for k, v in s["summary"].items())] for s in rep.stages])]
     return out
+
+
+def _basis(rec: dict[str, Any] | None, device: str) -> str:
+    """What ranked the recommendation on ``device`` (edgetl.run_choose), in words."""
+    return rec.get("basis", "p50") if rec and rec.get("device") == device else "p50"
 
 
 def _latency_blocks(rep: RunReport) -> list[tuple]:

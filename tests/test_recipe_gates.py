@@ -132,7 +132,8 @@ def test_a_tight_quantize_budget_fails_the_gate_and_the_report_says_so(small_cnn
     [q] = [g for g in on_disk["gates"] if g["stage"] == "quantize"]
     assert q["budget_points"] == 0.5 and q["passed"] is False and q["drop_points"] > 0.5
     assert q["line"] in on_disk["warnings"] and "quantized" in on_disk["blocked_roles"]
-    assert rep["recommendation"]["line"].startswith(("ship ", "no artifact met the budget"))
+    # "UNSETTLED: ...": the timings stayed contended and their lower tail did not settle the choice (run_choose)
+    assert rep["recommendation"]["line"].startswith(("ship ", "no artifact met the budget", "UNSETTLED: "))
     assert rep["recommendation"].get("role") != "quantized"
     md = (run_dir / "report.md").read_text()
     assert "## Quality gates" in md and f"FAIL {q['line']}" in md and "budget 0.5: over budget" in md
