@@ -34,7 +34,7 @@ def exec_bench(ctx: _Context, stage: Stage, out: Path, key: str):
     from edgetl.progress import track
 
     cfg = build_config(stage, seed=ctx.recipe.seed)
-    candidates = bench_candidates(ctx, out)
+    candidates = [(role, bench_ready(a, ctx)) for role, a in bench_candidates(ctx, out)]
     scores = {role: quality(art, ctx) for role, art in track(candidates, "accuracy of each artifact")}
     records = []
     for dev in cfg.devices:
@@ -43,12 +43,22 @@ def exec_bench(ctx: _Context, stage: Stage, out: Path, key: str):
         run = measure_interleaved([Candidate(a, label=role) for role, a in candidates], cfg.bench, profile=profile)
         for (role, _art), r in zip(candidates, run.results, strict=True):
             r = dataclasses.replace(r, accuracy=scores[role]["accuracy"], path=_final(r.path, out),
-                                    accuracy_source=f"{ctx.data.name} test split")
+                                    accuracy_source=_split_name(ctx))
             records.append(BenchRecord(role=role, device=dev, result=r, agreement=scores[role]["agreement"],
                                        cost=scores[role]["cost"]))
     results = [rec.to_dict() for rec in records]
+    for rec, d in zip(records, results, strict=True):
+        if scores[rec.role].get("fidelity") is not None:  # scored against the source: per output, headline named
+            d["fidelity"] = scores[rec.role]["fidelity"]
     write_json(out / "results.json", results)
     return [], {"results": results}
+
+
+def _split_name(ctx: _Context) -> str:
+    from edgetl.run_task import metric_of
+
+    m = metric_of(ctx.data)
+    return f"{ctx.data.name} test split" + ("" if m.reference == "labels" else f", {m.phrase()}")
 
 
 def _final(path: str | None, out: Path) -> str | None:
@@ -59,9 +69,47 @@ def _final(path: str | None, out: Path) -> str | None:
     return str(final_path(out) / Path(path).resolve().relative_to(out.resolve()))
 
 
+def bench_ready(art: Artifact, ctx: _Context) -> Artifact:
+    """An artifact of a run scored through its contract, fed by the contract from the run's data when timed
+    (:mod:`benchmarks.contract_inputs`); a classifier's as it is."""
+    from edgetl.run_task import TaskSplits, with_contract
+
+    if not isinstance(ctx.data, TaskSplits):
+        return art
+    art = with_contract(dataclasses.replace(art, extra=dict(art.extra)), ctx.data.contract)
+    art.input_spec = None  # fed by its contract, whatever spec a checkpoint or sidecar records
+    art.extra["bench_data"] = ctx.data.test.origin
+    return art
+
+
+def _task_quality(art: Artifact, ctx: _Context) -> dict[str, Any]:
+    """The task's headline against the source on the test split, every output's cosine / SNR, and params/FLOPs
+    where the model is PyTorch."""
+    from edgetl.prune.feeds import as_example
+    from edgetl.run_task import TaskSplits
+
+    data: TaskSplits = ctx.data  # type: ignore[assignment]
+    score = data.score(art, "test")
+    cost = None
+    if art.format is Format.TORCH and art.model is not None:
+        from edgetl.prune.flops import model_cost
+
+        c = model_cost(art.model, example=as_example(data.test.samples[0], data.contract))
+        cost = {"params": c.params, "flops": c.flops}
+    f = data.last["test"]
+    return {"accuracy": score, "agreement": None, "cost": cost, "samples": len(data.test),
+            "fidelity": {"metric": data.metric.name, "headline": f["headline"], "outputs": f["outputs"],
+                         "samples": f["samples"]}}
+
+
 def quality(art: Artifact, ctx: _Context) -> dict[str, Any]:
-    """Test accuracy, top-1 agreement with the source model, and params/FLOPs where the model is PyTorch."""
+    """Test accuracy, top-1 agreement with the source model, and params/FLOPs where the model is PyTorch (a model
+    scored through its contract: the task's fidelity against the source, :func:`_task_quality`)."""
     from edgetl.evaluate import predict
+    from edgetl.run_task import TaskSplits
+
+    if isinstance(ctx.data, TaskSplits):
+        return _task_quality(art, ctx)
 
     images, labels = ctx.data.test.images, ctx.data.test.labels.numpy()
     if ctx.reference_pred is None:
@@ -91,9 +139,10 @@ def bench_candidates(ctx: _Context, out: Path) -> list[tuple[str, Artifact]]:
         cands.append(("baseline:teacher-int8", _teacher_int8(ctx, out)))
     if ctx.recipe.stage("export") is not None:
         # the teacher's own fp32 export: the deployable baseline a recommendation is measured against
+        from edgetl.run_task import stage_data
         from exporters.base import export
 
-        onnx = export(ctx.source, ["onnx"], out / "baseline-teacher-fp32", data=ctx.data)[0]
+        onnx = export(ctx.source, ["onnx"], out / "baseline-teacher-fp32", data=stage_data(ctx.data, "export"))[0]
         cands.append(("baseline:teacher-fp32", onnx))
     return cands
 
@@ -104,7 +153,9 @@ def _teacher_int8(ctx: _Context, out: Path) -> Artifact:
     from edgetl.run_stages import quantize_into
 
     cfg = QuantizeConfig(backend="openvino", precision="int8")
-    return quantize_into(ctx.source, cfg, ctx.data, out / "baseline-teacher-int8")
+    from edgetl.run_task import stage_data
+
+    return quantize_into(ctx.source, cfg, stage_data(ctx.data, "quantize"), out / "baseline-teacher-int8")
 
 
 def store_results(outcomes: list[StageOutcome], run_dir: Path) -> None:
