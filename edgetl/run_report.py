@@ -153,8 +153,8 @@ def build_run_report(ctx, outcomes, *, search, chosen_ratio, budget_met, gates=(
     blocked = tuple(_blocked_roles(gates))
     report = RunReport(recipe=recipe.to_dict(), fingerprint=recipe.fingerprint(), run_dir=str(run_dir),
                        model=recipe.model, data=recipe.data, stages=stages, rows=rows, budget_points=budget,
-                       blocked_roles=blocked, search=_search_block(recipe, search, chosen_ratio, budget_met),
-                       gates=[v.to_dict() for v in gates], metric=_task_metric(ctx.data))
+                       blocked_roles=blocked, gates=[v.to_dict() for v in gates], metric=_task_metric(ctx.data),
+                       search=_search_block(recipe, search, chosen_ratio, budget_met, _task_metric(ctx.data)))
     report.warnings.extend(_warnings(report, outcomes, gates))
     return report
 
@@ -180,7 +180,7 @@ def _blocked_roles(gates) -> list[str]:
         [f"export:{v.stage.split(':', 1)[1]}" for v in gates if not v.allowed and v.stage.startswith("export:")]
 
 
-def _search_block(recipe, search, chosen_ratio, budget_met) -> dict[str, Any] | None:
+def _search_block(recipe, search, chosen_ratio, budget_met, metric=None) -> dict[str, Any] | None:
     if not search:
         return None
     b = recipe.budgets
@@ -191,8 +191,9 @@ def _search_block(recipe, search, chosen_ratio, budget_met) -> dict[str, Any] | 
                                                   ("target_latency_ms", b.target_latency_ms)) if v is not None)
         best = max(search, key=lambda t: t["val_accuracy"])
         extra = f", p90 {best['p90_ms']:.3f} ms" if "p90_ms" in best else ""
+        of = f" of {metric['label'].removesuffix(' %')}" if metric else ""
         msg = (f"budget unreachable: no pruning ratio tried met {given}; best reached: ratio {best['ratio']}: "
-               f"drop {best['drop_points']:.2f} points (val split){extra}")
+               f"drop {best['drop_points']:.2f} points{of} (val split){extra}")
     return {"met": budget_met, "ratio": chosen_ratio, "tried": search, "message": msg}
 
 

@@ -11,7 +11,8 @@ imports).
 - ``words.pth`` (:class:`~tests.shapes.PooledClassifier`) and ``digits/`` (``DIR/CLASS/IMAGE.png``, classes named
   zero..nine), ``digits.npz`` (``image``, ``labels``, ``label_names``).
 
-``tests.examples:tiles`` is the ``--data module:function`` form: it yields ``{"image": array}`` dicts.
+``tests.examples:tiles`` is the ``--data module:function`` form: it yields ``{"image": array}`` dicts;
+``tests.examples:foreground_agreement`` a ``--metric module:function``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ def tiles(n: int = 40):
         yield {"image": x[i : i + 1]}
 
 
+def foreground_agreement(reference: dict, candidate: dict) -> float:
+    """``--metric tests.examples:foreground_agreement``: the share of the source's foreground pixels (class 1 of
+    a two-class mask) the candidate also calls foreground."""
+    ref, cand = (np.asarray(next(iter(d.values()))).argmax(axis=1) for d in (reference, candidate))
+    fg = ref == 1
+    return float((cand[fg] == 1).mean()) if fg.any() else 1.0
+
+
 def _png_folder(folder: Path, images: np.ndarray, names: list[str | None]) -> None:
     from PIL import Image
 
@@ -49,7 +58,7 @@ def _vad(out: Path) -> None:
     audio = rng.standard_normal((40, 1, 256)).astype(np.float32)
     state = (0.1 * rng.standard_normal((40, 2, 1, 32))).astype(np.float32)
     np.savez(out / "vad.npz", audio=audio, state=state, sr=np.full(40, 16000, dtype=np.int64))
-    args = (torch.from_numpy(audio[:1]), torch.from_numpy(state[0]), torch.tensor(16000))
+    args = (torch.from_numpy(audio[0]), torch.from_numpy(state[0]), torch.tensor(16000))
     torch.onnx.export(model, args, out / "vad.onnx", input_names=["audio", "state", "sr"],
                       output_names=["prob", "new_state"], dynamo=False)
 
