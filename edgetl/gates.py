@@ -81,11 +81,13 @@ class Verdict:
     agreement: float | None = None  # top-1 agreement of output with input
     fixes: tuple[str, ...] = ()
     note: str | None = None  # e.g. what the stage already tried
+    metric: str | None = None  # what before/after are when not top-1 accuracy, e.g. "mIoU vs source"
 
     def line(self) -> str:
-        n = f", {self.samples} images" if self.samples else ""
+        n = f", {self.samples} {'samples' if self.metric else 'images'}" if self.samples else ""
         agree = f", top-1 agreement {100 * self.agreement:.1f} %" if self.agreement is not None else ""
-        head = (f"{self.stage} lost {self.drop_points:.2f} points ({100 * self.before:.2f} % -> "
+        of = f" of {self.metric}" if self.metric else ""
+        head = (f"{self.stage} lost {self.drop_points:.2f} points{of} ({100 * self.before:.2f} % -> "
                 f"{100 * self.after:.2f} %, {self.split} split{n}{agree}); budget {self.budget_points:g}")
         if self.passed:
             return head + ": within budget"
@@ -117,8 +119,9 @@ def _acc(name: str, v: float) -> float:
 
 def check(stage: str, *, before: float, after: float, agreement: float | None = None, split: str = "val",
           samples: int | None = None, budget: float | None = None, budgets: Mapping[str, float] | None = None,
-          allow_drop: bool = False, note: str | None = None) -> Verdict:
-    """Judge a stage's output (``after``) against its input (``before``), accuracies in 0..1."""
+          allow_drop: bool = False, note: str | None = None, metric: str | None = None) -> Verdict:
+    """Judge a stage's output (``after``) against its input (``before``), accuracies in 0..1 (or, with ``metric``
+    named, another score in 0..1 such as mIoU against the source model)."""
     b = budget_for(stage, budget, budgets=budgets)
     before, after = _acc("before", before), _acc("after", after)
     drop = round(100 * (before - after), 6)
@@ -126,7 +129,7 @@ def check(stage: str, *, before: float, after: float, agreement: float | None = 
     return Verdict(stage=stage, passed=passed, allowed=passed or bool(allow_drop), before=before, after=after,
                    drop_points=drop, budget_points=b, split=split, samples=samples,
                    agreement=None if agreement is None else _acc("agreement", agreement),
-                   fixes=FIXES.get(stage, ()), note=note)
+                   fixes=FIXES.get(stage, ()), note=note, metric=metric)
 
 
 def enforce(verdict: Verdict) -> Verdict:

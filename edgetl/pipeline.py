@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.artifact import Artifact, Format
-from edgetl.data import DataSplits, check_classes, load_data
+from edgetl.data import BUILTIN_DATASETS, DataSplits, check_classes, load_data
 from edgetl.errors import BudgetError, ConfigError
 from edgetl.fileio import atomic_dir, write_json
 from edgetl.models import load_model
@@ -36,6 +36,7 @@ from edgetl.recipe import Recipe, Stage, validate
 from edgetl.run_bench import store_results
 from edgetl.run_gates import gate
 from edgetl.run_stages import EXECUTORS, exec_stage, quantize_into
+from edgetl.run_task import TaskSplits, load_task_splits, task_path, with_contract
 from edgetl.stages import stage_kind
 
 __all__ = ["RunResult", "StageOutcome", "plan", "quantize_into", "run_recipe"]
@@ -96,6 +97,9 @@ def _root_key(recipe: Recipe) -> str:
     model_id = _file_digest(mpath) if mpath.exists() else f"zoo:{model}"
     dpath = Path(recipe.data)
     data_id = _file_digest(dpath) if dpath.is_file() else str(recipe.data)
+    contract = recipe.contract_keys()  # scored by fidelity: another contract is another run (classifiers: none)
+    if contract or recipe.arch:
+        return _hash("root", CODE_VERSION, model_id, data_id, recipe.seed, contract, recipe.arch, recipe.arch_args)
     return _hash("root", CODE_VERSION, model_id, data_id, recipe.seed)
 
 
@@ -163,7 +167,7 @@ def _claim(run_dir: Path, recipe: Recipe) -> None:
 class _Context:
     recipe: Recipe
     run_dir: Path
-    data: DataSplits
+    data: DataSplits | TaskSplits  # labelled splits (top-1), or inputs scored against the source (edgetl.run_task)
     source: Artifact  # the user's model, the reference for accuracy and agreement
     current: Artifact  # the PyTorch model flowing through prune/distill
     quantized: Artifact | None = None
@@ -172,6 +176,7 @@ class _Context:
     verdicts: list[Any] = field(default_factory=list)  # quality gates (edgetl.gates.Verdict) of the stages run
     stopped: Any = None  # the verdict that stopped the compressed branch (its later stages are skipped)
     reference_pred: Any = None  # the source model's test-split predictions, computed once
+    previous: Artifact | None = None  # the input of the stage running now (what its gate judges it against)
 
 
 def run_recipe(recipe: Recipe, run_dir: str | Path, *, from_stage: str | None = None) -> RunResult:
@@ -183,11 +188,10 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, from_stage: str | None = 
     plan(recipe)  # model and data given
     if any(s.config is None for s in recipe.stages):
         recipe = validate(recipe)  # a recipe made in code: build (and check) its configs once, here
-    data = load_data(recipe.data, seed=recipe.seed)
-    source = load_model(recipe.model)
+    source = load_model(recipe.model, arch=recipe.arch, arch_args=recipe.arch_args)
     if source.format is not Format.TORCH:
         raise ConfigError(f"edgetl run starts from a PyTorch model; {recipe.model} is {source.format.value}")
-    check_classes(source.labels, data)
+    data = _load_data(recipe, source)
     _claim(run_dir, recipe)  # only once model and data are known good: a refused run leaves nothing behind
     kinds = [s.kind for s in recipe.stages]
     rerun = set(kinds[kinds.index(from_stage):]) if from_stage else set()
@@ -215,6 +219,24 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, from_stage: str | None = 
     return result
 
 
+def _load_data(recipe: Recipe, source: Artifact) -> DataSplits | TaskSplits:
+    """Labelled splits for a classifier scored by top-1; the contract's inputs, scored against the source, for any
+    other model (:mod:`edgetl.run_task`)."""
+    flags = recipe.contract_flags()
+    if not task_path(flags, source):
+        data = load_data(recipe.data, seed=recipe.seed)
+        check_classes(source.labels, data)
+        return data
+    if recipe.data in BUILTIN_DATASETS:
+        raise ConfigError(f"--data {recipe.data}: a model scored through its contract reads its inputs from an .npz "
+                          "named after the inputs, an image folder, or module:function")
+    for s in recipe.stages:
+        if s.kind == "prune" and s.latency is not None:
+            raise ConfigError("the prune stage's target_latency_ms prunes a labelled classifier today; give ratio or "
+                              "target_flops for a model scored through its contract")
+    return load_task_splits(recipe.data, source, flags, seed=recipe.seed)
+
+
 def _run_chain(ctx: _Context, *, ratio: float | None, until: int | None = None) -> list[StageOutcome]:
     """Run the stages in order (those of rank ``until`` at most, when given).
 
@@ -237,6 +259,7 @@ def _run_chain(ctx: _Context, *, ratio: float | None, until: int | None = None) 
         if ctx.stopped is not None and stage.kind in ("quantize", "export", "distill"):
             log.warning("stage %s skipped: %s", stage.kind, ctx.stopped.line())
             continue
+        ctx.previous = ctx.quantized if stage.kind == "export" and ctx.quantized is not None else ctx.current
         outcome = _run_stage(ctx, i, stage, key)
         outcomes.append(outcome)
         gate(ctx, outcome)
@@ -270,7 +293,10 @@ def _rel(a: Artifact, root: Path) -> dict[str, Any]:
 
 def _load_outcome(ctx: _Context, stage: Stage, key: str, d: Path) -> StageOutcome:
     meta = json.loads((d / STAGE_FILE).read_text())
-    arts = [load_model(d / a["path"]) for a in meta["artifacts"] if a["path"]]
+    arts = [load_model(d / a["path"], arch=ctx.recipe.arch, arch_args=ctx.recipe.arch_args)
+            for a in meta["artifacts"] if a["path"]]
+    if isinstance(ctx.data, TaskSplits):
+        arts = [with_contract(a, ctx.data.contract) for a in arts]
     return StageOutcome(kind=stage.kind, key=key, directory=d, cached=True, seconds=float(meta["seconds"]),
                         artifacts=arts, summary=meta.get("summary", {}))
 

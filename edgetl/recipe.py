@@ -25,6 +25,16 @@ ordered list of stages, each with the options of that stage's config::
   ``target_latency_ms`` (p90 on ``device``); with either set, the prune stage's ratio is searched over
   ``ratios`` and the first (most aggressive) that meets them wins.
 
+Any model, any task: ``task:``, ``inputs:``, ``outputs:``, ``roles:`` are the model contract, in the strings of the
+CLI's ``--task``, ``--input``, ``--output``, ``--role`` (``edgetl run`` takes those flags too and they win); with
+``arch:`` (``arch_args:``) for a state dict of your own architecture. With a task other than classification (or a
+model that is no labelled classifier) every score of the run is the task's fidelity against the source model on
+held-out inputs, and the budgets above are points of that metric (:mod:`edgetl.run_task`)::
+
+    task: segmentation
+    inputs: [image:Nx1xHxW:float32]
+    budgets: {prune: 10, distill: 8, quantize: 2, export: 0.5}
+
 Validation covers unknown keys (with the nearest valid one), stage order, the formats each stage accepts,
 installed extras and device profiles.
 """
@@ -49,7 +59,9 @@ RECIPE_DIR = Path(__file__).with_name("recipes")
 # The stages, their order and options come from the stage registry (edgetl.stages): prune and distill both work
 # on the PyTorch model and may come in either order (rank 0: distil into a small student, then prune it; or
 # prune the teacher, then recover by distillation); quantize, export and bench follow in this order.
-_TOP_KEYS = ("name", "description", "model", "data", "seed", "budgets", "stages", "baselines")
+_TOP_KEYS = ("name", "description", "model", "data", "seed", "budgets", "stages", "baselines", *("arch", "arch_args"),
+             *("task", "inputs", "outputs", "roles", "opt_shapes"))
+_CONTRACT_KEYS = ("task", "inputs", "outputs", "roles", "opt_shapes")  # the CLI's --task/--input/--output/--role, same strings
 _BASELINES = ("teacher-int8",)  # plain NNCF int8 of the unpruned model, measured beside the result
 
 
@@ -125,15 +137,42 @@ class Recipe:
     budgets: Budgets = Budgets()
     baselines: tuple[str, ...] = ()
     source: str = "<memory>"
+    arch: str | None = None  # a state dict's architecture: a zoo name or your own module.path:ClassName
+    arch_args: dict[str, Any] | None = None
+    task: str | None = None  # the model contract (edgetl.contract.parse_flags): scored by fidelity when set
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    opt_shapes: tuple[str, ...] = ()  # the size a dynamic input is traced and timed at (default: the data's)
 
-    def with_inputs(self, *, model: str | None = None, data: str | None = None) -> Recipe:
-        return dataclasses.replace(self, model=model or self.model, data=data or self.data)
+    def with_inputs(self, *, model: str | None = None, data: str | None = None, arch: str | None = None,
+                    arch_args: dict[str, Any] | None = None, task: str | None = None, inputs=(), outputs=(),
+                    roles=(), opt_shapes=()) -> Recipe:
+        """The recipe with what the command line gives instead of its own keys (each only where given)."""
+        r = dataclasses.replace(self, model=model or self.model, data=data or self.data, arch=arch or self.arch,
+                                arch_args=arch_args if arch_args is not None else self.arch_args,
+                                task=task or self.task, inputs=tuple(inputs) or self.inputs,
+                                outputs=tuple(outputs) or self.outputs, roles=tuple(roles) or self.roles,
+                                opt_shapes=tuple(opt_shapes) or self.opt_shapes)
+        r.contract_flags()  # a bad --task/--input/--output/--role is one line here, before any work
+        return r
+
+    def contract_flags(self):
+        """The recipe's contract keys parsed as the CLI parses them (:func:`edgetl.contract.parse_flags`)."""
+        from edgetl.contract import parse_flags
+
+        return parse_flags(inputs=self.inputs, outputs=self.outputs, roles=self.roles, task=self.task,
+                           opt_shapes=self.opt_shapes)
+
+    def contract_keys(self) -> dict[str, Any]:
+        """The contract keys the recipe sets (none for a classifier scored by its labels)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k in _CONTRACT_KEYS if (v := getattr(self, k))}
 
     def fingerprint(self) -> str:
         """Identity of the recipe's content (not of its inputs): a run directory belongs to one recipe."""
         payload = json.dumps({"name": self.name, "stages": [s.canonical() for s in self.stages],
                               "budgets": self.budgets.identity(), "baselines": self.baselines,
-                              "seed": self.seed}, sort_keys=True, default=str)
+                              "seed": self.seed, **self.contract_keys()}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def stage(self, kind: str) -> Stage | None:
@@ -142,7 +181,8 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "model": self.model, "data": self.data,
                 "seed": self.seed, "budgets": dataclasses.asdict(self.budgets), "baselines": list(self.baselines),
-                "stages": [{s.kind: s.options} for s in self.stages]}
+                "stages": [{s.kind: s.options} for s in self.stages], **self.contract_keys(),
+                **({"arch": self.arch} if self.arch else {}), **({"arch_args": self.arch_args} if self.arch_args else {})}
 
 
 def list_recipes() -> dict[str, Path]:
@@ -152,8 +192,10 @@ def list_recipes() -> dict[str, Path]:
 BUILTIN_RECIPES = tuple(list_recipes())
 
 
-def load_recipe(name_or_path: str | Path, *, model: str | None = None, data: str | None = None) -> Recipe:
-    """Read a built-in recipe by name, or a YAML file, and validate it completely."""
+def load_recipe(name_or_path: str | Path, *, model: str | None = None, data: str | None = None,
+                **overrides: Any) -> Recipe:
+    """Read a built-in recipe by name, or a YAML file, and validate it completely; ``overrides`` are the command
+    line's ``arch``, ``arch_args``, ``task``, ``inputs``, ``outputs``, ``roles`` (see :meth:`Recipe.with_inputs`)."""
     import yaml
 
     path = Path(name_or_path)
@@ -168,7 +210,7 @@ def load_recipe(name_or_path: str | Path, *, model: str | None = None, data: str
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return validate(parse_recipe(raw, source=str(path)).with_inputs(model=model, data=data))
+    return validate(parse_recipe(raw, source=str(path)).with_inputs(model=model, data=data, **overrides))
 
 
 def _check_keys(d: dict, valid, where: str) -> None:
@@ -201,9 +243,39 @@ def parse_recipe(raw: Any, *, source: str = "<memory>") -> Recipe:
     for b in baselines:
         if b not in _BASELINES:
             raise UnknownNameError("baseline", str(b), _BASELINES)
-    return Recipe(name=str(raw.get("name") or Path(source).stem), stages=tuple(stages), model=raw.get("model"),
-                  data=raw.get("data"), description=str(raw.get("description") or ""), seed=int(raw.get("seed", 0)),
-                  budgets=Budgets(**budgets_raw), baselines=baselines, source=source)
+    recipe = Recipe(name=str(raw.get("name") or Path(source).stem), stages=tuple(stages), model=raw.get("model"),
+                    data=raw.get("data"), description=str(raw.get("description") or ""), seed=int(raw.get("seed", 0)),
+                    budgets=Budgets(**budgets_raw), baselines=baselines, source=source, **_model_keys(raw, source))
+    recipe.contract_flags()  # the contract keys parse as the CLI's flags do: a bad one is one line, now
+    return recipe
+
+
+def _model_keys(raw: dict, source: str) -> dict[str, Any]:
+    """``arch``/``arch_args`` and the contract keys: ``task: segmentation``, ``inputs: [image:Nx1xHxW:float32]``
+    (a list, or one string), ``outputs``, ``roles``."""
+    out: dict[str, Any] = {}
+    for k in ("inputs", "outputs", "roles", "opt_shapes"):
+        v = raw.get(k)
+        if v is None:
+            continue
+        items = [v] if isinstance(v, str) else v
+        if not isinstance(items, list) or not all(isinstance(i, (str, int)) for i in items):
+            raise ConfigError(f"{source}: '{k}' is a list of strings like the CLI's --{k[:-1]} (e.g. "
+                              f"{k}: [{_EXAMPLE[k]}]), got {v!r}")
+        out[k] = tuple(str(i) for i in items)
+    for k in ("task", "arch"):
+        if raw.get(k) is not None:
+            out[k] = str(raw[k])
+    if raw.get("arch_args") is not None:
+        if not isinstance(raw["arch_args"], dict):
+            raise ConfigError(f"{source}: 'arch_args' is a mapping of constructor arguments (e.g. {{width: 12}}), "
+                              f"got {raw['arch_args']!r}")
+        out["arch_args"] = dict(raw["arch_args"])
+    return out
+
+
+_EXAMPLE = {"inputs": "image:Nx1xHxW:float32", "outputs": "boxes,scores", "roles": "boxes:boxes:N,A,4:xyxy",
+            "opt_shapes": "image:1x1x28x28"}
 
 
 # --------------------------------------------------------------------------- validation

@@ -38,7 +38,7 @@ def exec_bench(ctx: _Context, stage: Stage, out: Path, key: str):
 
     cfg = build_config(stage, seed=ctx.recipe.seed)
     store = _store()  # opened before any work: an unusable results store is refused, not found out at the end
-    candidates = bench_candidates(ctx, out)
+    candidates = [(role, bench_ready(a, ctx)) for role, a in bench_candidates(ctx, out)]
     scores = {role: quality(art, ctx) for role, art in track(candidates, "accuracy of each artifact")}
     records = []
     for dev in cfg.devices:
@@ -47,10 +47,13 @@ def exec_bench(ctx: _Context, stage: Stage, out: Path, key: str):
         run = measure_interleaved([Candidate(a, label=role) for role, a in candidates], cfg.bench, profile=profile)
         for (role, _art), r in zip(candidates, run.results, strict=True):
             r = dataclasses.replace(r, accuracy=scores[role]["accuracy"], path=_final(r.path, out),
-                                    accuracy_source=f"{ctx.data.name} test split")
+                                    accuracy_source=_split_name(ctx))
             records.append(BenchRecord(role=role, device=dev, result=r, agreement=scores[role]["agreement"],
                                        cost=scores[role]["cost"]))
     results = attach_clean_records([rec.to_dict() for rec in records], store)
+    for rec, d in zip(records, results, strict=True):
+        if scores[rec.role].get("fidelity") is not None:  # scored against the source: per output, headline named
+            d["fidelity"] = scores[rec.role]["fidelity"]
     write_json(out / "results.json", results)
     return [], {"results": results}
 
@@ -73,6 +76,13 @@ def attach_clean_records(items: list[dict[str, Any]], store) -> list[dict[str, A
     return items
 
 
+def _split_name(ctx: _Context) -> str:
+    from edgetl.run_task import metric_of
+
+    m = metric_of(ctx.data)
+    return f"{ctx.data.name} test split" + ("" if m.reference == "labels" else f", {m.phrase()}")
+
+
 def _final(path: str | None, out: Path) -> str | None:
     """Where a file made by this stage (a baseline) lies once the stage directory is renamed into place: the
     results (results.json, the results store) name the file a user can open, not the temporary one."""
@@ -81,9 +91,47 @@ def _final(path: str | None, out: Path) -> str | None:
     return str(final_path(out) / Path(path).resolve().relative_to(out.resolve()))
 
 
+def bench_ready(art: Artifact, ctx: _Context) -> Artifact:
+    """An artifact of a run scored through its contract, fed by the contract from the run's data when timed
+    (:mod:`benchmarks.contract_inputs`); a classifier's as it is."""
+    from edgetl.run_task import TaskSplits, with_contract
+
+    if not isinstance(ctx.data, TaskSplits):
+        return art
+    art = with_contract(dataclasses.replace(art, extra=dict(art.extra)), ctx.data.contract)
+    art.input_spec = None  # fed by its contract, whatever spec a checkpoint or sidecar records
+    art.extra["bench_data"] = ctx.data.test.origin
+    return art
+
+
+def _task_quality(art: Artifact, ctx: _Context) -> dict[str, Any]:
+    """The task's headline against the source on the test split, every output's cosine / SNR, and params/FLOPs
+    where the model is PyTorch."""
+    from edgetl.prune.feeds import as_example
+    from edgetl.run_task import TaskSplits
+
+    data: TaskSplits = ctx.data  # type: ignore[assignment]
+    score = data.score(art, "test")
+    cost = None
+    if art.format is Format.TORCH and art.model is not None:
+        from edgetl.prune.flops import model_cost
+
+        c = model_cost(art.model, example=as_example(data.test.samples[0], data.contract))
+        cost = {"params": c.params, "flops": c.flops}
+    f = data.last["test"]
+    return {"accuracy": score, "agreement": None, "cost": cost, "samples": len(data.test),
+            "fidelity": {"metric": data.metric.name, "headline": f["headline"], "outputs": f["outputs"],
+                         "samples": f["samples"]}}
+
+
 def quality(art: Artifact, ctx: _Context) -> dict[str, Any]:
-    """Test accuracy, top-1 agreement with the source model, and params/FLOPs where the model is PyTorch."""
+    """Test accuracy, top-1 agreement with the source model, and params/FLOPs where the model is PyTorch (a model
+    scored through its contract: the task's fidelity against the source, :func:`_task_quality`)."""
     from edgetl.evaluate import predict
+    from edgetl.run_task import TaskSplits
+
+    if isinstance(ctx.data, TaskSplits):
+        return _task_quality(art, ctx)
 
     images, labels = ctx.data.test.images, ctx.data.test.labels.numpy()
     if ctx.reference_pred is None:
@@ -122,14 +170,19 @@ def _teacher_int8(ctx: _Context, out: Path) -> Artifact:
     from edgetl.run_stages import quantize_into
 
     cfg = QuantizeConfig(backend="openvino", precision="int8")
-    return baseline(ctx, "teacher-int8", lambda d: quantize_into(ctx.source, cfg, ctx.data, d), out)
+    from edgetl.run_task import stage_data
+
+    return baseline(ctx, "teacher-int8", lambda d: quantize_into(ctx.source, cfg, stage_data(ctx.data, "quantize"), d),
+                    out)
 
 
 def _teacher_fp32(ctx: _Context, out: Path) -> Artifact:
     """The teacher's own fp32 ONNX: the deployable baseline a recommendation is measured against."""
+    from edgetl.run_task import stage_data
     from exporters.base import export
 
-    return baseline(ctx, "teacher-fp32", lambda d: export(ctx.source, ["onnx"], d, data=ctx.data)[0], out)
+    return baseline(ctx, "teacher-fp32",
+                    lambda d: export(ctx.source, ["onnx"], d, data=stage_data(ctx.data, "export"))[0], out)
 
 
 def baseline(ctx: _Context, name: str, build: Callable[[Path], Artifact], out: Path) -> Artifact:

@@ -2,10 +2,12 @@
 :mod:`edgetl.run_report` so the rule that chooses (which rows are eligible, how they are ranked) lives apart from
 the rendering.
 
-Eligible (:func:`_eligible`): a deployable row (an exported file) whose stage passed its gate, within ``budget``
-points of the teacher on its device. Ranked (:mod:`benchmarks.ranking`) by the median call (p50), p90 shown; when
-the eligible rows' timings stayed contended, by the store's clean record of the same files, else by the lower tail
-of the calls, and the recommendation says which (``ranked_by``) or that the choice is unsettled.
+Eligible (:func:`eligible`): a deployable row (an exported file) whose stage passed its gate, within ``budget``
+points of the teacher on its device, in the run's metric (top-1 against labels, or the task's fidelity against
+the source model: :func:`metric_words` names it in the sentence). Ranked (:mod:`benchmarks.ranking`) by the median
+call (p50), p90 shown; when the eligible rows' timings stayed contended, by the store's clean record of the same
+files, else by the lower tail of the calls, and the recommendation says which (``ranked_by``) or that the choice
+is unsettled.
 """
 
 from __future__ import annotations
@@ -15,40 +17,53 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from edgetl.run_report import ReportRow, RunReport
 
-__all__ = ["recommend", "speedups"]
+__all__ = ["eligible", "metric_words", "recommend", "speedups"]
 
 
-def recommend(rows: list[ReportRow], budget: float, blocked: set[str]) -> dict[str, Any] | None:
+def eligible(rows: list[ReportRow], teacher: ReportRow, budget: float, blocked: set[str]) -> list[ReportRow]:
+    """The rows a recommendation may pick: deployable, their stage's gate passed, within ``budget`` points of the
+    teacher's score (top-1, or the task's fidelity against the source, where the teacher scores 100 %)."""
+    return [r for r in rows if r.deployable and r.role not in blocked and r.accuracy is not None
+            and 100 * (teacher.accuracy - r.accuracy) <= budget + 1e-9]
+
+
+def metric_words(metric: dict[str, Any] | None) -> tuple[str, str]:
+    """How the recommendation names the score: (in the sentence, after "the teacher's"): ("top-1", "accuracy")
+    for labels, ("mIoU vs source", "mIoU vs source") for a model scored against its source."""
+    if not metric or metric.get("reference", "labels") == "labels":
+        return "top-1", "accuracy"
+    phrase = str(metric.get("label", metric.get("name", ""))).removesuffix(" %")
+    return phrase, phrase
+
+
+def recommend(rows: list[ReportRow], budget: float, blocked: set[str], metric: dict[str, Any] | None = None
+              ) -> dict[str, Any] | None:
     if not rows:
         return None
     device = rows[0].device
-    teacher, ok = _eligible(rows, device, budget, blocked)
+    on_dev = [r for r in rows if r.device == device and r.accuracy is not None]
+    teacher = next((r for r in on_dev if r.role == "teacher"), None)
     if teacher is None:
         return None
+    ok = eligible(on_dev, teacher, budget, blocked)
+    short, noun = metric_words(metric)
     if not ok:
         return {"device": device, "line": f"no artifact met the budget: no deployable artifact is within {budget:g} "
-                                          f"points of the teacher's accuracy ({100 * teacher.accuracy:.2f} %)"}
+                                          f"points of the teacher's {noun} ({100 * teacher.accuracy:.2f} %)"}
     from benchmarks.ranking import rank
 
     ranking = rank([r.result for r in ok])
     best = ok[ranking.best]
     p90 = best.result["latency_ms"]["p90"]
     trust = (" (timings contended: the ratio is not reliable)" if best.contended or teacher.contended else "")
-    line = _line(best, teacher, ok, ranking, budget=budget, device=device, trust=trust)
-    return {"device": device, "role": best.role, "artifact": best.result["artifact"], "file": best.file,
-            "format": best.result["format"], "runtime": best.result["runtime"], "p90_ms": p90,
-            "accuracy": best.accuracy, "teacher_accuracy": teacher.accuracy,
-            "reliable": not trust and ranking.settled, "line": line, **_ranking_fields(ok, ranking)}
-
-
-def _eligible(rows: list[ReportRow], device: str, budget: float, blocked: set[str]):
-    """The teacher row and the rows that may be recommended (deployable, gate passed, within the budget)."""
-    on_dev = [r for r in rows if r.device == device and r.accuracy is not None]
-    teacher = next((r for r in on_dev if r.role == "teacher"), None)
-    if teacher is None:
-        return None, []
-    return teacher, [r for r in on_dev if r.deployable and r.role not in blocked
-                     and 100 * (teacher.accuracy - r.accuracy) <= budget + 1e-9]
+    line = _line(best, teacher, ok, ranking, budget=budget, device=device, trust=trust, score=short)
+    rec = {"device": device, "role": best.role, "artifact": best.result["artifact"], "file": best.file,
+           "format": best.result["format"], "runtime": best.result["runtime"], "p90_ms": p90,
+           "accuracy": best.accuracy, "teacher_accuracy": teacher.accuracy,
+           "reliable": not trust and ranking.settled, "line": line, **_ranking_fields(ok, ranking)}
+    if metric:
+        rec["metric"] = metric.get("name")
+    return rec
 
 
 # --------------------------------------------------------------------------- the ranking side
@@ -84,13 +99,13 @@ def _basis(ranking) -> str:
 
 
 def _line(best: ReportRow, teacher: ReportRow, ok: list[ReportRow], ranking, *, budget: float, device: str,
-          trust: str) -> str:
+          trust: str, score: str = "top-1") -> str:
     from benchmarks.report import format_ratio
 
     lat = best.result["latency_ms"]
     speed = teacher.result["latency_ms"]["p90"] / lat["p90"]
     what = f"{best.file} ({best.result['format']}, {best.result['runtime']}, {best.result['precision']})"
-    tail = (f"p90 {lat['p90']:.3f} ms on {device}, {format_ratio(speed)} the teacher in PyTorch eager{trust}, top-1 "
+    tail = (f"p90 {lat['p90']:.3f} ms on {device}, {format_ratio(speed)} the teacher in PyTorch eager{trust}, {score} "
             f"{100 * best.accuracy:.2f} % vs {100 * teacher.accuracy:.2f} % ({best.accuracy_split})")
     within = f"within {budget:g} points of the teacher"
     if not ranking.settled:
@@ -124,7 +139,7 @@ def speedups(report: RunReport) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for device in dict.fromkeys(r.device for r in report.rows):
         rows = [r for r in report.rows if r.device == device]
-        rec = recommend(rows, report.budget_points, set(report.blocked_roles))
+        rec = recommend(rows, report.budget_points, set(report.blocked_roles), report.metric)
         if not rec or "role" not in rec:
             continue
         on = {r.role: r for r in rows}

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from edgetl import gates
 from edgetl.run_stages import accuracy
+from edgetl.run_task import TaskSplits
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgetl.pipeline import StageOutcome, _Context
@@ -34,7 +35,9 @@ def gate(ctx: _Context, outcome: StageOutcome) -> None:
     if kind == "export":
         ctx.verdicts.extend(export_verdicts(m, budgets))
         return
-    if kind == "quantize" and "fp32_accuracy" in m and "accuracy" in m:
+    if isinstance(ctx.data, TaskSplits):
+        v = task_verdict(ctx, kind)
+    elif kind == "quantize" and "fp32_accuracy" in m and "accuracy" in m:
         v = gates.check("quantize", before=m["fp32_accuracy"], after=m["accuracy"], agreement=m.get("agreement"),
                         split=m.get("split", "val"), budget=ctx.recipe.stage("quantize").config.max_drop,
                         budgets=budgets)
@@ -50,10 +53,34 @@ def gate(ctx: _Context, outcome: StageOutcome) -> None:
                         budgets=budgets)
     else:
         return
+    if v is None:
+        return
     ctx.verdicts.append(v)
     if not v.allowed and kind in ("prune", "distill"):
         ctx.stopped = v
         ctx.current = ctx.source  # nothing downstream builds on the failed output
+
+
+def task_verdict(ctx: _Context, kind: str) -> gates.Verdict | None:
+    """A stage of a run scored through the contract: its output's headline against the source (val split) beside
+    its input's (the source scores 100 % against itself), the drop in points of that metric. Distillation, like the
+    classifier's gate, is judged against the source (its teacher): the branch's recovery, end to end."""
+    if kind not in ("prune", "distill", "quantize") or (kind == "prune" and recovered_later(ctx, kind)):
+        return None
+    data, metric = ctx.data, ctx.data.metric.phrase()
+    output = ctx.quantized if kind == "quantize" else ctx.current
+    reference = ctx.source if kind == "distill" else ctx.previous
+    before = 1.0 if reference is ctx.source else accuracy(reference, data)
+    after = accuracy(output, data)
+    budget = ctx.recipe.stage("quantize").config.max_drop if kind == "quantize" else None
+    if before is None or after is None:  # e.g. no box above the threshold in either model: nothing to agree on
+        return gates.Verdict(stage=kind, passed=False, allowed=False, before=before or 0.0, after=after or 0.0,
+                             drop_points=0.0, budget_points=gates.budget_for(kind, budget, budgets=ctx.recipe.budgets
+                                                                             .stages), split="val",
+                             samples=len(data.val), metric=metric,
+                             note=f"{metric} could not be measured: nothing to agree on (0 % and 100 % are stand-ins)")
+    return gates.check(kind, before=before, after=after, split="val", samples=len(data.val), budget=budget,
+                       budgets=ctx.recipe.budgets.stages, metric=metric)
 
 
 def export_accuracies(ctx: _Context, arts, sources) -> list[dict]:
@@ -72,6 +99,8 @@ def export_accuracies(ctx: _Context, arts, sources) -> list[dict]:
             cache[id(src)] = accuracy(src, ctx.data)
         out.append({"val_accuracy": accuracy(art, ctx.data), "source_val_accuracy": cache[id(src)],
                     "samples": len(ctx.data.val)})
+        if isinstance(ctx.data, TaskSplits):  # the scores are the task's headline against the source model
+            out[-1]["metric"] = ctx.data.metric.phrase()
     return out
 
 
@@ -82,6 +111,6 @@ def export_verdicts(summary: dict, budgets: dict[str, float]) -> list[gates.Verd
         if e.get("val_accuracy") is None or e.get("source_val_accuracy") is None:
             continue
         v = gates.check("export", before=e["source_val_accuracy"], after=e["val_accuracy"], budgets=budgets,
-                        samples=e.get("samples"))
+                        samples=e.get("samples"), metric=e.get("metric"))
         out.append(dataclasses.replace(v, stage=f"export:{e['format']}"))
     return out

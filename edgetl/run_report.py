@@ -45,6 +45,7 @@ class ReportRow:
     agreement: float | None = None
     params: int | None = None
     flops: int | None = None
+    fidelity: dict[str, Any] | None = None  # scored against the source: the headline and every output's figures
 
     @property
     def deployable(self) -> bool:
@@ -63,7 +64,7 @@ class ReportRow:
                 "params": self.params, "flops": self.flops, "size_bytes": r.get("model_size_bytes"),
                 "p50_ms": lat["p50"], "p90_ms": lat["p90"], "p99_ms": lat["p99"], "samples": lat["count"],
                 "threads": r.get("threads"), "batch": r.get("batch"), "deployable": self.deployable,
-                "contended": self.contended, "emulated": r.get("emulated"), "result": r}
+                "contended": self.contended, "emulated": r.get("emulated"), "fidelity": self.fidelity, "result": r}
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,12 @@ class RunReport:
     search: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     gates: list[dict[str, Any]] = field(default_factory=list)  # edgetl.gates.Verdict.to_dict() of each stage judged
+    metric: dict[str, Any] | None = None  # edgetl.run_task.RunMetric.to_dict(): what every score is (None: top-1)
 
     def recommendation(self) -> dict[str, Any] | None:
         from edgetl.run_choose import recommend
 
-        return recommend(self.rows, self.budget_points, set(self.blocked_roles))
+        return recommend(self.rows, self.budget_points, set(self.blocked_roles), self.metric)
 
     def to_dict(self) -> dict[str, Any]:
         from edgetl.run_choose import speedups
@@ -93,7 +95,7 @@ class RunReport:
              "data": self.data, "stages": self.stages, "artifacts": [r.flat() for r in self.rows],
              "recommendation": self.recommendation(), "accuracy_budget_points": self.budget_points,
              "blocked_roles": list(self.blocked_roles), "warnings": self.warnings, "gates": self.gates,
-             "speedups": speedups(self)}
+             "speedups": speedups(self), "metric": self.metric or _labels_metric()}
         if self.search is not None:
             d["budget"] = self.search
         return d
@@ -102,12 +104,20 @@ class RunReport:
     def from_dict(cls, d: dict[str, Any]) -> RunReport:
         rows = [ReportRow(role=a["role"], device=a["device"], result=a["result"], file=a.get("file"),
                           accuracy=a.get("accuracy"), accuracy_split=a.get("accuracy_split", "test"),
-                          agreement=a.get("agreement"), params=a.get("params"), flops=a.get("flops"))
+                          agreement=a.get("agreement"), params=a.get("params"), flops=a.get("flops"),
+                          fidelity=a.get("fidelity"))
                 for a in d["artifacts"]]
         return cls(recipe=d["recipe"], fingerprint=d["fingerprint"], run_dir=d["run_dir"], model=d.get("model"),
                    data=d.get("data"), stages=d["stages"], rows=rows, budget_points=d["accuracy_budget_points"],
                    blocked_roles=tuple(d.get("blocked_roles", ())), search=d.get("budget"),
-                   warnings=list(d.get("warnings", [])), gates=list(d.get("gates", [])))
+                   warnings=list(d.get("warnings", [])), gates=list(d.get("gates", [])),
+                   metric=d.get("metric") if (d.get("metric") or {}).get("reference") == "source" else None)
+
+
+def _labels_metric() -> dict[str, Any]:
+    from edgetl.run_task import LABELS_METRIC
+
+    return LABELS_METRIC.to_dict()
 
 
 # --------------------------------------------------------------------------- building
@@ -138,15 +148,24 @@ def build_run_report(ctx, outcomes, *, search, chosen_ratio, budget_met, gates=(
                               file=_rel(r.get("path"), run_dir), accuracy=r.get("accuracy"),
                               accuracy_split=r.get("accuracy_source") or split, agreement=item.get("agreement"),
                               params=(item.get("cost") or {}).get("params"),
-                              flops=(item.get("cost") or {}).get("flops")))
+                              flops=(item.get("cost") or {}).get("flops"), fidelity=item.get("fidelity")))
     budget = recipe.budgets.max_accuracy_drop if recipe.budgets.max_accuracy_drop is not None else DEFAULT_DROP
     blocked = tuple(_blocked_roles(gates))
     report = RunReport(recipe=recipe.to_dict(), fingerprint=recipe.fingerprint(), run_dir=str(run_dir),
                        model=recipe.model, data=recipe.data, stages=stages, rows=rows, budget_points=budget,
-                       blocked_roles=blocked, search=_search_block(recipe, search, chosen_ratio, budget_met),
-                       gates=[v.to_dict() for v in gates])
+                       blocked_roles=blocked, gates=[v.to_dict() for v in gates], metric=_task_metric(ctx.data),
+                       search=_search_block(recipe, search, chosen_ratio, budget_met, _task_metric(ctx.data)))
     report.warnings.extend(_warnings(report, outcomes, gates))
     return report
+
+
+def _task_metric(data) -> dict[str, Any] | None:
+    """A run scored against its source: the metric, with the split sizes and where the inputs came from."""
+    from edgetl.run_task import TaskSplits
+
+    if not isinstance(data, TaskSplits):
+        return None
+    return {**data.metric.to_dict(), "task": data.contract.task.value, "samples": data.sizes, "seed": data.seed}
 
 
 def build_report(ctx, outcomes, *, search, chosen_ratio, budget_met, gates=()) -> dict[str, Any]:
@@ -161,7 +180,7 @@ def _blocked_roles(gates) -> list[str]:
         [f"export:{v.stage.split(':', 1)[1]}" for v in gates if not v.allowed and v.stage.startswith("export:")]
 
 
-def _search_block(recipe, search, chosen_ratio, budget_met) -> dict[str, Any] | None:
+def _search_block(recipe, search, chosen_ratio, budget_met, metric=None) -> dict[str, Any] | None:
     if not search:
         return None
     b = recipe.budgets
@@ -172,8 +191,9 @@ def _search_block(recipe, search, chosen_ratio, budget_met) -> dict[str, Any] | 
                                                   ("target_latency_ms", b.target_latency_ms)) if v is not None)
         best = max(search, key=lambda t: t["val_accuracy"])
         extra = f", p90 {best['p90_ms']:.3f} ms" if "p90_ms" in best else ""
+        of = f" of {metric['label'].removesuffix(' %')}" if metric else ""
         msg = (f"budget unreachable: no pruning ratio tried met {given}; best reached: ratio {best['ratio']}: "
-               f"drop {best['drop_points']:.2f} points (val split){extra}")
+               f"drop {best['drop_points']:.2f} points{of} (val split){extra}")
     return {"met": budget_met, "ratio": chosen_ratio, "tried": search, "message": msg}
 
 
@@ -275,14 +295,18 @@ def _blocks(rep: RunReport) -> list[tuple]:
         out += [("h2", "Warnings"), ("ul", list(rep.warnings))]
     if rep.gates:
         out += [("h2", "Quality gates"), ("ul", [("PASS " if g["passed"] else "FAIL ") + g["line"] for g in rep.gates])]
+    heads = [rep.metric["label"] if k == "accuracy" and rep.metric else h for k, h in _COLS]
+    said = f"{rep.metric['label'].removesuffix(' %')} (headline output {rep.metric.get('output')})" if rep.metric \
+        else "top-1 and agreement"
     for device in dict.fromkeys(r.device for r in rep.rows):
         rows = [r.flat() for r in rep.rows if r.device == device]
         splits = sorted({r["accuracy_split"] for r in rows if r["accuracy"] is not None})
         table = [[_fmt(k, r.get(k)) if k != "timing" else ("contended" if r["contended"] else "clean")
                   for k, _ in _COLS] for r in rows]
-        out += [("h2", device), ("table", [h for _, h in _COLS], table),
-                ("p", f"top-1 and agreement: {'; '.join(splits) or 'not measured'}. Latency: batch 1, "
+        out += [("h2", device), ("table", heads, table),
+                ("p", f"{said}: {'; '.join(splits) or 'not measured'}. Latency: batch 1, "
                       f"single stream; the recommendation is ranked by {_basis(rec, device)}, p90 the headline.")]
+        out += _fidelity_blocks(rows)
         sp = d["speedups"].get(device)
         if sp:
             parts = [f"{format_ratio(sp[k])} {label}" for k, label in
@@ -302,6 +326,18 @@ def _blocks(rep: RunReport) -> list[tuple]:
 def _basis(rec: dict[str, Any] | None, device: str) -> str:
     """What ranked the recommendation on ``device`` (edgetl.run_choose), in words."""
     return rec.get("basis", "p50") if rec and rec.get("device") == device else "p50"
+
+
+def _fidelity_blocks(rows: list[dict[str, Any]]) -> list[tuple]:
+    """Every output's cosine and SNR against the source, per artifact (a model scored through its contract)."""
+    scored = [r for r in rows if r.get("fidelity")]
+    if not scored:
+        return []
+    names = list(scored[0]["fidelity"]["outputs"])
+    table = [[r["role"], *(f"{_fmt('cos', (r['fidelity']['outputs'].get(n) or {}).get('cosine'))} / "
+                          f"{_fmt('snr', (r['fidelity']['outputs'].get(n) or {}).get('snr_db'))}" for n in names)]
+             for r in scored]
+    return [("table", ["role", *(f"{n}: cosine / SNR dB" for n in names)], table)]
 
 
 def _latency_blocks(rep: RunReport) -> list[tuple]:

@@ -24,6 +24,7 @@ from edgetl.errors import ConfigError
 from edgetl.models import save_model
 from edgetl.recipe import Stage, build_config
 from edgetl.run_bench import exec_bench
+from edgetl.run_task import TaskSplits, stage_data
 from edgetl.stages import StageContext, stage_kind
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,7 +33,11 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["EXECUTORS", "accuracy", "exec_export", "exec_stage", "json_safe", "quantize_into"]
 
 
-def accuracy(artifact: Artifact, data: DataSplits, split: str = "val") -> float:
+def accuracy(artifact: Artifact, data: DataSplits | TaskSplits, split: str = "val") -> float | None:
+    """The run's score of ``artifact`` on ``split``, in 0..1: top-1 against the labels, or (a model scored through
+    its contract) the task's headline against the source model (None: nothing to agree on)."""
+    if isinstance(data, TaskSplits):
+        return data.score(artifact, split)
     from edgetl.evaluate import evaluate
 
     return float(evaluate(artifact, data, split=split)["accuracy"])
@@ -62,7 +67,7 @@ def exec_stage(ctx: _Context, stage: Stage, out: Path, key: str):
         # widths chosen against the latency table measured here, then measured and tightened until T holds
         art, latency = recipe_target(stage.latency, splits=ctx.data).prune(ctx.current, cfg, ctx.data)
     else:
-        art = stage_kind(stage.kind).function()(ctx.current, cfg, data=ctx.data, ctx=sctx)
+        art = stage_kind(stage.kind).function()(ctx.current, cfg, data=stage_data(ctx.data, stage.kind), ctx=sctx)
     if art.format is Format.TORCH and art.model is not None:
         art = dataclasses.replace(art, path=save_model(art, out / "model.pt"))
     elif art.path is None or not Path(art.path).resolve().is_relative_to(out.resolve()):
@@ -110,10 +115,11 @@ def exec_export(ctx: _Context, stage: Stage, out: Path, key: str):
 
     arts: list[Artifact] = []
     if from_fp:
-        arts += export(ctx.current, from_fp, out / "exports", options=cfg.options, data=ctx.data)
+        arts += export(ctx.current, from_fp, out / "exports", options=cfg.options, data=stage_data(ctx.data, "export"))
     n_fp = len(arts)
     if from_q:
-        arts += export(q, from_q, out / "exports-from-quantized", options=cfg.options, data=ctx.data)
+        arts += export(q, from_q, out / "exports-from-quantized", options=cfg.options,
+                       data=stage_data(ctx.data, "export"))
     sources = [ctx.current if i < n_fp else q for i in range(len(arts))]
     gated = export_accuracies(ctx, arts, sources)  # what the export gate judges (edgetl.run_gates)
     return arts, {"exports": [{"format": a.format.value, "path": a.path.name,

@@ -246,8 +246,9 @@ def test_a_baseline_is_built_once_per_run_and_copied_into_each_bench_stage(tiny,
     from edgetl.models import load_model
     from edgetl.run_bench import baseline
 
-    ctx = SimpleNamespace(run_dir=tmp_path / "run", recipe=SimpleNamespace(model=str(tiny["pt"]), data="digits",
-                                                                           seed=0))
+    recipe = SimpleNamespace(model=str(tiny["pt"]), data="digits", seed=0, arch=None, arch_args=None,
+                             contract_keys=dict)  # a classifier recipe: no contract keys
+    ctx = SimpleNamespace(run_dir=tmp_path / "run", recipe=recipe)
     builds = []
 
     def build(d: Path):

@@ -165,5 +165,12 @@ def _parity_cells(p: dict | None) -> list[str]:
         return ["-", "-", "-", "not checked (--no-parity)"]
     if not p.get("checked"):
         return ["-", "-", "-", p.get("reason", "not checked")]
-    return [f"{p['max_abs_error']:.3g}", f"{p['max_rel_error']:.3g}", f"{100 * p['top1_agreement']:.1f} %",
+    head = p.get("headline") or {}
+    if p.get("top1_agreement") is not None:
+        agree = f"{100 * p['top1_agreement']:.1f} %"
+    elif head.get("value") is not None and head.get("metric") != "snr_db":  # a segmenter's mIoU, a detector's F1
+        agree = f"{head['metric']} {100 * head['value']:.1f} %"
+    else:
+        agree = "-"
+    return [f"{p['max_abs_error']:.3g}", f"{p['max_rel_error']:.3g}", agree,
             p.get("runtime", "?") + (f" ({p['checked_file']})" if p.get("checked_file") else "")]
