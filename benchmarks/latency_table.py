@@ -145,6 +145,9 @@ class LatencyTable:
     measured_points: int = 0
     cached_points: int = 0
     cache_file: str | None = None
+    change_scale: float = 1.0  # measured/predicted feedback on the predicted change (calibrate)
+    calibrations: list[dict[str, float]] = field(default_factory=list)
+    clamped: int = 0  # predictions raised to the floor (the savings modelled exceeded what a model can save)
 
     def __post_init__(self) -> None:
         self._by_out: dict[str, list[LayerEntry]] = {}
@@ -177,7 +180,28 @@ class LatencyTable:
         for e in touched.values():
             c_in, c_out = self._widths(e, widths)
             saved += e.full_ms - e.ms(c_in, c_out)
-        return self.base_ms - saved
+        pred = self.base_ms - self.change_scale * saved
+        floor = self.min_ms
+        if not math.isfinite(pred) or pred < floor:  # never a negative or absurd figure: the floor, counted
+            self.clamped += 1
+            return floor
+        return pred
+
+    @property
+    def min_ms(self) -> float:
+        """The lowest prediction: an empty graph's per-call floor, and at least 5 % of the base (the isolated
+        timings can sum to more than the whole model, so their savings alone could go below zero)."""
+        return max(self.floor_ms, 0.05 * self.base_ms)
+
+    def calibrate(self, predicted_ms: float, measured_ms: float) -> float:
+        """Re-fit the change scale to one pruned model's measured p50 (:func:`edgetl.prune.budget.rescale_change`)."""
+        from edgetl.prune.budget import rescale_change
+
+        self.change_scale = rescale_change(self.change_scale, self.base_ms, predicted_ms, measured_ms)
+        self._staircase.clear()
+        self.calibrations.append({"predicted_ms": predicted_ms, "measured_ms": measured_ms,
+                                  "scale": self.change_scale})
+        return self.change_scale
 
     def candidates(self, group: str) -> list[int]:
         """The group's measured widths, minus those no faster than a wider one (the staircase)."""
@@ -200,7 +224,8 @@ class LatencyTable:
                 "threads": self.threads, "precision": self.precision, "input_shape": list(self.input_shape),
                 "base_ms": self.base_ms, "floor_ms": self.floor_ms, "groups": dict(self.groups),
                 "measured_points": self.measured_points, "cached_points": self.cached_points,
-                "cache_file": self.cache_file,
+                "cache_file": self.cache_file, "change_scale": self.change_scale,
+                "calibrations": list(self.calibrations), "clamped": self.clamped,
                 "layers": [{"name": e.name, "signature": e.sig.key(), "sig": dataclasses.asdict(e.sig),
                             "out_group": e.out_group, "in_group": e.in_group, "full_ms": e.full_ms,
                             "floor_ms": e.floor_ms,
@@ -222,7 +247,8 @@ class LatencyTable:
                        base_ms=float(d["base_ms"]), floor_ms=float(d["floor_ms"]), layers=layers,
                        groups={k: int(v) for k, v in d["groups"].items()},
                        measured_points=int(d.get("measured_points", 0)),
-                       cached_points=int(d.get("cached_points", 0)), cache_file=d.get("cache_file"))
+                       cached_points=int(d.get("cached_points", 0)), cache_file=d.get("cache_file"),
+                       change_scale=float(d.get("change_scale", 1.0)))
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"not a latency table ({type(e).__name__}: {e})") from None
 
