@@ -47,8 +47,8 @@ def _args(argv=None):
     p.add_argument("--s3-flops", default="0.7,0.5", help="FLOPs fractions kept (S3)")
     p.add_argument("--lower", default=None, help="extra latency targets: fractions of the fastest FLOPs p50 "
                    "(default 0.8)")
-    p.add_argument("--recover-epochs", type=int, default=2, help="S1 recovery epochs (fine-tuning)")
-    p.add_argument("--recover-images", type=int, default=1200, help="S1 recovery: this many train images "
+    p.add_argument("--recover-epochs", type=int, default=3, help="S1 recovery epochs (fine-tuning)")
+    p.add_argument("--recover-images", type=int, default=2400, help="S1 recovery: this many train images "
                    "(0: the whole train split)")
     p.add_argument("--recover-lr", type=float, default=1e-3)
     p.add_argument("--s2-recover-epochs", type=int, default=1)
