@@ -51,6 +51,7 @@ class InSituModel:
     floor_ms: float = 0.0  # no prediction goes below this (a positive fraction of the base)
     calibrations: list[dict[str, float]] = field(default_factory=list)
     clamped: int = 0
+    grid: bool = False  # candidates between the measured widths too (see candidates)
 
     def describe(self) -> str:
         return f"in-situ deltas ({len(self.groups)} groups, {sum(map(len, self.deltas.values()))} widths)"
@@ -84,9 +85,17 @@ class InSituModel:
         return pred
 
     def candidates(self, group: str) -> list[int]:
+        """The measured widths and the full width; with ``grid`` also the width grid's multiples of 8 (16, ...)
+        at or above the narrowest measured width's half, priced by interpolation between measured widths."""
         if group not in self.groups:
             raise KeyError(group)
-        return sorted({*self.deltas.get(group, {}), self.groups[group]})
+        full, measured = self.groups[group], set(self.deltas.get(group, {}))
+        out = {*measured, full}
+        if self.grid and measured:
+            from benchmarks.latency_table import width_grid
+
+            out |= {w for w in width_grid(full) if w >= min(measured) / 2}
+        return sorted(out)
 
     def calibrate(self, predicted_ms: float, measured_ms: float) -> float:
         """Re-fit ``scale`` to one pruned model's measured p50 (:func:`edgetl.prune.budget.rescale_change`)."""
@@ -97,7 +106,7 @@ class InSituModel:
         return self.scale
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "in-situ", "base_ms": self.base_ms, "window_base_ms": self.window_base_ms,
+        return {"kind": "in-situ", "grid": self.grid, "base_ms": self.base_ms, "window_base_ms": self.window_base_ms,
                 "groups": dict(self.groups), "scale": self.scale, "floor_ms": self.floor_ms,
                 "deltas": {g: {str(w): v for w, v in sorted(d.items())} for g, d in self.deltas.items()},
                 "calibrations": list(self.calibrations), "clamped": self.clamped}
@@ -108,7 +117,8 @@ class InSituModel:
             return cls(base_ms=float(d["base_ms"]), window_base_ms=float(d["window_base_ms"]),
                        groups={k: int(v) for k, v in d["groups"].items()},
                        deltas={g: {int(w): float(v) for w, v in x.items()} for g, x in d["deltas"].items()},
-                       scale=float(d.get("scale", 1.0)), floor_ms=float(d.get("floor_ms", 0.0)))
+                       scale=float(d.get("scale", 1.0)), floor_ms=float(d.get("floor_ms", 0.0)),
+                       grid=bool(d.get("grid", False)))
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"not an in-situ latency model ({type(e).__name__}: {e})") from None
 
@@ -188,7 +198,7 @@ def build_insitu(model, input_shape: Sequence[int], *, deploy: Callable[[Any], A
     deltas: dict[str, dict[int, float]] = {}
     for (g, w), t in zip(plan[1:], times[1:], strict=True):
         deltas.setdefault(g, {})[w] = t - base
-    return InSituModel(base_ms=base, window_base_ms=base, groups=groups, deltas=deltas)
+    return InSituModel(base_ms=base, window_base_ms=base, groups=groups, deltas=deltas, grid=len(fractions) < 3)
 
 
 class OpenVinoInt8:
@@ -210,7 +220,7 @@ class OpenVinoInt8:
         from exporters.openvino import export_openvino
 
         self.n += 1
-        art = export_openvino(Artifact(format=Format.TORCH, model=model.eval(), input_spec=self.spec),
+        art = export_openvino(Artifact(format=Format.TORCH, model=model.eval(), input_spec=self.spec, labels=()),
                               Path(self.work) / f"m{self.n}.xml")
         q, _ = quantize_ov(self.core.read_model(str(art.path)), self.calib, preset="auto")
         return q

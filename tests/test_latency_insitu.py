@@ -61,6 +61,10 @@ def test_prediction_is_additive_interpolated_and_clamped(insitu):
     assert insitu.predict_ms({"6": 32, "8": 24}) == pytest.approx(insitu.base_ms + d[32] + insitu.deltas["8"][24])
     with pytest.raises(KeyError):
         insitu.predict_ms({"nope": 8})
+    # with grid, the allocator may also pick the multiples of 8 between measured widths (interpolated)
+    gridded = type(insitu).from_dict({**insitu.to_dict(), "grid": True})
+    assert gridded.candidates("6") == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert gridded.predict_ms({"6": 40}) == insitu.predict_ms({"6": 40})
     # a far-fetched extrapolation never goes below the floor (5 % of the base), and is counted
     silly = type(insitu).from_dict({**insitu.to_dict(), "base_ms": 1e-3})
     assert silly.predict_ms({g: 1 for g in silly.groups}) == pytest.approx(0.05e-3) and silly.clamped == 1

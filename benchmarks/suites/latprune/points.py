@@ -293,7 +293,7 @@ def build_table(sec: Section) -> dict[str, Any]:
     return {**table_summary(table), "base_ms": None, "seconds": time.perf_counter() - t0, "quiet": q.to_dict()}
 
 
-def insitu_model(sec: Section, *, fractions=(0.25, 0.5, 0.75)):
+def insitu_model(sec: Section, *, fractions=(0.5,)):
     """The teacher's in-situ latency deltas on OpenVINO int8 (:mod:`benchmarks.latency_insitu`), cached in the
     section's work dir; deploying (pruning one group, NNCF) shares the machine, the timing runs alone."""
     import numpy as np
@@ -305,7 +305,7 @@ def insitu_model(sec: Section, *, fractions=(0.25, 0.5, 0.75)):
     if f.exists():
         return InSituModel.from_dict(json.loads(f.read_text()))
     spec = sec.teacher.input_spec
-    calib = prepare(sec.splits.train.images[:16 if sec.quick else 32], spec).numpy().astype(np.float32)
+    calib = prepare(sec.splits.train.images[:8], spec).numpy().astype(np.float32)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgetl-insitu-") as tmp:
         dep = OpenVinoInt8(spec, calib, sec.threads, tmp)
