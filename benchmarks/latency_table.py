@@ -11,6 +11,14 @@ model's latency as the measured full-model latency minus what each layer saves. 
 normalisations fused into the convolution by the runtime are not timed separately; element-wise work between
 layers scales with the channels too and is not modelled (the CLI measures the pruned model and iterates).
 
+What it gets wrong (measured, :mod:`benchmarks.suites.latprune.diagnose`): an isolated layer is a graph of its
+own, with its own quantize/dequantize at both ends and no fusion with its neighbours, so the savings it
+predicts are not the whole model's; on OpenVINO int8 the pruned EfficientNet-Lite0 measured about twice the
+predicted latency. Two guards: a prediction never goes below :attr:`LatencyTable.min_ms` (clamped, counted),
+and :meth:`LatencyTable.calibrate` re-fits a scale on the predicted change from a measured pruned model (the
+loop in :mod:`edgetl.prune.latency_target` calls it after every miss). The latprune suite chooses widths on
+in-situ deltas instead (:mod:`benchmarks.latency_insitu`).
+
 Points are cached on disk per device profile, runtime and version, threads, precision and layer signature
 (kind, channels, kernel, stride, padding, groups, input size), so a second build of the same model (or of any
 model sharing layers) measures nothing.

@@ -174,6 +174,16 @@ class Section:
     quick: bool
     pause: tuple[int, ...] = ()
     log: Callable[[str], None] = print
+    deadline: float | None = None  # epoch seconds: no point starts building after it (a row says so)
+
+    def out_of_time(self, name: str, kind: str, target) -> dict[str, Any] | None:
+        """The row of a point not started because the run's --deadline passed (nothing cached: a rerun builds it)."""
+        if self.deadline is None or time.time() < self.deadline:
+            return None
+        when = time.strftime("%H:%M UTC", time.gmtime(self.deadline))
+        self.log(f"[{self.key}] {name}: not built, the run's deadline ({when}) passed")
+        return {"name": name, "kind": kind, "target": target, "missed": f"not built: the run's deadline ({when}) "
+                "passed before it started (session time); a rerun with the same --work builds it"}
 
     @property
     def cache(self) -> Path:
@@ -266,6 +276,8 @@ def flops_point(sec: Section, fraction: float) -> dict[str, Any]:
     missed = folder.parent / f"{folder.name}.missed.json"  # not with_suffix: names hold "0.5"
     if missed.exists():
         return json.loads(missed.read_text())
+    if (late := sec.out_of_time(name, "flops", fraction)) is not None:
+        return late
     sec.log(f"[{sec.key}] {name}: FLOPs target {fraction:g}")
     t0 = time.perf_counter()
     cfg = PruneConfig(criterion="lrp", target_flops=fraction, samples_per_class=10)
@@ -339,6 +351,8 @@ def latency_point(sec: Section, target_ms: float, label: str, *, max_iterations:
         if row.get("max_iterations", 4) >= max_iterations:
             return row
         earlier = [*row.pop("earlier_attempts", []), row]  # tried with fewer iterations: try again, keep the miss
+    if (late := sec.out_of_time(name, "latency", target_ms)) is not None:
+        return late
     sec.log(f"[{sec.key}] {name}: int8 p50 target {target_ms:.4g} ms")
     t0 = time.perf_counter()
     target = QuietLatencyTarget.from_options(target_ms=target_ms, device="x86-cpu", runtime="openvino",
