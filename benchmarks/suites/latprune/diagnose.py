@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--calls", type=int, default=30)
+    p.add_argument("--pause", default="", help="pids of one's own processes to SIGSTOP while timing")
     a = p.parse_args(argv)
     import numpy as np
     import torch
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
         deploy_s = time.perf_counter() - t0
         _log(f"deployed {len(irs)} int8 IRs in {deploy_s:.0f} s; timing")
         x = np.random.default_rng(1).standard_normal((1, *shape)).astype(np.float32)
-        with quiet_machine() as q:
+        with quiet_machine(pause=[int(x) for x in a.pause.split(",") if x.strip()]) as q:
             t1 = time.perf_counter()
             table = build_latency_table(model, shape, runtime="openvino", threads=a.threads, device="x86-cpu",
                                         cache_dir=Path(a.work) / "latency-cache", precision="int8", base_ms=1.0)
