@@ -130,6 +130,16 @@ def reestimate_batchnorm(model, data: ImageSet, spec: InputSpec, *, modules=None
     return len(bns)
 
 
+def _validate(model, splits: DataSplits, spec: InputSpec, *, bn_images: int | None, batch_size: int,
+              seed: int) -> dict[str, float]:
+    """Validation after an epoch: the statistics of the BatchNorm layers that trained re-estimated first."""
+    moving = _training_bn(model)
+    if moving and bn_images != 0:
+        reestimate_batchnorm(model, splits.train, spec, modules=moving, max_images=bn_images,
+                             batch_size=max(batch_size, 128), seed=seed)
+    return evaluate_module(model, splits.val, spec)
+
+
 def _training_bn(model) -> list:
     """BatchNorm layers in training mode (their running statistics move while fitting)."""
     import torch.nn as nn
@@ -162,9 +172,8 @@ def fit(
     stochastic depth), so the function being trained is the one that is evaluated: the right choice when
     fine-tuning a pretrained net whose head was fitted to eval-mode features.
 
-    ``bn_images``: before every validation the running statistics of the BatchNorm layers that trained are
-    re-estimated on this many training images (None: the whole train split; 0: never, the old behaviour,
-    judging on the lagging running averages). See the module docstring for why.
+    ``bn_images``: before every validation the BatchNorm layers that trained get statistics re-estimated on this
+    many training images (None: all; 0: never, judging on the lagging running averages; see the module doc).
     """
     import torch
     import torch.nn.functional as F
@@ -207,11 +216,7 @@ def fit(
                 run_loss += float(loss.detach()) * len(y)
                 seen += len(y)
                 bar.advance(1, loss=run_loss / seen, epoch=epoch)
-            moving = _training_bn(model)
-            if moving and bn_images != 0:
-                reestimate_batchnorm(model, splits.train, spec, modules=moving, max_images=bn_images,
-                                     batch_size=max(batch_size, 128), seed=seed * 1000 + epoch)
-            val = evaluate_module(model, splits.val, spec)
+            val = _validate(model, splits, spec, bn_images=bn_images, batch_size=batch_size, seed=seed * 1000 + epoch)
             history.append({"epoch": epoch, "train_loss": run_loss / max(seen, 1), "val_accuracy": val["accuracy"],
                             "val_loss": val["loss"], "lr": sched.get_last_lr()[0]})
             if val["accuracy"] > best_acc:
