@@ -11,6 +11,11 @@ model's latency as the measured full-model latency minus what each layer saves. 
 normalisations fused into the convolution by the runtime are not timed separately; element-wise work between
 layers scales with the channels too and is not modelled (the CLI measures the pruned model and iterates).
 
+What it gets wrong (:mod:`benchmarks.latency_insitu` has the measured figures): an isolated layer pays its own
+quantize/requantize and reorders, fused away in the full graph, so its savings are inflated (pruned int8 Lite0
+measured ~2x the prediction). So predictions are clamped to :attr:`LatencyTable.min_ms` and
+:meth:`LatencyTable.calibrate` re-fits the predicted change from measured/predicted feedback.
+
 Points are cached on disk per device profile, runtime and version, threads, precision and layer signature
 (kind, channels, kernel, stride, padding, groups, input size), so a second build of the same model (or of any
 model sharing layers) measures nothing.
@@ -24,15 +29,13 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.latency_cache import CACHE_VERSION, cache_path, default_cache_dir, load_cache, model_key
 from benchmarks.layer_timing import Backend, time_interleaved
 from edgetl.errors import ConfigError, ModelError
 
@@ -41,12 +44,6 @@ __all__ = ["RUNTIMES", "LatencyTable", "LayerEntry", "LayerSignature", "TimingCo
 
 RUNTIMES = ("onnxruntime", "openvino", "torch")
 PRECISIONS = ("fp32", "int8")
-CACHE_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("EDGETL_LATENCY_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "edgetl" / "latency"
 
 
 def width_grid(channels: int, *, max_points: int = 12, base: int = 8) -> list[int]:
@@ -145,6 +142,9 @@ class LatencyTable:
     measured_points: int = 0
     cached_points: int = 0
     cache_file: str | None = None
+    change_scale: float = 1.0  # measured/predicted feedback on the predicted change (calibrate)
+    calibrations: list[dict[str, float]] = field(default_factory=list)
+    clamped: int = 0  # predictions raised to the floor (the savings modelled exceeded what a model can save)
 
     def __post_init__(self) -> None:
         self._by_out: dict[str, list[LayerEntry]] = {}
@@ -177,7 +177,26 @@ class LatencyTable:
         for e in touched.values():
             c_in, c_out = self._widths(e, widths)
             saved += e.full_ms - e.ms(c_in, c_out)
-        return self.base_ms - saved
+        pred = self.base_ms - self.change_scale * saved
+        floor = self.min_ms
+        if not math.isfinite(pred) or pred < floor:  # never a negative or absurd figure: the floor, counted
+            self.clamped += 1
+            return floor
+        return pred
+
+    @property
+    def min_ms(self) -> float:
+        """The lowest prediction: the per-call floor, at least 5 % of the base (isolated savings can exceed it)."""
+        return max(self.floor_ms, 0.05 * self.base_ms)
+
+    def calibrate(self, predicted_ms: float, measured_ms: float) -> float:
+        """Re-fit the change scale to one pruned model's measured p50 (:func:`edgetl.prune.budget.rescale_change`)."""
+        from edgetl.prune.budget import rescale_change
+
+        self.change_scale = rescale_change(self.change_scale, self.base_ms, predicted_ms, measured_ms)
+        self._staircase.clear()
+        self.calibrations.append({"predicted_ms": predicted_ms, "measured_ms": measured_ms, "scale": self.change_scale})
+        return self.change_scale
 
     def candidates(self, group: str) -> list[int]:
         """The group's measured widths, minus those no faster than a wider one (the staircase)."""
@@ -200,7 +219,8 @@ class LatencyTable:
                 "threads": self.threads, "precision": self.precision, "input_shape": list(self.input_shape),
                 "base_ms": self.base_ms, "floor_ms": self.floor_ms, "groups": dict(self.groups),
                 "measured_points": self.measured_points, "cached_points": self.cached_points,
-                "cache_file": self.cache_file,
+                "cache_file": self.cache_file, "change_scale": self.change_scale,
+                "calibrations": list(self.calibrations), "clamped": self.clamped,
                 "layers": [{"name": e.name, "signature": e.sig.key(), "sig": dataclasses.asdict(e.sig),
                             "out_group": e.out_group, "in_group": e.in_group, "full_ms": e.full_ms,
                             "floor_ms": e.floor_ms,
@@ -222,7 +242,8 @@ class LatencyTable:
                        base_ms=float(d["base_ms"]), floor_ms=float(d["floor_ms"]), layers=layers,
                        groups={k: int(v) for k, v in d["groups"].items()},
                        measured_points=int(d.get("measured_points", 0)),
-                       cached_points=int(d.get("cached_points", 0)), cache_file=d.get("cache_file"))
+                       cached_points=int(d.get("cached_points", 0)), cache_file=d.get("cache_file"),
+                       change_scale=float(d.get("change_scale", 1.0)))
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"not a latency table ({type(e).__name__}: {e})") from None
 
@@ -299,32 +320,6 @@ def _group_owners(model, input_shape) -> tuple[dict[str, str], dict[str, str], d
     return out_of, in_of, widths
 
 
-# --------------------------------------------------------------------------- cache
-def _cache_path(cache_dir: Path, device: str, runtime: str, version: str, threads, precision: str) -> Path:
-    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{device}-{runtime}-{version}-t{threads or 'all'}-{precision}")
-    return cache_dir / f"{slug}.json"
-
-
-def _load_cache(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {"version": CACHE_VERSION, "points": {}, "models": {}}
-    if data.get("version") != CACHE_VERSION:
-        return {"version": CACHE_VERSION, "points": {}, "models": {}}
-    return data
-
-
-def _save_cache(path: Path, data: dict[str, Any]) -> None:
-    from edgetl.fileio import write_json
-
-    write_json(path, data)
-
-
-def _model_key(model, input_shape) -> str:
-    return hashlib.sha256((repr(model) + repr(tuple(input_shape))).encode()).hexdigest()[:20]
-
-
 # --------------------------------------------------------------------------- build
 def build_latency_table(model, input_shape: Sequence[int], *, runtime: str, threads: int | None = None,
                         device: str = "local", precision: str = "fp32", cache_dir: str | Path | None = None,
@@ -361,9 +356,9 @@ def _build(model, input_shape, backend: Backend, *, device, cache_dir, timing, m
     modules = dict(model.named_modules())
     entries = [LayerEntry(name, _signature(modules[name], *shapes[name]), out_of.get(name), in_of.get(name))
                for name in shapes]
-    cache_file = _cache_path(Path(cache_dir) if cache_dir else default_cache_dir(), device, runtime,
+    cache_file = cache_path(Path(cache_dir) if cache_dir else default_cache_dir(), device, runtime,
                              backend.version, threads, precision)
-    cache = _load_cache(cache_file) if use_cache else {"version": CACHE_VERSION, "points": {}, "models": {}}
+    cache = load_cache(cache_file) if use_cache else {"version": CACHE_VERSION, "points": {}, "models": {}}
     measured = cached = 0
     for e in entries:
         key = e.sig.key()
@@ -388,7 +383,7 @@ def _build(model, input_shape, backend: Backend, *, device, cache_dir, timing, m
     for e in entries:
         e.floor_ms = floor
         e.full_ms = max(0.0, e.out_curve[e.sig.out_channels] - floor)
-    mkey = _model_key(model, input_shape)
+    mkey = model_key(model, input_shape)
     if base_ms is not None:
         base = float(base_ms)
     elif mkey in cache["models"]:
@@ -399,7 +394,9 @@ def _build(model, input_shape, backend: Backend, *, device, cache_dir, timing, m
         cache["models"][mkey] = base
         measured += 1
     if measured and use_cache:
-        _save_cache(cache_file, cache)
+        from edgetl.fileio import write_json
+
+        write_json(cache_file, cache)
     return LatencyTable(device=device, runtime=runtime, runtime_version=backend.version, threads=threads,
                         precision=precision, input_shape=input_shape, base_ms=base, floor_ms=floor, layers=entries,
                         groups=group_widths, measured_points=measured, cached_points=cached,

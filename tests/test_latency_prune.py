@@ -128,6 +128,59 @@ def test_fit_latency_tightens_until_the_measurement_meets_the_target():
     assert [set(i) for i in never.iterations][0] == {"iteration", "budget_ms", "predicted_ms", "measured_ms"}
 
 
+class CalibratingLatency(FakeLatency):
+    """FakeLatency whose predicted change is scaled by measured/predicted feedback, as the real models are."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.scale = 1.0
+
+    def predict_ms(self, widths):
+        return self.base - self.scale * (self.base - super().predict_ms(widths))
+
+    def calibrate(self, predicted, measured):
+        from edgetl.prune.budget import rescale_change
+
+        self.scale = rescale_change(self.scale, self.base, predicted, measured)
+
+
+def test_fit_latency_recalibrates_a_model_that_overpredicts_savings_and_meets_the_target_without_overshoot():
+    """The S1 failure, in miniature: the model predicts twice the savings the device shows. Tightening the budget
+    by target/measured crawls (and over-prunes when it lands); re-fitting the change scale meets the target on
+    the second try, close to it."""
+    full = {"a": 64, "b": 64, "c": 32}
+    cost = {"a": 0.05, "b": 0.03, "c": 0.08}
+    groups = [GroupScores(g, [float(i) for i in range(n)], min_keep=8) for g, n in full.items()]
+    device = FakeLatency(full, {g: c / 2 for g, c in cost.items()})  # the real savings are half the modelled
+
+    def run(model, recalibrate):
+        def prune_at(budget):
+            alloc = allocate(groups, model, budget)
+            return alloc.keep, alloc.predicted_ms
+
+        return fit_latency(prune_at, lambda keep: device.predict_ms(keep), 7.0, max_iterations=4,
+                           recalibrate=recalibrate)
+
+    model = CalibratingLatency(full, cost)
+    fit = run(model, model.calibrate)
+    assert fit.met and len(fit.iterations) == 2, fit.iterations
+    assert model.scale == pytest.approx(0.5, rel=0.05)
+    assert 0.85 * 7.0 <= fit.measured_ms <= 7.0  # met without pruning far past the target
+    assert fit.iterations[1]["predicted_ms"] == pytest.approx(fit.measured_ms, rel=0.05)  # prediction now right
+    old = run(FakeLatency(full, cost), None)
+    assert len(old.iterations) > len(fit.iterations)
+
+
+def test_rescale_change_is_bounded_and_ignores_non_savings():
+    from edgetl.prune.budget import rescale_change
+
+    assert rescale_change(1.0, 10.0, 6.0, 8.0) == pytest.approx(0.5)  # predicted -4, measured -2
+    assert rescale_change(1.0, 10.0, 9.0, 2.0) == 4.0  # bounded per step
+    assert rescale_change(1.0, 10.0, 6.0, 10.5) == 0.25  # predicted faster, measured slower
+    assert rescale_change(0.7, 10.0, 10.0, 8.0) == 0.7  # no predicted change: nothing to learn
+    assert rescale_change(0.7, 10.0, float("nan"), 8.0) == 0.7
+
+
 # --------------------------------------------------------------------------- real layers, real runtime
 def _small_cnn() -> nn.Module:
     torch.manual_seed(0)
@@ -180,6 +233,28 @@ def test_latency_table_predicts_the_full_model_and_less_when_narrower(small_tabl
         assert all(a < b for a, b in zip(preds, preds[1:], strict=False)), (g, c, preds)  # staircase: no dominated width
     with pytest.raises(KeyError):
         table.predict_ms({"no.such.layer": 8})
+
+
+def test_latency_table_never_predicts_a_negative_or_absurd_latency(small_table):
+    """Isolated layer timings can sum to more than the whole model: the prediction is clamped to the floor
+    (an empty graph's per-call time, at least 5 % of the base), never below, and the clamps are counted."""
+    from benchmarks.latency_table import LatencyTable
+
+    table = LatencyTable.from_dict(small_table[0].to_dict())
+    table.base_ms = 0.5 * sum(e.full_ms for e in table.layers)  # savings at the smallest widths exceed the base
+    smallest = {g: table.candidates(g)[0] for g in table.groups}
+    raw = table.base_ms - sum(e.full_ms - e.ms(*table._widths(e, smallest)) for e in table.layers
+                              if e.out_group in smallest or e.in_group in smallest)
+    assert raw < 0  # what the unclamped model said (the S1 toy model printed -0.946 ms)
+    pred = table.predict_ms(smallest)
+    assert pred == table.min_ms >= max(table.floor_ms, 0.05 * table.base_ms) > 0
+    assert table.clamped >= 1 and table.to_dict()["clamped"] == table.clamped
+    for g in table.groups:
+        assert all(table.min_ms <= table.predict_ms({g: w}) <= table.base_ms for w in table.candidates(g))
+    # measured/predicted feedback rescales the change and survives a round trip
+    table.base_ms = 1.0
+    scale = table.calibrate(0.6, 0.8)
+    assert scale == pytest.approx(0.5) and LatencyTable.from_dict(table.to_dict()).change_scale == scale
 
 
 def _cnn_artifact() -> Artifact:

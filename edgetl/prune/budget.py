@@ -27,7 +27,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from edgetl.errors import BudgetError, ConfigError
 
-__all__ = ["Allocation", "GroupScores", "LatencyFit", "LatencyModel", "allocate", "fit_latency", "latency_plan"]
+__all__ = ["Allocation", "GroupScores", "LatencyFit", "LatencyModel", "allocate", "fit_latency", "latency_plan",
+           "rescale_change"]
 
 
 @runtime_checkable
@@ -267,14 +268,31 @@ class LatencyFit:
         return self.iterations[-1]["predicted_ms"]
 
 
+def rescale_change(scale: float, base_ms: float, predicted_ms: float, measured_ms: float) -> float:
+    """A latency model's new change scale from one measured/predicted pair: the model predicts
+    ``base + scale * change``; a pruned model predicted at ``predicted_ms`` measured ``measured_ms``, so the
+    scale is multiplied by measured change / predicted change (bounded to 0.25..4 per step, so one noisy
+    measurement cannot wreck the model). A predicted or measured change that is not a saving leaves it."""
+    pc, mc = predicted_ms - base_ms, measured_ms - base_ms
+    if not (math.isfinite(pc) and math.isfinite(mc)) or pc >= 0:
+        return scale
+    if mc >= 0:  # predicted faster, measured no faster: the savings are much smaller than modelled
+        return scale * 0.25
+    return scale * min(4.0, max(0.25, mc / pc))
+
+
 def fit_latency(prune_at: Callable[[float], tuple[Any, float]], measure: Callable[[Any], float], target_ms: float,
-                *, max_iterations: int = 4, margin: float = 0.97) -> LatencyFit:
-    """Prune, measure, tighten the budget, repeat: until the *measured* latency meets ``target_ms``.
+                *, max_iterations: int = 4, margin: float = 0.97,
+                recalibrate: Callable[[float, float], Any] | None = None) -> LatencyFit:
+    """Prune, measure, correct, repeat: until the *measured* latency meets ``target_ms``.
 
     ``prune_at(budget_ms) -> (result, predicted_ms)`` prunes for a predicted budget; ``measure(result)`` returns
-    its measured p50 (ms). The first budget is the target itself; each miss scales the budget by
-    ``target / measured`` (times ``margin``, so a near miss does not repeat). Never loosens the budget. After
-    ``max_iterations`` misses the result says ``met=False``; the caller decides whether that is an error.
+    its measured p50 (ms). The first budget is the target itself. On a miss, with ``recalibrate(predicted,
+    measured)`` (the latency model re-fits itself to the measurement, e.g. :func:`rescale_change`) the next
+    budget is the target again, times ``margin`` per miss so far (the model now predicts what was measured);
+    without it the budget is scaled by ``target / measured`` (times ``margin``, so a near miss does not
+    repeat). Never loosens the budget. After ``max_iterations`` misses the result says ``met=False``; the
+    caller decides whether that is an error.
     """
     if max_iterations < 1:
         raise ConfigError(f"max_iterations must be at least 1, got {max_iterations}")
@@ -288,5 +306,9 @@ def fit_latency(prune_at: Callable[[float], tuple[Any, float]], measure: Callabl
                         "measured_ms": measured})
         if measured <= target_ms:
             return LatencyFit(result, float(target_ms), True, history)
-        budget = min(budget, budget * target_ms / measured * margin)
+        if recalibrate is not None:
+            recalibrate(float(predicted), measured)
+            budget = min(budget, float(target_ms) * margin ** i)
+        else:
+            budget = min(budget, budget * target_ms / measured * margin)
     return LatencyFit(result, float(target_ms), False, history)

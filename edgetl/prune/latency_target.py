@@ -141,10 +141,14 @@ class LatencyTarget:
                                   f"reach ({e})") from None
             return trial, trial.history[-1].metrics["latency_allocation"]["predicted_ms"]
 
-        fit = fit_latency(prune_at, self.measure, self.target_ms, max_iterations=self.max_iterations)
+        # measured/predicted feedback: a model that can re-fit itself (calibrate) does, and the budget stays the
+        # target; otherwise the budget is tightened by target/measured
+        fit = fit_latency(prune_at, self.measure, self.target_ms, max_iterations=self.max_iterations,
+                          recalibrate=getattr(table, "calibrate", None))
         report = {"target_ms": self.target_ms, **dict(self.info), "met": fit.met, "iterations": fit.iterations,
                   "predicted_ms": fit.predicted_ms, "measured_p50_ms": fit.measured_ms, "unpruned_p50_ms": unpruned,
                   "table_base_ms": table_base, "table": self.describe(table) if self.describe else None,
+                  "calibrations": list(getattr(table, "calibrations", [])),
                   "note": "measured through the edgetl harness (wall-clock p50); the table's base is set to the "
                           "unpruned model's measured p50"}
         if not fit.met:

@@ -40,7 +40,7 @@ from edgetl.prune.canonize import choose_canonizers, conv_bn_pairs, residual_sum
 from edgetl.prune.feeds import InputReference, call
 
 __all__ = ["Composite", "InputReference", "ReferenceSet", "RelevanceResult", "choose_canonizers", "conv_bn_pairs",
-           "reference_set", "relevance_scores", "residual_sums"]
+           "REFERENCE_BUDGET", "reference_set", "relevance_scores", "residual_sums"]
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +80,35 @@ class ReferenceSet:
             yield self.x[i : i + batch_size], self.y[i : i + batch_size]
 
 
+#: The most reference samples a prune draws in all: ``samples_per_class`` of 1,000 classes (ImageNet) would be
+#: 10,000 relevance passes, hours on a CPU, for scores that settle on a few hundred samples.
+REFERENCE_BUDGET = 512
+
+
 def reference_set(split: ImageSet, spec: InputSpec, *, per_class: int, seed: int = 0,
-                  num_classes: int | None = None) -> ReferenceSet:
-    """``per_class`` samples of every class drawn (seeded) from ``split``, prepared for ``spec``."""
+                  num_classes: int | None = None, max_total: int | None = REFERENCE_BUDGET) -> ReferenceSet:
+    """``per_class`` samples of every class drawn (seeded) from ``split``, prepared for ``spec``.
+
+    When ``per_class`` times the classes exceeds ``max_total`` (None: no bound) the draw is bounded instead:
+    one sample per class in turn (classes in a seeded order, classes the split lacks skipped), round after
+    round, until ``max_total`` samples, ``per_class`` of every class, or the split is used up; so 1,000
+    classes with a budget of 512 give 512 classes one sample each, and 10 classes give ``per_class`` each as
+    before (where a class short of ``per_class`` samples is an error naming it).
+    """
     import torch
 
     if per_class < 1:
         raise DataError(f"samples per class must be >= 1, got {per_class}")
+    if max_total is not None and max_total < 1:
+        raise DataError(f"the reference budget must be >= 1 sample, got {max_total}")
     gen = torch.Generator().manual_seed(seed)
     labels = split.labels
-    classes = range(num_classes) if num_classes is not None else sorted(set(labels.tolist()))
+    classes = list(range(num_classes) if num_classes is not None else sorted(set(labels.tolist())))
+    if max_total is not None and per_class * len(classes) > max_total:
+        order = _bounded_draw(labels, classes, per_class=per_class, max_total=max_total, gen=gen)
+        if len(order) == 0:
+            raise DataError("the split has no samples to draw a reference set from")
+        return ReferenceSet(x=prepare(split.images[order], spec), y=labels[order].clone())
     picked = []
     for c in classes:
         idx = torch.nonzero(labels == c).flatten()
@@ -99,6 +118,25 @@ def reference_set(split: ImageSet, spec: InputSpec, *, per_class: int, seed: int
         picked.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
     order = torch.cat(picked)
     return ReferenceSet(x=prepare(split.images[order], spec), y=labels[order].clone())
+
+
+def _bounded_draw(labels, classes, *, per_class: int, max_total: int, gen):
+    """Indices drawn one per class per round (seeded class order and within-class shuffles) up to the bounds."""
+    import torch
+
+    pools = []
+    for j in torch.randperm(len(classes), generator=gen).tolist():
+        idx = torch.nonzero(labels == classes[j]).flatten()
+        if len(idx):
+            pools.append(idx[torch.randperm(len(idx), generator=gen)][:per_class].tolist())
+    chosen: list[int] = []
+    for r in range(per_class):
+        for pool in pools:
+            if len(chosen) >= max_total:
+                break
+            if r < len(pool):
+                chosen.append(pool[r])
+    return torch.tensor(chosen, dtype=torch.long)
 
 
 @dataclass

@@ -47,8 +47,8 @@ def _args(argv=None):
     p.add_argument("--s3-flops", default="0.7,0.5", help="FLOPs fractions kept (S3)")
     p.add_argument("--lower", default=None, help="extra latency targets: fractions of the fastest FLOPs p50 "
                    "(default 0.8)")
-    p.add_argument("--recover-epochs", type=int, default=2, help="S1 recovery epochs (fine-tuning)")
-    p.add_argument("--recover-images", type=int, default=1200, help="S1 recovery: this many train images "
+    p.add_argument("--recover-epochs", type=int, default=3, help="S1 recovery epochs (fine-tuning)")
+    p.add_argument("--recover-images", type=int, default=2400, help="S1 recovery: this many train images "
                    "(0: the whole train split)")
     p.add_argument("--recover-lr", type=float, default=1e-3)
     p.add_argument("--s2-recover-epochs", type=int, default=1)
@@ -61,11 +61,27 @@ def _args(argv=None):
     p.add_argument("--min-time", type=float, default=10.0, help="seconds per artifact over all rounds")
     p.add_argument("--pause", default="", help="pids of one's own processes to SIGSTOP while timing")
     p.add_argument("--smoke", action="store_true", help="tiny CNN on digits, one epoch, short timing")
+    p.add_argument("--deadline", default=None, help="HH:MM UTC (today, or tomorrow if past): no point starts "
+                   "building after it; the section measures what is built and says which were not")
     return p.parse_args(argv)
 
 
 def _log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+def _deadline(hhmm: str) -> float:
+    """Epoch seconds of the next HH:MM UTC."""
+    import calendar
+
+    try:
+        h, m = (int(x) for x in hhmm.split(":"))
+    except ValueError:
+        raise SystemExit(f"--deadline must be HH:MM (UTC), got {hhmm!r}") from None
+    now = time.time()
+    day = calendar.timegm(time.gmtime(now)[:3] + (0, 0, 0))
+    t = day + 3600 * h + 60 * m
+    return t if t > now - 12 * 3600 else t + 86400
 
 
 def _floats(s: str) -> list[float]:
@@ -204,6 +220,7 @@ def main(argv=None) -> int:
                 "threads": a.threads, "env": environment()})
     out.setdefault("sections", [])
     pause = tuple(int(p) for p in a.pause.split(",") if p.strip())
+    deadline = _deadline(a.deadline) if a.deadline else None
     recover_lr = a.recover_lr
     for key in wanted:
         t0 = time.perf_counter()
@@ -227,7 +244,7 @@ def main(argv=None) -> int:
                     "note": f"Teacher: {how}. Test split of {data} ({len(splits.test)} images), labels.",
                     "need": 2.0 if res <= 64 else 1.5, "resolution": res}
             sec = P.Section(key=key, teacher=teacher, splits=splits, recovery=rec, score=label_score(splits),
-                            work=work, threads=a.threads, quick=a.smoke, pause=pause, log=_log)
+                            work=work, threads=a.threads, quick=a.smoke, pause=pause, log=_log, deadline=deadline)
             record = run_section(sec, flops=_floats(a.flops), lower=_floats(a.lower), a=a, meta=meta,
                                  metric="accuracy")
         else:

@@ -120,9 +120,28 @@ def _train(rec: Recovery, art, data, teacher):
 
 @dataclass(frozen=True)
 class QuietLatencyTarget(LatencyTarget):
-    """:class:`LatencyTarget` whose every timed call runs alone (quantization stays outside the quiet time)."""
+    """:class:`LatencyTarget` whose every timed call runs alone (quantization stays outside the quiet time).
+
+    With ``insitu`` (a :class:`benchmarks.latency_insitu.InSituModel` of the unpruned model) the widths are
+    chosen against the in-situ deltas instead of the isolated per-layer table (why: that module's docstring).
+    """
 
     pause: tuple[int, ...] = ()
+    insitu: Any = None
+
+    def prune(self, art, config, splits, *, recover=None):
+        if self.insitu is None:
+            return super().prune(art, config, splits, recover=recover)
+        from benchmarks.latency_insitu import InSituModel
+        from edgetl.prune.latency_target import LatencyTarget as Loop
+
+        def latency_model(_art, _unpruned_ms):  # a fresh copy: each target calibrates its own scale
+            return InSituModel.from_dict(self.insitu.to_dict())
+
+        loop = Loop(target_ms=self.target_ms, measure=lambda a: self.measure_p50(a, splits),
+                    latency_model=latency_model, info=self._local().info(), max_iterations=self.max_iterations,
+                    describe=lambda m: m.to_dict())
+        return loop.prune(art, config, splits, recover=recover)
 
     def measure_p50(self, art, splits=None) -> float:
         if self.precision != "int8" or self.ssh is not None or self.runtime == "torch":
@@ -155,6 +174,16 @@ class Section:
     quick: bool
     pause: tuple[int, ...] = ()
     log: Callable[[str], None] = print
+    deadline: float | None = None  # epoch seconds: no point starts building after it (a row says so)
+
+    def out_of_time(self, name: str, kind: str, target) -> dict[str, Any] | None:
+        """The row of a point not started because the run's --deadline passed (nothing cached: a rerun builds it)."""
+        if self.deadline is None or time.time() < self.deadline:
+            return None
+        when = time.strftime("%H:%M UTC", time.gmtime(self.deadline))
+        self.log(f"[{self.key}] {name}: not built, the run's deadline ({when}) passed")
+        return {"name": name, "kind": kind, "target": target, "missed": f"not built: the run's deadline ({when}) "
+                "passed before it started (session time); a rerun with the same --work builds it"}
 
     @property
     def cache(self) -> Path:
@@ -247,6 +276,8 @@ def flops_point(sec: Section, fraction: float) -> dict[str, Any]:
     missed = folder.parent / f"{folder.name}.missed.json"  # not with_suffix: names hold "0.5"
     if missed.exists():
         return json.loads(missed.read_text())
+    if (late := sec.out_of_time(name, "flops", fraction)) is not None:
+        return late
     sec.log(f"[{sec.key}] {name}: FLOPs target {fraction:g}")
     t0 = time.perf_counter()
     cfg = PruneConfig(criterion="lrp", target_flops=fraction, samples_per_class=10)
@@ -274,6 +305,36 @@ def build_table(sec: Section) -> dict[str, Any]:
     return {**table_summary(table), "base_ms": None, "seconds": time.perf_counter() - t0, "quiet": q.to_dict()}
 
 
+def insitu_model(sec: Section, *, fractions=(0.5,)):
+    """The teacher's in-situ latency deltas on OpenVINO int8 (:mod:`benchmarks.latency_insitu`), cached in the
+    section's work dir; deploying (pruning one group, NNCF) shares the machine, the timing runs alone."""
+    import numpy as np
+
+    from benchmarks.latency_insitu import InSituModel, OpenVinoInt8, build_insitu
+    from edgetl.data import prepare
+
+    f = sec.work / sec.key / "insitu.json"
+    if f.exists():
+        return InSituModel.from_dict(json.loads(f.read_text()))
+    spec = sec.teacher.input_spec
+    calib = prepare(sec.splits.train.images[:8], spec).numpy().astype(np.float32)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgetl-insitu-") as tmp:
+        dep = OpenVinoInt8(spec, calib, sec.threads, tmp)
+
+        def timed(irs):
+            with quiet_machine(pause=sec.pause):
+                return dep.time(irs, rounds=2 if sec.quick else 5, calls=5 if sec.quick else 20)
+
+        model = build_insitu(sec.teacher.model, spec.shape, deploy=dep, time=timed,
+                             fractions=(0.5,) if sec.quick else fractions, log=sec.log)
+    sec.log(f"[{sec.key}] in-situ deltas: {sum(map(len, model.deltas.values()))} variants in "
+            f"{time.perf_counter() - t0:.0f} s")
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(model.to_dict(), indent=1))
+    return model
+
+
 def latency_point(sec: Section, target_ms: float, label: str, *, max_iterations: int = 4) -> dict[str, Any]:
     """LRP pruned to a measured int8 p50 target; a target out of reach is a row saying so, not a crash."""
     from edgetl.errors import EdgetlError
@@ -290,12 +351,14 @@ def latency_point(sec: Section, target_ms: float, label: str, *, max_iterations:
         if row.get("max_iterations", 4) >= max_iterations:
             return row
         earlier = [*row.pop("earlier_attempts", []), row]  # tried with fewer iterations: try again, keep the miss
+    if (late := sec.out_of_time(name, "latency", target_ms)) is not None:
+        return late
     sec.log(f"[{sec.key}] {name}: int8 p50 target {target_ms:.4g} ms")
     t0 = time.perf_counter()
     target = QuietLatencyTarget.from_options(target_ms=target_ms, device="x86-cpu", runtime="openvino",
                                              threads=sec.threads, cache_dir=sec.cache, quick=sec.quick,
                                              precision="int8", max_iterations=2 if sec.quick else max_iterations)
-    target = dataclasses.replace(target, pause=sec.pause)
+    target = dataclasses.replace(target, pause=sec.pause, insitu=insitu_model(sec))
     try:
         # The fit (prune, quantize, measure, tighten) is mostly measurement: held quiet as one period rather
         # than a wait for the lock per measurement; the recovery (training) runs after, sharing the machine.
@@ -309,8 +372,10 @@ def latency_point(sec: Section, target_ms: float, label: str, *, max_iterations:
         return _missed(missed, {"name": name, "kind": "latency", "target": target_ms, "max_iterations": max_iterations,
                                 "missed": f"{type(e).__name__}: {e}", "earlier_attempts": earlier})
     folder.mkdir(parents=True)
+    model = report.get("table") or {}
     report = {k: v for k, v in report.items() if k != "table"} | {
-        "table_measured_points": report["table"]["measured_points"]}
+        "latency_model": model.get("kind", "isolated-table"), "change_scale": model.get("scale"),
+        "table_measured_points": model.get("measured_points")}
     return _finish(sec, name, "latency", art, folder, {"target": target_ms, "latency_fit": report,
                                                         "build_s": time.perf_counter() - t0,
                                                         "earlier_attempts": earlier})

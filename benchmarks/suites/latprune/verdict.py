@@ -138,9 +138,11 @@ def section_markdown(sec: dict) -> list[str]:
                          f"{e['missed'][:220]}")
         fit = p.get("latency_fit")
         if fit:
-            lines.append(f"- {p['name']}: target {fit['target_ms']:.3f} ms, predicted {fit['predicted_ms']:.3f}, "
-                         f"measured {fit['measured_p50_ms']:.3f} before recovery ({len(fit['iterations'])} "
-                         f"iteration(s); unpruned {fit['unpruned_p50_ms']:.3f} ms)")
+            its = "; ".join(f"#{i['iteration']} budget {i['budget_ms']:.3f}, predicted {i['predicted_ms']:.3f}, "
+                            f"measured {i['measured_ms']:.3f}" for i in fit["iterations"])
+            lines.append(f"- {p['name']}: target {fit['target_ms']:.3f} ms on the {fit.get('latency_model', 'isolated-table')}"
+                         f" model, predicted {fit['predicted_ms']:.3f}, measured {fit['measured_p50_ms']:.3f} before "
+                         f"recovery (unpruned {fit['unpruned_p50_ms']:.3f} ms; iterations: {its})")
     for c in sec.get("checks", []):
         lines += ["", _check_line(c, metric)]
     if m:
