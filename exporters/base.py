@@ -349,7 +349,17 @@ def _relocate(art: Artifact, stage: Path, final: Path) -> Artifact:
 def _stem(artifact: Artifact) -> str:
     if artifact.path is not None:
         return Path(artifact.path).stem
-    return artifact.arch or "model"
+    return safe_stem(artifact.arch or "model")
+
+
+def safe_stem(arch: str) -> str:
+    """A file name for a model known only by its architecture: the class of ``module.path:Class`` (a colon in a
+    file name reads as ``host:path`` to scp and rsync, so a bundle or a remote bench would go astray), and only
+    letters, digits, ``_``, ``-`` and ``.``."""
+    import re
+
+    name = arch.rsplit(":", 1)[-1] if ":" in arch else arch
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
 
 
 def registered() -> dict[str, str]:
