@@ -368,8 +368,9 @@ def parse_role_flag(text: str) -> RoleFlag:
 def parse_flags(*, inputs: Iterable[str] = (), min_shapes: Iterable[str] = (), opt_shapes: Iterable[str] = (),
                 max_shapes: Iterable[str] = (), outputs: Iterable[str] = (), roles: Iterable[str] = (),
                 task: str | None = None) -> ContractFlags:
-    """The CLI's contract flags, parsed (every error is one line naming its flag)."""
-    return ContractFlags(
+    """The CLI's contract flags, parsed (every error is one line naming its flag). An input named twice in one
+    flag is an error, not "the last one wins"."""
+    flags = ContractFlags(
         inputs=tuple(parse_shape_flag(t, flag="--input") for t in inputs),
         min_shapes=tuple(parse_shape_flag(t, flag="--min-shape", allow_dtype=False) for t in min_shapes),
         opt_shapes=tuple(parse_shape_flag(t, flag="--opt-shape", allow_dtype=False) for t in opt_shapes),
@@ -378,6 +379,13 @@ def parse_flags(*, inputs: Iterable[str] = (), min_shapes: Iterable[str] = (), o
         roles=tuple(parse_role_flag(t) for t in roles),
         task=Task.parse(task) if task is not None else None,
     )
+    for flag, given in (("--input", flags.inputs), ("--min-shape", flags.min_shapes),
+                        ("--opt-shape", flags.opt_shapes), ("--max-shape", flags.max_shapes)):
+        names = [f.name for f in given]
+        twice = sorted({n or "(unnamed)" for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"{flag} gives input {', '.join(twice)} more than once; give each input once")
+    return flags
 
 
 from edgetl.contract_merge import check, merge  # noqa: E402  (merge/check live beside; one import path for users)
