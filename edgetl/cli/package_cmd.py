@@ -63,7 +63,8 @@ def package_cmd(
         result = {"bundle": str(b.path), "device": m["device"]["profile"], "model": m["model"],
                   "runs": m["runs"], "files": b.files, "requirements": m["requirements"],
                   "reference": {k: m["reference"][k] for k in ("sample_size", "dataset", "sample_accuracy",
-                                                                "tolerance")}}
+                                                                "tolerance")},
+                  "warnings": [w for w in ((m.get("measured") or {}).get("unsettled"),) if w]}
 
         def render(console):
             table(console, f"bundle for {result['device']}", ["file", "format", "runtime", "precision", "sha256"],
@@ -72,6 +73,8 @@ def package_cmd(
             console.print(f"requirements: {', '.join(r for r in m['requirements'] if not r.startswith('#'))}")
             console.print(f"{len(b.files)} files, checksummed in SHA256SUMS")
             console.print(f"bundle: {b.path}")
+            for w in result["warnings"]:
+                console.print(f"[yellow]warning:[/] {w}", highlight=False)
 
         return result, render
 

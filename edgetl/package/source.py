@@ -88,6 +88,10 @@ def _from_run_dir(run_dir: Path, can_ship: Callable[[str], bool]) -> PackageSour
     measured["accuracy_budget_points"] = report.get("accuracy_budget_points")
     if note:
         measured["substituted"] = note
+    if rec.get("settled") is False:  # contended timings that did not settle the choice: say so wherever it ships
+        measured["unsettled"] = (f"the run's choice is UNSETTLED (its timings were contended): packaged the "
+                                 f"provisional {rec['artifact']}; candidates {', '.join(rec.get('candidates') or [])}; "
+                                 "rerun the bench stage on an idle machine, then package again")
     return PackageSource(artifact_path=path, source_model=_fp32_model(run_dir, report, rec["role"]),
                          data=report.get("data"), measured=measured)
 

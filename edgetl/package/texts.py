@@ -17,6 +17,8 @@ def _measured(m: dict[str, Any]) -> list[str]:
                    else "")
         lines.append(f"Measured by `edgetl run` on {meas.get('device')}: p90 {meas['p90_ms']:.3f} ms{acc}{teacher}. "
                      "Those numbers are from the packaging run; `edgetl verify` measures them on the board.")
+    if meas.get("unsettled"):
+        lines.append(f"Warning: {meas['unsettled']}.")
     ref = m["reference"]
     acc = ref["sample_accuracy"]
     lines.append(f"Reference sample: {ref['sample_size']} images of {ref['dataset']}; source top-1 "
