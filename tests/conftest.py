@@ -24,7 +24,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # once, not once per worker), files handed out in collection order. The files that take longest go first
 # (longest-processing-time first), so the two workers finish together instead of one running a long file alone
 # at the end; the rest keep pytest's order. Ranked by summed test time on 2 shared cores (--durations).
-LONG_FILES_FIRST = ()
+LONG_FILES_FIRST = ("test_latency_prune.py", "test_pipeline.py", "test_package.py", "test_prune.py",
+                    "test_contract_quantize.py", "test_export_cli.py", "test_native_log.py", "test_quantize_pt2e.py",
+                    "test_export.py", "test_quantize.py", "test_plugins.py", "test_gates.py", "test_profile.py",
+                    "test_contract_prune.py", "test_chatter.py", "test_formats.py", "test_bench.py")
 
 
 def pytest_collection_modifyitems(config, items):
