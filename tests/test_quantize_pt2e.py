@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli_here
+from tests.conftest import run_cli, run_cli_here
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,9 @@ def pt2e_run(lite0_digits_path, tmp_path_factory):
     # --max-drop 100: this test is about the fully int8 program (its size, its delegated ops); PT2E int8 of this
     # small digits teacher loses more than the default 1-point gate (the assertions below bound how much), and
     # under that gate the fallback would keep layers in float. The gate itself is tested in test_gates.py.
-    proc = run_cli_here("quantize", str(lite0_digits_path), "--data", "digits", "--backend", "pytorch", "-o", str(out),
-                        "--json", "--max-drop", "100")
+    # A real process: stdout must hold only the JSON object while ExecuTorch/XNNPACK write natively to fds 1/2.
+    proc = run_cli("quantize", str(lite0_digits_path), "--data", "digits", "--backend", "pytorch", "-o", str(out),
+                   "--json", "--max-drop", "100")
     return proc, out
 
 
