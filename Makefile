@@ -33,7 +33,7 @@ demo: $(DEMO_DIR)/teacher.pt
 # The remote-bench tests start a real sshd on 127.0.0.1: install Debian's openssh-server when it is missing.
 test: $(STAMP)
 	@command -v sshd >/dev/null || test -x /usr/sbin/sshd || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null)
-	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgetl exporters benchmarks tests

@@ -7,6 +7,7 @@ export and benchmark in seconds.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -17,6 +18,21 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# `make test` runs `-n 2 --dist loadfile --no-loadscope-reorder`: each file on one worker (its module fixtures built
+# once, not once per worker), files handed out in collection order. The files that take longest go first
+# (longest-processing-time first), so the two workers finish together instead of one running a long file alone
+# at the end; the rest keep pytest's order. Ranked by summed test time on 2 shared cores (--durations).
+LONG_FILES_FIRST = ("test_latency_prune.py", "test_pipeline.py", "test_package.py", "test_prune.py",
+                    "test_contract_quantize.py", "test_export_cli.py", "test_native_log.py", "test_quantize_pt2e.py",
+                    "test_export.py", "test_quantize.py", "test_plugins.py", "test_gates.py", "test_profile.py",
+                    "test_contract_prune.py", "test_chatter.py", "test_formats.py", "test_bench.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file is kept
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -81,6 +97,125 @@ def lite0_digits(lite0_digits_path):
 
 
 def run_cli(*args: str, cwd: str | Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``edgetl ARGS`` in a subprocess, as a user would."""
+    """Run ``edgetl ARGS`` in a subprocess, as a user would.
+
+    For tests whose point is the process boundary: the console script, what a fresh process imports, signals and
+    exit behaviour, native libraries writing to fds 1/2 before edgetl's filters exist. Otherwise
+    :func:`run_cli_here` gives the same result without a fresh Python importing torch (~3-5 s each).
+    """
     return subprocess.run([sys.executable, "-m", "edgetl.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout)
+
+
+# Python's own default warning filters (a fresh ``python -m edgetl.cli`` starts with these, pytest's are others).
+_PY_DEFAULT_FILTERS = (("default", DeprecationWarning, "__main__"), ("ignore", DeprecationWarning, None),
+                       ("ignore", PendingDeprecationWarning, None), ("ignore", ImportWarning, None),
+                       ("ignore", ResourceWarning, None))
+
+
+def _warning_to_stderr(msg) -> None:
+    import warnings
+
+    sys.stderr.write(warnings._formatwarnmsg(msg))  # what Python does with a warning nobody records
+
+
+@contextlib.contextmanager
+def _fresh_process_state(cwd):
+    """What a fresh process would have, for one in-process CLI call, and everything the call changes put back:
+    environment, cwd, warning filters, the root logger (no handlers: the CLI's ``basicConfig`` installs its own on
+    the captured stderr, as in a process), the loggers the CLI quiets, import hooks, torch threads, global RNGs."""
+    import logging
+    import random
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from edgetl.cli import _common
+
+    env, here, meta_path, verbose = dict(os.environ), os.getcwd(), list(sys.meta_path), _common.VERBOSE
+    root = logging.getLogger()
+    handlers, root_level = root.handlers[:], root.level
+    chatty = {n: logging.getLogger(n).level for n in _common._CHATTY_LOGGERS if n != "root"}
+    threads, rng = torch.get_num_threads(), (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        for action, category, module in reversed(_PY_DEFAULT_FILTERS):
+            warnings.filterwarnings(action, category=category, module=module or "")
+        warnings.showwarning = warnings._showwarning_orig
+        warnings._showwarnmsg_impl = _warning_to_stderr
+        root.handlers = []
+        for n in chatty:
+            logging.getLogger(n).setLevel(logging.NOTSET)
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            yield
+        finally:
+            os.chdir(here)
+            for h in root.handlers:
+                h.close()
+            root.handlers[:] = handlers
+            root.setLevel(root_level)
+            for n, level in chatty.items():
+                logging.getLogger(n).setLevel(level)
+            os.environ.clear()
+            os.environ.update(env)
+            sys.meta_path[:] = meta_path
+            _common.VERBOSE = verbose
+            torch.set_num_threads(threads)
+            torch.set_rng_state(rng[0])
+            np.random.set_state(rng[1])
+            random.setstate(rng[2])
+
+
+@contextlib.contextmanager
+def _captured_fds():
+    """fds 1 and 2 (and sys.stdout/stderr on them) sent to two files, as ``capture_output`` does for a child:
+    native libraries' writes land there too, and the CLI's own fd juggling (``--json``) runs as in a process."""
+    import tempfile
+
+    files = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+    texts = [""] * 2
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    streams = []
+    try:
+        for fd, f in zip((1, 2), files, strict=True):
+            os.dup2(f.fileno(), fd)
+            streams.append(open(fd, "w", encoding="utf-8", errors="replace", closefd=False))
+        with contextlib.redirect_stdout(streams[0]), contextlib.redirect_stderr(streams[1]):
+            yield texts
+    finally:
+        for s in streams:
+            s.flush()
+        for fd, s in zip((1, 2), saved, strict=True):
+            os.dup2(s, fd)
+            os.close(s)
+        for i, f in enumerate(files):
+            f.seek(0)
+            texts[i] = f.read().decode("utf-8", errors="replace")
+            f.close()
+
+
+def run_cli_here(*args: str, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``edgetl ARGS`` in this process through the CLI's own entry point (``run_app``: the same usage-error
+    line, ``--json`` object and exit codes as ``python -m edgetl.cli``), with stdout/stderr captured at the fd
+    level and the process state the call changes restored; returns what :func:`run_cli` returns."""
+    import traceback
+
+    from edgetl.cli import _common, app
+
+    code = 0
+    with _fresh_process_state(cwd), _captured_fds() as texts:
+        try:
+            _common.run_app(app, list(args))
+        except SystemExit as e:
+            if isinstance(e.code, str):
+                sys.stderr.write(e.code + "\n")
+            code = 1 if isinstance(e.code, str) else int(e.code or 0)
+        except Exception:  # noqa: BLE001 - what the interpreter does with an uncaught exception
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess(["edgetl", *args], code, texts[0], texts[1])

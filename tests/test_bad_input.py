@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from edgetl.errors import DataError, InputFileError, UnsafeCheckpointError
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 
 
 def _one_line(stderr: str) -> str:
@@ -49,7 +49,7 @@ def test_output_path_is_checked_before_any_work(case, tmp_path, unwritable_dir):
     with pytest.raises(InputFileError, match=needle):
         check_output(out)
     # The CLI refuses before loading anything: a model that does not exist is never reached.
-    r = run_cli("quantize", str(tmp_path / "missing.pt"), "--data", "digits", "-o", str(out))
+    r = run_cli_here("quantize", str(tmp_path / "missing.pt"), "--data", "digits", "-o", str(out))
     assert r.returncode == 2 and needle in _one_line(r.stderr)
     assert not list(tmp_path.glob(".*part*"))
 
@@ -69,7 +69,8 @@ def test_check_output_accepts_new_parents_and_refuses_kind_mismatch(tmp_path):
 def test_run_directory_under_a_file_is_refused_before_the_recipe_runs(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     out = tmp_path / "file.txt" / "run"
-    r = run_cli("run", "--recipe", "cpu-tiny-int8", "--model", "efficientnet_lite0", "--data", "digits", "-o", str(out))
+    r = run_cli_here("run", "--recipe", "cpu-tiny-int8", "--model", "efficientnet_lite0", "--data", "digits",
+                     "-o", str(out))
     assert r.returncode == 2 and "is a file, not a directory" in _one_line(r.stderr)
 
 
@@ -88,7 +89,7 @@ def test_corrupt_checkpoint_names_the_file_and_the_damage(tmp_path):
         with pytest.raises(InputFileError, match=needle) as e:
             load_model(path)
         assert str(path) in str(e.value)
-    r = run_cli("eval", str(cut), "--data", "digits")
+    r = run_cli_here("eval", str(cut), "--data", "digits")
     assert r.returncode == 2 and str(cut) in _one_line(r.stderr)
 
 
@@ -113,14 +114,14 @@ def test_pickle_refusal_names_only_options_the_command_has(tmp_path):
         from edgetl.models import load_model
 
         load_model(p)
-    r = run_cli("eval", str(p), "--data", "digits")  # eval has --unsafe-pickle and --arch
+    r = run_cli_here("eval", str(p), "--data", "digits")  # eval has --unsafe-pickle and --arch
     line = _one_line(r.stderr)
     assert r.returncode == 2 and "--unsafe-pickle" in line and "--arch" in line
-    r = run_cli("quantize", str(p), "--data", "digits", "-o", str(tmp_path / "q.onnx"))  # has --arch only
+    r = run_cli_here("quantize", str(p), "--data", "digits", "-o", str(tmp_path / "q.onnx"))  # has --arch only
     line = _one_line(r.stderr)
     assert r.returncode == 2 and "pickled Python object" in line
     assert "--unsafe-pickle" not in line and "--arch" in line and "edgetl.save_model" in line
-    r = run_cli("bench", str(p), "--no-store")  # has neither
+    r = run_cli_here("bench", str(p), "--no-store")  # has neither
     line = _one_line(r.stderr)
     assert r.returncode == 2 and "pickled Python object" in line
     assert "--unsafe-pickle" not in line and "--arch" not in line and "edgetl.save_model" in line
@@ -139,19 +140,19 @@ def test_data_with_nan_or_inf_is_refused_with_the_count_and_where(tmp_path):
     np.savez(p, x=x, y=y)
     with pytest.raises(DataError, match=r"2 NaN and 1 infinite value\(s\) in 2 image\(s\) \(index 3, 17\)"):
         load_data(p)
-    r = run_cli("eval", "efficientnet_lite0", "--data", str(p))
+    r = run_cli_here("eval", "efficientnet_lite0", "--data", str(p))
     assert r.returncode == 2 and "NaN" in _one_line(r.stderr)
 
 
 # --------------------------------------------------------------------------- usage errors and exit codes
 def test_usage_errors_are_one_line_and_one_json_object():
-    r = run_cli("eval", "--bogus")
+    r = run_cli_here("eval", "--bogus")
     assert r.returncode == 2 and "No such option: --bogus" in _one_line(r.stderr) and "╭" not in r.stderr
-    r = run_cli("eval", "x.pt", "--bogus", "--json")
+    r = run_cli_here("eval", "x.pt", "--bogus", "--json")
     assert r.returncode == 2
     out = json.loads(r.stdout)
     assert out == {"ok": False, "error": out["error"], "error_type": "UsageError"} and "--bogus" in out["error"]
-    r = run_cli("quantize", "--json")  # missing argument
+    r = run_cli_here("quantize", "--json")  # missing argument
     assert r.returncode == 2 and json.loads(r.stdout)["error_type"] == "UsageError"
 
 
@@ -170,6 +171,6 @@ def test_a_refused_run_leaves_no_run_directory_behind(tmp_path):
     out = tmp_path / "run"
     for args, needle in ((["--model", str(tmp_path / "missing.pt"), "--data", "digits"], "model file not found"),
                          (["--model", "efficientnet_lite0", "--data", str(tmp_path / "nope")], "dataset not found")):
-        r = run_cli("run", "--recipe", "cpu-tiny-int8", *args, "-o", str(out))
+        r = run_cli_here("run", "--recipe", "cpu-tiny-int8", *args, "-o", str(out))
         assert r.returncode == 2 and needle in _one_line(r.stderr)
         assert not out.exists()  # nothing claimed: the corrected rerun is not "made for another model"

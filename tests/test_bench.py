@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bench_exports import export_onnx, export_openvino
-from conftest import run_cli
+from conftest import run_cli_here
 
 QUICK = dict(threads=1, min_time_s=0.05, min_count=5, warmup_s=0.02, warmup_runs=1)
 QUICK_CLI = ["--min-time", "0.05", "--min-count", "5", "--warmup", "0.02", "--warmup-runs", "1", "--threads", "1"]
@@ -372,11 +372,11 @@ def test_report_writes_markdown_and_html_with_embedded_plots(tmp_path):
 @pytest.mark.slow
 def test_cli_bench_prints_table_and_stores(exports, tmp_path):
     db = tmp_path / "cli.db"
-    r = run_cli("bench", str(exports["onnx"]), str(exports["openvino"]), "--device", "x86-cpu", "--db", str(db),
-                *QUICK_CLI)
+    r = run_cli_here("bench", str(exports["onnx"]), str(exports["openvino"]), "--device", "x86-cpu", "--db", str(db),
+                     *QUICK_CLI)
     assert r.returncode == 0, r.stderr
     assert "p90" in r.stderr and "lite0_digits.onnx" in r.stderr and "lite0_digits.xml" in r.stderr
-    r = run_cli("report", "--db", str(db), "-o", str(tmp_path / "rep"), "--csv", str(tmp_path / "r.csv"), "--json")
+    r = run_cli_here("report", "--db", str(db), "-o", str(tmp_path / "rep"), "--csv", str(tmp_path / "r.csv"), "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["results"] == 2 and out["pareto"] is True and Path(out["html"]).exists()
@@ -384,15 +384,15 @@ def test_cli_bench_prints_table_and_stores(exports, tmp_path):
 
 
 def test_cli_bench_bad_input_is_one_line(tmp_path, exports):
-    r = run_cli("bench", str(tmp_path / "missing.onnx"), "--db", str(tmp_path / "x.db"))
+    r = run_cli_here("bench", str(tmp_path / "missing.onnx"), "--db", str(tmp_path / "x.db"))
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("bench", str(exports["onnx"]), "--device", "jetson-orin-nan", "--db", str(tmp_path / "x.db"))
+    r = run_cli_here("bench", str(exports["onnx"]), "--device", "jetson-orin-nan", "--db", str(tmp_path / "x.db"))
     assert r.returncode == 2 and "did you mean 'jetson-orin-nano'" in r.stderr
-    r = run_cli("bench", str(exports["openvino"]), "--device", "android-arm64", "--db", str(tmp_path / "x.db"))
+    r = run_cli_here("bench", str(exports["openvino"]), "--device", "android-arm64", "--db", str(tmp_path / "x.db"))
     assert r.returncode == 2 and "does not run openvino" in r.stderr
-    r = run_cli("devices", "--json")
+    r = run_cli_here("devices", "--json")
     assert r.returncode == 0 and {"x86-cpu", "jetson-agx-orin"} <= {p["name"] for p in json.loads(r.stdout)["profiles"]}
-    r = run_cli("report", "--db", str(tmp_path / "nothing.db"))
+    r = run_cli_here("report", "--db", str(tmp_path / "nothing.db"))
     assert r.returncode == 2 and "not found" in r.stderr
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_here
 
 SUBCOMMANDS = ["finetune", "prune", "distill", "quantize", "export", "eval", "bench", "run", "devices", "report",
                "models", "datasets"]
@@ -30,18 +30,18 @@ def test_import_edgetl_loads_no_runtime_backend():
 
 
 def test_models_and_datasets_json():
-    r = run_cli("models", "--json")
+    r = run_cli_here("models", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     names = {m["name"]: m for m in out["models"]}
     assert names["efficientnet_lite0"]["pretrained"] is True and "resnet18" in names
-    r = run_cli("datasets", "--json")
+    r = run_cli_here("datasets", "--json")
     out = json.loads(r.stdout)
     assert {d["name"] for d in out["datasets"]} >= {"mnist5k", "digits"}
 
 
 def test_eval_json_on_saved_model(lite0_digits_path):
-    r = run_cli("eval", str(lite0_digits_path), "--data", "digits", "--json")
+    r = run_cli_here("eval", str(lite0_digits_path), "--data", "digits", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)  # exactly one JSON object on stdout
     assert out["ok"] is True and out["split"] == "test" and out["samples"] == 269
@@ -59,7 +59,7 @@ def test_eval_json_on_saved_model(lite0_digits_path):
     ],
 )
 def test_bad_input_is_one_line_with_exit_code(args, code, needle):
-    r = run_cli(*args)
+    r = run_cli_here(*args)
     assert r.returncode == code, r.stderr
     assert needle in r.stderr
     assert "Traceback" not in r.stderr
@@ -67,7 +67,7 @@ def test_bad_input_is_one_line_with_exit_code(args, code, needle):
 
 
 def test_bad_input_in_json_mode_still_prints_one_json_object():
-    r = run_cli("eval", "missing.pt", "--data", "digits", "--json")
+    r = run_cli_here("eval", "missing.pt", "--data", "digits", "--json")
     assert r.returncode == 2
     out = json.loads(r.stdout)
     assert out["ok"] is False and "not found" in out["error"]
@@ -77,13 +77,13 @@ def test_pickled_module_refused_on_the_cli(tmp_path):
     import torch
 
     torch.save(torch.nn.Linear(4, 2), tmp_path / "full.pt")
-    r = run_cli("eval", str(tmp_path / "full.pt"), "--data", "digits")
+    r = run_cli_here("eval", str(tmp_path / "full.pt"), "--data", "digits")
     assert r.returncode == 2 and "--unsafe-pickle" in r.stderr
 
 
 def test_finetune_failure_leaves_no_output(tmp_path):
     out = tmp_path / "t.pt"
-    r = run_cli("finetune", "--model", "efficientnet_lite0", "--data", str(tmp_path / "nodata"), "-o", str(out))
+    r = run_cli_here("finetune", "--model", "efficientnet_lite0", "--data", str(tmp_path / "nodata"), "-o", str(out))
     assert r.returncode == 2 and not out.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -91,12 +91,12 @@ def test_finetune_failure_leaves_no_output(tmp_path):
 def test_finetune_refuses_to_overwrite(tmp_path):
     out = tmp_path / "t.pt"
     out.write_text("keep me")
-    r = run_cli("finetune", "--data", "digits", "-o", str(out))
+    r = run_cli_here("finetune", "--data", "digits", "-o", str(out))
     assert r.returncode == 2 and "--overwrite" in r.stderr and out.read_text() == "keep me"
 
 
 def test_run_without_recipe_is_a_usage_error_with_one_json_object():
-    r = run_cli("run", "--json")
+    r = run_cli_here("run", "--json")
     assert r.returncode == 2
     out = json.loads(r.stdout)
     assert out["ok"] is False and "--recipe" in out["error"]

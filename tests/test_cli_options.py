@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edgetl.errors import ConfigError, UnknownNameError
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 
 
 # --------------------------------------------------------------------------- device options
@@ -47,7 +47,7 @@ def test_json_line_is_the_last_json_object_printed():
 def test_profile_threads_are_checked_before_the_artifact_loads(tmp_path):
     art = tmp_path / "m.onnx"
     art.write_bytes(b"not a model: never read, the option is refused first")
-    r = run_cli("profile", str(art), "--threads", "0", "-o", str(tmp_path / "p.json"))
+    r = run_cli_here("profile", str(art), "--threads", "0", "-o", str(tmp_path / "p.json"))
     assert r.returncode == 2 and "--threads must be at least 1" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -67,7 +67,7 @@ def test_package_and_export_refuse_an_unwritable_output_before_any_work(tmp_path
     for args in (["package", missing, "--device", "x86-cpu"], ["export", missing, "--format", "onnx"],
                  ["profile", str(_dummy(tmp_path)), "--calls", "2"]):
         out = unwritable_dir / ("out.json" if args[0] == "profile" else "out")
-        r = run_cli(*args, "-o", str(out), "--json")
+        r = run_cli_here(*args, "-o", str(out), "--json")
         assert r.returncode == 2, (args, r.stderr)
         assert "cannot write in" in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
         assert json.loads(r.stdout)["ok"] is False
@@ -79,7 +79,7 @@ def test_package_refuses_an_existing_bundle_the_way_export_does(tmp_path):
     (out / "keep.txt").write_text("mine")
     for args in (["package", str(tmp_path / "missing.pt"), "--device", "x86-cpu"],
                  ["export", str(tmp_path / "missing.pt"), "--format", "onnx"]):
-        r = run_cli(*args, "-o", str(out))
+        r = run_cli_here(*args, "-o", str(out))
         assert r.returncode == 2 and "exists; pass --overwrite" in r.stderr, (args, r.stderr)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 

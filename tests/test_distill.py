@@ -16,7 +16,7 @@ from edgetl.data import DataSplits, ImageSet
 from edgetl.distill import DistillConfig, Teacher, class_map_by_name, distill, recovery_from, resume_path
 from edgetl.errors import ConfigError, DataError, InputFileError, ModelError
 from edgetl.stages import StageContext
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 
 
 def _subset(s: ImageSet, n: int) -> ImageSet:
@@ -214,8 +214,8 @@ def test_cli_distill_writes_student_and_refuses_bad_teacher(lite0_digits_path, s
     np.savez(data, x=torch.cat([small.train.images, small.val.images, small.test.images]).numpy(),
              y=torch.cat([small.train.labels, small.val.labels, small.test.labels]).numpy())
     out = tmp_path / "student.pt"
-    r = run_cli("distill", "-t", str(lite0_digits_path), "-s", "edgetl_tinycnn", "-d", str(data), "-e", "1",
-                "--views", "original", "-o", str(out), "--json")
+    r = run_cli_here("distill", "-t", str(lite0_digits_path), "-s", "edgetl_tinycnn", "-d", str(data), "-e", "1",
+                     "--views", "original", "-o", str(out), "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["ok"] and res["arch"] == "edgetl_tinycnn" and out.exists()
@@ -223,6 +223,6 @@ def test_cli_distill_writes_student_and_refuses_bad_teacher(lite0_digits_path, s
     assert json.loads(out.with_name(out.name + ".history.json").read_text())["epochs"][-1]["epoch"] == 1
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"\x00garbage")
-    r = run_cli("distill", "-t", str(bad), "-s", "edgetl_tinycnn", "-d", str(data), "-o", str(tmp_path / "x.pt"))
+    r = run_cli_here("distill", "-t", str(bad), "-s", "edgetl_tinycnn", "-d", str(data), "-o", str(tmp_path / "x.pt"))
     assert r.returncode == 2 and "broken.pt" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x.pt").exists()

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_here
 
 CPUINFO = "[cpuinfo_utils.cpp:"
 
@@ -35,7 +35,8 @@ def test_executorch_eval_is_quiet_and_verbose_shows_the_runtime(tmp_path):
     art = load_model("edgetl_tinycnn", num_classes=10)
     art = dataclasses.replace(art, input_spec=dataclasses.replace(art.input_spec, shape=(3, 16, 16)))
     pt = save_model(art, tmp_path / "tiny.pt")
-    r = run_cli("export", str(pt), "--format", "executorch", "-o", str(tmp_path / "out"))
+    # The .pte is only this test's input (made in-process); the two evals are fresh processes, as a user's are.
+    r = run_cli_here("export", str(pt), "--format", "executorch", "-o", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
     pte = next((tmp_path / "out").rglob("*.pte"))
     quiet = run_cli("eval", str(pte), "--data", "digits", "--split", "test")

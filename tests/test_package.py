@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from test_bench_remote import Sshd
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 
 QUICK = ["--min-time", "0.05", "--min-count", "5", "--warmup", "0.0", "--warmup-runs", "1", "--threads", "1"]
 
@@ -125,7 +125,7 @@ def _png_images(images, folder: Path) -> list[Path]:
 
 
 def _package(src, out: Path, *extra: str) -> dict:
-    r = run_cli("package", str(src), "-o", str(out), "--json", *extra)
+    r = run_cli_here("package", str(src), "-o", str(out), "--json", *extra)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout)
 
@@ -241,7 +241,7 @@ def test_openvino_bundle_runs_in_a_fresh_venv_and_verifies_over_ssh(int8_openvin
     try:
         db = tmp_path / "results.db"
         ssh = ["--host", "board", "--ssh-config", str(d.config), "--python", str(py), "--db", str(db)]
-        r = run_cli("verify", str(bundle), *ssh, "--json", *QUICK)
+        r = run_cli_here("verify", str(bundle), *ssh, "--json", *QUICK)
         assert r.returncode == 0, r.stderr[-3000:]
         v = json.loads(r.stdout)
         assert v["ok"] and v["host"] == "board" and v["line"].startswith("verified on x86-cpu")
@@ -255,14 +255,14 @@ def test_openvino_bundle_runs_in_a_fresh_venv_and_verifies_over_ssh(int8_openvin
         assert not list(Path("/tmp/edgetl-bench").glob("verify-*-bundle-ov"))  # cleaned up on the board
 
         # The user's data instead of the bundled sample, on the board.
-        r = run_cli("verify", str(bundle), *ssh, "--data", "digits", "--sample", "50", "--json", *QUICK)
+        r = run_cli_here("verify", str(bundle), *ssh, "--data", "digits", "--sample", "50", "--json", *QUICK)
         assert r.returncode == 0, r.stderr[-3000:]
         assert json.loads(r.stdout)["fidelity"]["samples"] == 50
 
         # A tampered file fails with its name, before anything runs on the board.
         labels = bundle / "labels.txt"
         labels.write_text(labels.read_text().replace("7", "1"))
-        r = run_cli("verify", str(bundle), *ssh, *QUICK)
+        r = run_cli_here("verify", str(bundle), *ssh, *QUICK)
         assert r.returncode == 1 and "labels.txt" in r.stderr and "checksum" in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
         assert len(ResultsStore(db).results()) == 2  # nothing stored for the failed one
@@ -284,15 +284,15 @@ def test_second_shape_from_pytorch_predicts_like_edgetl(tiny_mnist, tmp_path):
     assert man["source"]["sha256"] == hashlib.sha256(tiny_mnist.read_bytes()).hexdigest()
     splits = load_data("mnist5k", seed=0)
     pngs = _png_images(splits.test.images[:16], tmp_path / "pngs")
-    r = run_cli("predict", str(bundle), *map(str, pngs), "--json")
+    r = run_cli_here("predict", str(bundle), *map(str, pngs), "--json")
     assert r.returncode == 0, r.stderr
     bundle_top = [x["top"][0]["index"] for x in json.loads(r.stdout)["results"]]
-    r = run_cli("predict", str(tiny_mnist), *map(str, pngs), "--json")
+    r = run_cli_here("predict", str(tiny_mnist), *map(str, pngs), "--json")
     assert r.returncode == 0, r.stderr
     file_top = [x["top"][0]["index"] for x in json.loads(r.stdout)["results"]]
     ours = predict(load_model(tiny_mnist), splits.test.images[:16]).argmax(1).tolist()
     assert bundle_top == file_top == ours
-    r = run_cli("verify", str(bundle), "--no-store", "--json", *QUICK)
+    r = run_cli_here("verify", str(bundle), "--no-store", "--json", *QUICK)
     assert r.returncode == 0, r.stderr[-2000:]
     v = json.loads(r.stdout)
     assert v["ok"] and v["device"] == "raspberry-pi-5" and v["host"] == "local"
@@ -302,7 +302,7 @@ def test_second_shape_from_pytorch_predicts_like_edgetl(tiny_mnist, tmp_path):
     sums = bundle / "SHA256SUMS"
     sums.write_text("".join(f"{hashlib.sha256((bundle / ln.split(None, 1)[1]).read_bytes()).hexdigest()}  "
                             f"{ln.split(None, 1)[1]}\n" for ln in sums.read_text().splitlines()))
-    r = run_cli("verify", str(bundle), "--no-store", *QUICK)
+    r = run_cli_here("verify", str(bundle), "--no-store", *QUICK)
     assert r.returncode == 1 and "not the runner this edgetl ships" in r.stderr
 
 
@@ -344,7 +344,7 @@ def test_bad_input_is_one_line_and_exit_2(lite0_digits_path, tmp_path):
     cases.append((["package", str(lite0_digits_path), "--device", "x86-cpu", "-o", str(blocker / "bundle")],
                   "is a file"))
     for args, needle in cases:
-        r = run_cli(*args)
+        r = run_cli_here(*args)
         assert r.returncode == 2, (args, r.stderr)
         assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists() and blocker.read_text() == "x"
@@ -361,11 +361,11 @@ def test_run_directory_packages_its_recommended_artifact(lite0_digits_path, tmp_
         {"bench": {"devices": ["x86-cpu"], "threads": 1, "min_time_s": 0.05, "min_count": 5, "warmup_runs": 1,
                    "warmup_s": 0.0}}]}))
     run_dir = tmp_path / "run"
-    r = run_cli("run", "--recipe", str(recipe), "--model", str(lite0_digits_path), "-o", str(run_dir), "--json")
+    r = run_cli_here("run", "--recipe", str(recipe), "--model", str(lite0_digits_path), "-o", str(run_dir), "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     rec = json.loads((run_dir / "report.json").read_text())["recommendation"]
     bundle = tmp_path / "bundle"
-    r = run_cli("package", str(run_dir), "--device", "x86-cpu", "-o", str(bundle))
+    r = run_cli_here("package", str(run_dir), "--device", "x86-cpu", "-o", str(bundle))
     assert r.returncode == 0, r.stderr[-3000:]
     assert str(bundle) in r.stderr  # the path is printed
     man = json.loads((bundle / "manifest.json").read_text())
@@ -377,7 +377,7 @@ def test_run_directory_packages_its_recommended_artifact(lite0_digits_path, tmp_
         assert man["model"]["sha256"] == hashlib.sha256(Path(man["model"]["packaged_from"]).read_bytes()).hexdigest()
     else:  # the eager teacher: exported for the device, and the manifest says its figures are the eager model's
         assert rec["role"] == "teacher" and man["model"]["format"] == "onnx" and "measured as torch" in man["measured"]["note"]
-    r = run_cli("verify", str(bundle), "--no-store", "--json", *QUICK)
+    r = run_cli_here("verify", str(bundle), "--no-store", "--json", *QUICK)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["ok"]
     if rec["format"] == "openvino":  # a Jetson takes no OpenVINO IR: the fastest in budget that it takes, said so
@@ -400,10 +400,10 @@ def test_phone_bundles_carry_the_manifest_reference_data_and_an_android_note(tin
         note = (bundle / "ANDROID.md").read_text()
         assert out["model"]["file"] in note and lib in note
         assert "torch" not in (bundle / "requirements.txt").read_text().replace("# ", "")
-        r = run_cli("verify", str(bundle), "--json")
+        r = run_cli_here("verify", str(bundle), "--json")
         assert r.returncode == 0, r.stderr[-2000:]
         v = json.loads(r.stdout)
         assert v["ok"] and v["on_device"] is False and v["result"] is None
         assert v["line"].startswith("checked on this machine, NOT on android-arm64")
-    r = run_cli("verify", str(bundle), "--host", "board")
+    r = run_cli_here("verify", str(bundle), "--host", "board")
     assert r.returncode == 2 and "phone bundle" in r.stderr

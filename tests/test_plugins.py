@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_cli_here
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # One module per piece: what a contributor writes. The entry point lines below are the "table row".
@@ -170,6 +172,23 @@ def _cli(plugin_dir: Path, log: Path, *args: str) -> subprocess.CompletedProcess
                           timeout=600)
 
 
+def _cli_here(plugin_dir: Path, log: Path, *args: str) -> subprocess.CompletedProcess:
+    """:func:`_cli` in this process: the plug-in's distribution first on ``sys.path`` (edgetl reads entry points
+    per ``sys.path``) and its log named in the environment for the call only. The listing test keeps a fresh
+    process: discovery at start-up is its point."""
+    saved_path, saved_log = sys.path[:], os.environ.get("TOYPLUG_LOG")
+    sys.path.insert(0, str(plugin_dir))
+    os.environ["TOYPLUG_LOG"] = str(log)
+    try:
+        return run_cli_here(*args)
+    finally:
+        sys.path[:] = saved_path
+        if saved_log is None:
+            os.environ.pop("TOYPLUG_LOG", None)
+        else:
+            os.environ["TOYPLUG_LOG"] = saved_log
+
+
 def _ok(r: subprocess.CompletedProcess) -> dict:
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout)
@@ -198,8 +217,8 @@ def test_in_process_registries_see_the_plugin(plugin_dir, monkeypatch):
 def test_prune_with_the_plugins_criterion(plugin_dir, tiny_digits, tmp_path):
     log = tmp_path / "log"
     out = tmp_path / "pruned.pt"
-    res = _ok(_cli(plugin_dir, log, "prune", str(tiny_digits), "--data", "digits", "--criterion", "reverse-l1",
-                   "--ratio", "0.5", "--round-to", "1", "-o", str(out), "--json"))
+    res = _ok(_cli_here(plugin_dir, log, "prune", str(tiny_digits), "--data", "digits", "--criterion", "reverse-l1",
+                        "--ratio", "0.5", "--round-to", "1", "-o", str(out), "--json"))
     assert res["criterion"] == "reverse-l1"
     assert log.read_text().count("criterion") >= 3  # torch-pruning asked the plug-in for every group's scores
     assert res["params_after"] < 0.75 * res["params_before"] and out.exists()
@@ -207,8 +226,8 @@ def test_prune_with_the_plugins_criterion(plugin_dir, tiny_digits, tmp_path):
 
 def test_export_with_the_plugins_exporter_is_parity_checked(plugin_dir, tiny_digits, tmp_path):
     out = tmp_path / "deploy"
-    res = _ok(_cli(plugin_dir, tmp_path / "log", "export", str(tiny_digits), "--format", "onnx-legacy,onnx",
-                   "-o", str(out), "--json"))
+    res = _ok(_cli_here(plugin_dir, tmp_path / "log", "export", str(tiny_digits), "--format", "onnx-legacy,onnx",
+                        "-o", str(out), "--json"))
     rows = {r["format"]: r for r in res["exports"]}
     assert set(rows) == {"onnx-legacy", "onnx"} and res["failed"] == {}
     legacy = rows["onnx-legacy"]
@@ -223,17 +242,17 @@ def test_export_with_the_plugins_exporter_is_parity_checked(plugin_dir, tiny_dig
 
 def test_eval_in_the_plugins_runtime_agrees_with_onnxruntime(plugin_dir, tiny_digits, tmp_path):
     out = tmp_path / "deploy"
-    _ok(_cli(plugin_dir, tmp_path / "log", "export", str(tiny_digits), "--format", "onnx", "-o", str(out),
-             "--no-parity", "--json"))
+    _ok(_cli_here(plugin_dir, tmp_path / "log", "export", str(tiny_digits), "--format", "onnx", "-o", str(out),
+                  "--no-parity", "--json"))
     onnx_file = str(out / "tiny.onnx")
-    ref = _ok(_cli(plugin_dir, tmp_path / "log", "eval", onnx_file, "--data", "digits", "--runtime",
-                   "onnx-reference", "--json"))
-    ort = _ok(_cli(plugin_dir, tmp_path / "log", "eval", onnx_file, "--data", "digits", "--json"))
+    ref = _ok(_cli_here(plugin_dir, tmp_path / "log", "eval", onnx_file, "--data", "digits", "--runtime",
+                        "onnx-reference", "--json"))
+    ort = _ok(_cli_here(plugin_dir, tmp_path / "log", "eval", onnx_file, "--data", "digits", "--json"))
     assert ref["runtime"]["runtime"] == "onnx-reference" and ort["runtime"]["runtime"] == "onnxruntime"
     assert ref["samples"] == ort["samples"] > 100
     assert ort["accuracy"] > 0.5  # the model learned the task, so agreement below means something
     assert abs(ref["accuracy"] - ort["accuracy"]) <= 1 / ref["samples"] + 1e-9
-    bad = _cli(plugin_dir, tmp_path / "log", "eval", onnx_file, "--data", "digits", "--runtime", "onnx-refrence")
+    bad = _cli_here(plugin_dir, tmp_path / "log", "eval", onnx_file, "--data", "digits", "--runtime", "onnx-refrence")
     assert bad.returncode == 2 and "did you mean 'onnx-reference'" in bad.stderr
 
 
@@ -241,8 +260,8 @@ def test_quantize_with_the_plugins_backend(plugin_dir, tiny_digits, tmp_path):
     import onnx
 
     out = tmp_path / "tiny.int8.onnx"
-    res = _ok(_cli(plugin_dir, tmp_path / "log", "quantize", str(tiny_digits), "--data", "digits", "--backend",
-                   "toy-dynamic", "-o", str(out), "--json"))
+    res = _ok(_cli_here(plugin_dir, tmp_path / "log", "quantize", str(tiny_digits), "--data", "digits", "--backend",
+                        "toy-dynamic", "-o", str(out), "--json"))
     assert res["backend"] == "toy-dynamic" and res["backend_info"]["tool"] == "onnxruntime quantize_dynamic"
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert ops & {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}, ops

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn as nn
 from bench_exports import export_onnx, export_openvino
-from conftest import run_cli
+from conftest import run_cli_here
 from test_bench_remote import REMOTE_EDGETL, Sshd
 
 from benchmarks.op_names import OpNameMapper, module_from_path
@@ -172,18 +172,18 @@ def test_trtexec_profile_parser_reads_the_documented_format():
 # --------------------------------------------------------------------------- CLI
 def test_cli_profile_writes_json_and_chart(exports, tmp_path):
     out = tmp_path / "p.json"
-    r = run_cli("profile", str(exports["onnx"]), "--threads", "1", "--calls", "10", "-o", str(out), "--json")
+    r = run_cli_here("profile", str(exports["onnx"]), "--threads", "1", "--calls", "10", "-o", str(out), "--json")
     assert r.returncode == 0, r.stderr
     payload = json.loads(r.stdout)
     prof = payload["profile"]
     assert prof["runtime"] == "onnxruntime" and prof["by_module"] and prof["inflation"] > 0
     assert json.loads(out.read_text())["ops"] == prof["ops"]
     assert Path(payload["chart"]).read_bytes()[:4] == b"\x89PNG"
-    again = run_cli("profile", str(exports["onnx"]), "-o", str(out))
+    again = run_cli_here("profile", str(exports["onnx"]), "-o", str(out))
     assert again.returncode == 2 and "exists" in again.stderr
-    missing = run_cli("profile", str(tmp_path / "none.onnx"))
+    missing = run_cli_here("profile", str(tmp_path / "none.onnx"))
     assert missing.returncode == 2 and "not found" in missing.stderr
-    bad = run_cli("profile", str(exports["onnx"]), "--runtime", "litert", "-o", str(tmp_path / "x.json"))
+    bad = run_cli_here("profile", str(exports["onnx"]), "--runtime", "litert", "-o", str(tmp_path / "x.json"))
     assert bad.returncode == 2 and "profiling runs on" in bad.stderr and not (tmp_path / "x.json").exists()
 
 
@@ -201,8 +201,8 @@ def test_profile_over_ssh_on_the_loopback_board(sshd, exports, tmp_path):
     out = tmp_path / "remote.json"
     # the board's edgetl is this checkout's (ssh passes no PYTHONPATH, so name it in the remote command)
     remote = f"env PYTHONPATH={shlex.quote(str(Path(__file__).resolve().parent.parent))} {REMOTE_EDGETL}"
-    r = run_cli("profile", str(exports["openvino"]), "--host", "board", "--ssh-config", str(sshd.config),
-                "--remote-edgetl", remote, "--threads", "1", "--calls", "10", "-o", str(out), "--json")
+    r = run_cli_here("profile", str(exports["openvino"]), "--host", "board", "--ssh-config", str(sshd.config),
+                     "--remote-edgetl", remote, "--threads", "1", "--calls", "10", "-o", str(out), "--json")
     assert r.returncode == 0, r.stderr
     prof = json.loads(r.stdout)["profile"]
     assert prof["host"] == "board" and prof["runtime"] == "openvino"
@@ -235,8 +235,8 @@ def test_profile_over_ssh_on_a_trtexec_board(sshd, tmp_path):
     profile.write_text(f"name: board-trt\naccelerator: gpu\nformats: [tensorrt]\nruntimes: [tensorrt]\n"
                        f"connection: {{method: ssh, trtexec: {fake}}}\n")
     out = tmp_path / "trt.json"
-    r = run_cli("profile", str(engine), "--device", str(profile), "--host", "board", "--ssh-config",
-                str(sshd.config), "--calls", "200", "-o", str(out), "--json")
+    r = run_cli_here("profile", str(engine), "--device", str(profile), "--host", "board", "--ssh-config",
+                     str(sshd.config), "--calls", "200", "-o", str(out), "--json")
     assert r.returncode == 0, r.stderr
     prof = json.loads(r.stdout)["profile"]
     assert prof["runtime"] == "trtexec" and prof["host"] == "board" and prof["calls"] == 200

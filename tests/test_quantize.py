@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgetl.stages import StageContext
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_here
 
 
 @pytest.fixture(scope="module")
@@ -235,8 +235,8 @@ def test_unquantizable_op_is_named_and_kept_float(lite0_onnx, digits, tmp_path):
 # --------------------------------------------------------------------------- CLI and bad input
 def test_cli_json_report(lite0_onnx, tmp_path):
     out = tmp_path / "cli.onnx"
-    r = run_cli("quantize", str(lite0_onnx.path), "--data", "digits", "--backend", "tensorrt", "--calib-samples",
-                "60", "-o", str(out), "--json")
+    r = run_cli_here("quantize", str(lite0_onnx.path), "--data", "digits", "--backend", "tensorrt", "--calib-samples",
+                     "60", "-o", str(out), "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     for key in ("accuracy_before", "accuracy_after", "agreement", "size_bytes", "kept_float", "drop_points"):
@@ -244,7 +244,7 @@ def test_cli_json_report(lite0_onnx, tmp_path):
     assert res["calibration"]["count"] == 60 and any("fewer than 100" in w for w in res["warnings"])
     # existing output without --overwrite: refused before any work, file untouched
     before = out.read_bytes()
-    r = run_cli("quantize", str(lite0_onnx.path), "--data", "digits", "--backend", "tensorrt", "-o", str(out))
+    r = run_cli_here("quantize", str(lite0_onnx.path), "--data", "digits", "--backend", "tensorrt", "-o", str(out))
     assert r.returncode == 2 and "--overwrite" in r.stderr and out.read_bytes() == before
 
 
@@ -269,7 +269,7 @@ def test_cli_json_stdout_stays_one_object_when_libraries_print(lite0_onnx, tmp_p
 ])
 def test_cli_bad_options(lite0_onnx, tmp_path, args, message):
     out = tmp_path / "x.onnx"
-    r = run_cli("quantize", str(lite0_onnx.path), "--data", "digits", "-o", str(out), *args)
+    r = run_cli_here("quantize", str(lite0_onnx.path), "--data", "digits", "-o", str(out), *args)
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and not out.exists()
 
@@ -277,8 +277,9 @@ def test_cli_bad_options(lite0_onnx, tmp_path, args, message):
 def test_cli_budget_unmet_exits_nonzero_without_output(lite0_onnx, tmp_path):
     out = tmp_path / "b.onnx"
     # global minmax ranges (measured ~61 % vs 91 % fp32 here): one float layer cannot win back a zero-drop budget
-    r = run_cli("quantize", str(lite0_onnx.path), "--data", "digits", "--backend", "tensorrt", "--calib-samples",
-                "50", "--calibration", "minmax", "--max-drop", "0", "--max-float-layers", "1", "-o", str(out), "--json")
+    r = run_cli_here("quantize", str(lite0_onnx.path), "--data", "digits", "--backend", "tensorrt", "--calib-samples",
+                     "50", "--calibration", "minmax", "--max-drop", "0", "--max-float-layers", "1", "-o", str(out),
+                     "--json")
     assert r.returncode == 1
     res = json.loads(r.stdout)
     assert res["error_type"] == "BudgetError" and "best reached" in res["error"]

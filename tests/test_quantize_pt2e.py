@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_here
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +22,7 @@ def pt2e_run(lite0_digits_path, tmp_path_factory):
     # --max-drop 100: this test is about the fully int8 program (its size, its delegated ops); PT2E int8 of this
     # small digits teacher loses more than the default 1-point gate (the assertions below bound how much), and
     # under that gate the fallback would keep layers in float. The gate itself is tested in test_gates.py.
+    # A real process: stdout must hold only the JSON object while ExecuTorch/XNNPACK write natively to fds 1/2.
     proc = run_cli("quantize", str(lite0_digits_path), "--data", "digits", "--backend", "pytorch", "-o", str(out),
                    "--json", "--max-drop", "100")
     return proc, out
@@ -121,7 +122,7 @@ def test_onnx_source_is_refused_in_one_line(lite0_digits, tmp_path):
     onnx_path = tmp_path / "lite0.onnx"
     write_metadata(export_onnx(lite0_digits, onnx_path))
     out = tmp_path / "q.pte"
-    proc = run_cli("quantize", str(onnx_path), "--data", "digits", "--backend", "pytorch", "-o", str(out))
+    proc = run_cli_here("quantize", str(onnx_path), "--data", "digits", "--backend", "pytorch", "-o", str(out))
     assert proc.returncode == 2
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and "pytorch" in err and "onnx" in err and ".pt" in err
@@ -130,7 +131,7 @@ def test_onnx_source_is_refused_in_one_line(lite0_digits, tmp_path):
 
 def test_wrong_suffix_is_refused_before_any_work(lite0_digits_path, tmp_path):
     out = tmp_path / "q.onnx"
-    proc = run_cli("quantize", str(lite0_digits_path), "--data", "digits", "--backend", "pytorch", "-o", str(out))
+    proc = run_cli_here("quantize", str(lite0_digits_path), "--data", "digits", "--backend", "pytorch", "-o", str(out))
     assert proc.returncode == 2
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and ".pte" in err and "q.onnx" in err

@@ -255,10 +255,11 @@ def test_prune_and_distill_commands_take_their_defaults_from_the_configs():
 
 
 def test_cli_prune_recover_flag_is_validated_by_the_config(lite0_digits_path, tmp_path):
-    from tests.conftest import run_cli
+    from tests.conftest import run_cli_here
 
     out = tmp_path / "never.pt"
-    r = run_cli("prune", str(lite0_digits_path), "--data", "digits", "-o", str(out), "--recover", "distil", "--json")
+    r = run_cli_here("prune", str(lite0_digits_path), "--data", "digits", "-o", str(out), "--recover", "distil",
+                     "--json")
     assert r.returncode == 2 and not out.exists()
     assert "did you mean 'distill'" in json.loads(r.stdout)["error"]
 
