@@ -15,7 +15,7 @@ from tests import shapes
 from tests.cli_checks import ok_json as _ok
 from tests.cli_checks import onnx_of as _onnx
 from tests.cli_checks import refused as _refused
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 
 pytest.importorskip("onnxruntime")
 
@@ -38,7 +38,7 @@ def vad(tmp_path_factory):
 
 
 def test_bench_multi_input_onnx_times_the_real_feeds(vad):
-    out = _ok(run_cli("bench", str(vad["src"]), "--data", str(vad["data"]), *QUICK))
+    out = _ok(run_cli_here("bench", str(vad["src"]), "--data", str(vad["data"]), *QUICK))
     r = out["results"][0]
     assert r["runtime"] == "onnxruntime" and r["latency_ms"]["count"] >= 5
     assert r["inputs"].startswith(f"data:{vad['data']}[0:6]")
@@ -49,10 +49,10 @@ def test_bench_multi_input_onnx_times_the_real_feeds(vad):
 
 
 def test_bench_multi_input_refuses_a_sample_rate_it_would_have_to_make_up(vad):
-    _refused(run_cli("bench", str(vad["src"]), *QUICK), "--opt-shape audio")  # first: the size to time at
-    _refused(run_cli("bench", str(vad["src"]), "--opt-shape", "audio:1x256", "--opt-shape", "state:2x1x32", *QUICK),
+    _refused(run_cli_here("bench", str(vad["src"]), *QUICK), "--opt-shape audio")  # first: the size to time at
+    _refused(run_cli_here("bench", str(vad["src"]), "--opt-shape", "audio:1x256", "--opt-shape", "state:2x1x32", *QUICK),
              "'sr'", "--data")
-    _refused(run_cli("bench", str(vad["src"]), "--input", "audio:Nx128", "--data", str(vad["data"]), *QUICK),
+    _refused(run_cli_here("bench", str(vad["src"]), "--input", "audio:Nx128", "--data", str(vad["data"]), *QUICK),
              "256")
 
 
@@ -71,12 +71,12 @@ def segnet(tmp_path_factory):
 
 def test_bench_dynamic_hw_is_timed_at_the_opt_shape(segnet):
     src, d = str(segnet["src"]), segnet["d"]
-    synthetic = _ok(run_cli("bench", src, "--opt-shape", "image:1x1x40x56", *QUICK))["results"][0]
+    synthetic = _ok(run_cli_here("bench", src, "--opt-shape", "image:1x1x40x56", *QUICK))["results"][0]
     assert synthetic["inputs"] == "synthetic: standard normal (no --data) (image 1x1x40x56)"
-    real = _ok(run_cli("bench", src, "--opt-shape", "image:1x1x40x56", "--data", str(d / "seg40x56.npz"),
+    real = _ok(run_cli_here("bench", src, "--opt-shape", "image:1x1x40x56", "--data", str(d / "seg40x56.npz"),
                        *QUICK))["results"][0]
     assert "image 1x1x40x56" in real["inputs"] and real["inputs"].startswith("data:")
     assert real["artifact_meta"]["input_shape"] == {"image": [1, 1, 40, 56]}
-    _refused(run_cli("bench", src, "--opt-shape", "image:1x1x40x56", "--data", str(d / "seg28.npz"), *QUICK),
+    _refused(run_cli_here("bench", src, "--opt-shape", "image:1x1x40x56", "--data", str(d / "seg28.npz"), *QUICK),
              "--opt-shape", "1x1x28x28")
-    _refused(run_cli("bench", src, *QUICK), "--opt-shape")  # H x W dynamic and no size given: nothing guessed
+    _refused(run_cli_here("bench", src, *QUICK), "--opt-shape")  # H x W dynamic and no size given: nothing guessed

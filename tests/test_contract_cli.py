@@ -22,7 +22,7 @@ from tests import shapes
 from tests.cli_checks import ok_json as _ok
 from tests.cli_checks import onnx_of as _onnx
 from tests.cli_checks import refused as _refused
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
@@ -71,7 +71,7 @@ def vad(tmp_path_factory):
 
 
 def test_eval_two_inputs_with_state_against_reference(vad):
-    out = _ok(run_cli("eval", str(vad["near"]), "--data", str(vad["data"]), "--reference", str(vad["src"]), "--json"))
+    out = _ok(run_cli_here("eval", str(vad["near"]), "--data", str(vad["data"]), "--reference", str(vad["src"]), "--json"))
     assert out["samples"] == 24 and out["task"] == "generic"
     assert set(out["contract"]["inputs"]) == {"audio", "state", "sr"}
     per = {o["output"]: o for o in out["fidelity"]["outputs"]}
@@ -85,7 +85,7 @@ def test_eval_two_inputs_with_state_against_reference(vad):
 
 def test_eval_same_graph_in_two_runtimes_is_faithful(vad):
     """ONNX Runtime against OpenVINO on the same graph: near-identical on every output."""
-    out = _ok(run_cli("eval", str(vad["src"]), "--data", str(vad["data"]), "--reference", str(vad["ir"]),
+    out = _ok(run_cli_here("eval", str(vad["src"]), "--data", str(vad["data"]), "--reference", str(vad["ir"]),
                       "--output", "prob", "--json"))
     assert [o["output"] for o in out["fidelity"]["outputs"]] == ["prob"]  # --output selects
     assert out["fidelity"]["outputs"][0]["cosine"] > 0.99999 and out["fidelity"]["outputs"][0]["snr_db"] > 60
@@ -103,23 +103,23 @@ def test_eval_same_graph_in_two_runtimes_is_faithful(vad):
 
 
 def test_eval_without_reference_or_labels_names_the_flag(vad):
-    _refused(run_cli("eval", str(vad["src"]), "--data", str(vad["data"])), "--reference SOURCE")
+    _refused(run_cli_here("eval", str(vad["src"]), "--data", str(vad["data"])), "--reference SOURCE")
 
 
 def test_contract_contradicting_the_file_is_refused_before_work(vad, tmp_path):
     missing_data = str(tmp_path / "nothing.npz")  # never read: the contract is refused first
-    _refused(run_cli("eval", str(vad["src"]), "--input", "state:2x1", "--data", missing_data), "rank 2", "state")
-    _refused(run_cli("eval", str(vad["src"]), "--input", "stat:2xNx32", "--data", missing_data), "stat", "state")
-    _refused(run_cli("eval", str(vad["src"]), "--input", "audio:Nx128", "--data", missing_data), "fixes it at 256")
-    _refused(run_cli("eval", str(vad["src"]), "--input", "1x256", "--data", missing_data), "3 inputs")
-    _refused(run_cli("eval", str(vad["src"]), "--output", "logits", "--data", missing_data), "logits")
+    _refused(run_cli_here("eval", str(vad["src"]), "--input", "state:2x1", "--data", missing_data), "rank 2", "state")
+    _refused(run_cli_here("eval", str(vad["src"]), "--input", "stat:2xNx32", "--data", missing_data), "stat", "state")
+    _refused(run_cli_here("eval", str(vad["src"]), "--input", "audio:Nx128", "--data", missing_data), "fixes it at 256")
+    _refused(run_cli_here("eval", str(vad["src"]), "--input", "1x256", "--data", missing_data), "3 inputs")
+    _refused(run_cli_here("eval", str(vad["src"]), "--output", "logits", "--data", missing_data), "logits")
 
 
 def test_data_that_contradicts_the_contract_is_one_line(vad, tmp_path):
     bad = tmp_path / "bad.npz"
     np.savez(bad, audio=np.zeros((3, 1, 128), np.float32), state=np.zeros((3, 2, 1, 32), np.float32),
              sr=np.full((3,), 16000, np.int64))
-    _refused(run_cli("eval", str(vad["src"]), "--data", str(bad), "--reference", str(vad["ir"])), "audio", "256",
+    _refused(run_cli_here("eval", str(vad["src"]), "--data", str(bad), "--reference", str(vad["ir"])), "audio", "256",
              code=2)  # the user's data: exit 2 (the README's rule; DataError is user input)
 
 
@@ -139,17 +139,17 @@ def facedet(tmp_path_factory, shape_cache):
 
 def test_eval_three_head_detector(facedet):
     args = ["--task", "detection", "--role", "boxes:boxes:N,A,4:xyxy", "--data", str(facedet["data"]), "--json"]
-    same = _ok(run_cli("eval", str(facedet["src"]), "--reference", str(facedet["src"]), *args))
+    same = _ok(run_cli_here("eval", str(facedet["src"]), "--reference", str(facedet["src"]), *args))
     assert same["headline"]["metric"] == "box_f1" and same["headline"]["value"] == 1.0
     assert {o["output"] for o in same["fidelity"]["outputs"]} == {"boxes", "scores", "landmarks"}
-    near = _ok(run_cli("eval", str(facedet["near"]), "--reference", str(facedet["src"]), *args))
+    near = _ok(run_cli_here("eval", str(facedet["near"]), "--reference", str(facedet["src"]), *args))
     assert near["fidelity"]["detection"][0]["reference_boxes"] > 0  # the trained heads do find the digits
     assert 0.5 < near["headline"]["value"] <= 1.0
     assert all(o["cosine"] < 1.0 for o in near["fidelity"]["outputs"])
 
 
 def test_detection_without_box_roles_names_the_flag(facedet, tmp_path):
-    r = run_cli("eval", str(facedet["src"]), "--task", "detection", "--output", "landmarks", "--data",
+    r = run_cli_here("eval", str(facedet["src"]), "--task", "detection", "--output", "landmarks", "--data",
                 str(facedet["data"]), "--reference", str(facedet["src"]))
     _refused(r, "--role")
 
@@ -173,7 +173,7 @@ def segnet(tmp_path_factory, shape_cache):
 
 @pytest.mark.parametrize("data", ["seg28.npz", "seg40x56.npz"])
 def test_eval_dynamic_hw_segmenter_at_two_resolutions(segnet, data):
-    out = _ok(run_cli("eval", str(segnet["near"]), "--task", "segmentation", "--data", str(segnet["d"] / data),
+    out = _ok(run_cli_here("eval", str(segnet["near"]), "--task", "segmentation", "--data", str(segnet["d"] / data),
                       "--reference", str(segnet["ir"]), "--json"))
     h, w = (28, 28) if data == "seg28.npz" else (40, 56)
     assert out["output_shapes"] == {"mask": [1, 2, h, w]}
@@ -184,7 +184,7 @@ def test_eval_dynamic_hw_segmenter_at_two_resolutions(segnet, data):
 def test_file_fixing_a_dim_refuses_another_size(segnet, tmp_path):
     fixed = _onnx(shapes.SegNet(), (torch.zeros(1, 1, 28, 28),), tmp_path / "fixed.onnx", inputs=["image"],
                   outputs=["mask"])
-    _refused(run_cli("eval", str(fixed), "--input", "image:1x1x40x56", "--task", "segmentation", "--data",
+    _refused(run_cli_here("eval", str(fixed), "--input", "image:1x1x40x56", "--task", "segmentation", "--data",
                      str(segnet["d"] / "seg40x56.npz"), "--reference", str(fixed)), "fixes it at 28")
 
 
@@ -210,12 +210,12 @@ def words(tmp_path_factory, shape_cache):
 
 
 def test_labels_are_matched_by_name(words):
-    out = _ok(run_cli("eval", str(words["src"]), "--data", str(words["d"] / "alpha.npz"), "--json"))
+    out = _ok(run_cli_here("eval", str(words["src"]), "--data", str(words["d"] / "alpha.npz"), "--json"))
     assert out["label_map"]["remapped"] is True and out["accuracy"] > 0.8  # trained: high only if mapped by name
 
 
 def test_label_names_the_model_lacks_are_refused(words):
-    _refused(run_cli("eval", str(words["src"]), "--data", str(words["d"] / "digits.npz")), "matched by name",
+    _refused(run_cli_here("eval", str(words["src"]), "--data", str(words["d"] / "digits.npz")), "matched by name",
              code=2)  # DataError: the user's input, exit 2
 
 
@@ -265,7 +265,7 @@ def test_export_dynamic_hw_segmenter_keeps_hw_and_checks_every_output(segnet, sh
     ts = torch.jit.trace(shapes.trained("SegNet", shape_cache), torch.zeros(1, 1, 28, 28))
     ts.save(str(tmp_path / "seg.ts"))
     out = tmp_path / "out"
-    r = _ok(run_cli("export", str(tmp_path / "seg.ts"), "--format", "onnx,openvino", "-o", str(out),
+    r = _ok(run_cli_here("export", str(tmp_path / "seg.ts"), "--format", "onnx,openvino", "-o", str(out),
                     "--input", "Nx1xHxW:float32", "--opt-shape", "1x1x28x28", "--task", "segmentation",
                     "--data", str(segnet["d"] / "seg28.npz"), "--json"))
     rows = {row["format"]: row for row in r["exports"]}
@@ -283,7 +283,7 @@ def test_export_dynamic_hw_segmenter_keeps_hw_and_checks_every_output(segnet, sh
         shape = c.inputs[0].shape
         assert shape[1] == 1 and not isinstance(shape[2], int) and not isinstance(shape[3], int), shape
     for data, hw in (("seg28.npz", [28, 28]), ("seg40x56.npz", [40, 56])):
-        e = _ok(run_cli("eval", str(onnx_file), "--data", str(segnet["d"] / data), "--reference", str(ir),
+        e = _ok(run_cli_here("eval", str(onnx_file), "--data", str(segnet["d"] / data), "--reference", str(ir),
                         "--json"))
         assert e["output_shapes"]["output"][2:] == hw
         assert e["headline"]["metric"] == "miou" and e["headline"]["value"] == 1.0
@@ -292,7 +292,7 @@ def test_export_dynamic_hw_segmenter_keeps_hw_and_checks_every_output(segnet, sh
 def test_export_three_heads_checks_every_output(facedet, shape_cache, tmp_path):
     ts = torch.jit.trace(shapes.trained("FaceDetLike", shape_cache), torch.zeros(1, 3, 32, 32))
     ts.save(str(tmp_path / "det.ts"))
-    r = _ok(run_cli("export", str(tmp_path / "det.ts"), "--format", "onnx", "-o", str(tmp_path / "out"),
+    r = _ok(run_cli_here("export", str(tmp_path / "det.ts"), "--format", "onnx", "-o", str(tmp_path / "out"),
                     "--input", "1x3x32x32:float32", "--task", "detection", "--role", "output0:boxes:N,A,4:xyxy",
                     "--role", "output1:scores", "--data", str(facedet["data"]), "--json"))
     p = r["exports"][0]["parity"]
@@ -303,6 +303,6 @@ def test_export_three_heads_checks_every_output(facedet, shape_cache, tmp_path):
 def test_export_contract_contradiction_is_refused_before_work(tmp_path):
     ts = torch.jit.trace(shapes.SegNet().eval(), torch.zeros(1, 1, 28, 28))
     ts.save(str(tmp_path / "seg.ts"))
-    _refused(run_cli("export", str(tmp_path / "seg.ts"), "--format", "onnx", "-o", str(tmp_path / "out"),
+    _refused(run_cli_here("export", str(tmp_path / "seg.ts"), "--format", "onnx", "-o", str(tmp_path / "out"),
                      "--input", "nope:Nx1xHxW"), "nope")
     assert not (tmp_path / "out").exists()

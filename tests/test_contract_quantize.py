@@ -17,7 +17,7 @@ from tests import shapes
 from tests.cli_checks import ok_json as _ok
 from tests.cli_checks import onnx_of as _onnx
 from tests.cli_checks import refused as _refused
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -56,7 +56,7 @@ def vad(tmp_path_factory):
 
 def test_multi_input_model_quantizes_with_openvino_and_fidelity_on_every_output(vad):
     out_path = vad["d"] / "vad.int8.xml"
-    out = _ok(run_cli("quantize", str(vad["src"]), "--backend", "openvino", "--data", str(vad["data"]),
+    out = _ok(run_cli_here("quantize", str(vad["src"]), "--backend", "openvino", "--data", str(vad["data"]),
                       "--min-snr", "15", "-o", str(out_path), "--json"))
     assert out["by_contract"] and out["task"] == "generic" and out["metric"] == "snr_db"
     per = _per_output(out)
@@ -77,7 +77,7 @@ def test_multi_input_model_quantizes_with_openvino_and_fidelity_on_every_output(
 
 def test_multi_input_model_quantizes_with_onnxruntime_from_feeds(vad):
     out_path = vad["d"] / "vad.int8.onnx"
-    out = _ok(run_cli("quantize", str(vad["src"]), "--backend", "onnxruntime", "--data", str(vad["data"]),
+    out = _ok(run_cli_here("quantize", str(vad["src"]), "--backend", "onnxruntime", "--data", str(vad["data"]),
                       "--min-snr", "15", "-o", str(out_path), "--json"))
     per = _per_output(out)
     assert set(per) == {"prob", "new_state"} and all(15 <= o["snr_db"] < 200 for o in per.values())
@@ -91,13 +91,13 @@ def test_multi_input_model_quantizes_with_onnxruntime_from_feeds(vad):
 
 
 def test_generic_task_refuses_max_drop_and_warns_without_a_budget(vad, tmp_path):
-    _refused(run_cli("quantize", str(vad["src"]), "--backend", "openvino", "--data", str(vad["data"]),
+    _refused(run_cli_here("quantize", str(vad["src"]), "--backend", "openvino", "--data", str(vad["data"]),
                      "--max-drop", "1", "-o", str(tmp_path / "a.xml")), "--min-snr")
     assert not (tmp_path / "a.xml").exists()
-    out = _ok(run_cli("quantize", str(vad["src"]), "--backend", "openvino", "--data", str(vad["data"]),
+    out = _ok(run_cli_here("quantize", str(vad["src"]), "--backend", "openvino", "--data", str(vad["data"]),
                       "-o", str(tmp_path / "b.xml"), "--json"))
     assert out["budget_met"] is None and any("no fidelity budget" in w for w in out["warnings"])
-    _refused(run_cli("quantize", str(vad["src"]), "--backend", "openvino", "--input", "audio:Nx128",
+    _refused(run_cli_here("quantize", str(vad["src"]), "--backend", "openvino", "--input", "audio:Nx128",
                      "--data", str(vad["data"]), "-o", str(tmp_path / "d.xml")), "256")
 
 
@@ -107,7 +107,7 @@ def test_tensorrt_qdq_of_a_three_input_model_calibrates_from_feeds_and_checks_ev
     import onnx
 
     out_path = vad["d"] / "vad.qdq.onnx"
-    out = _ok(run_cli("quantize", str(vad["src"]), "--backend", "tensorrt", "--data", str(vad["data"]),
+    out = _ok(run_cli_here("quantize", str(vad["src"]), "--backend", "tensorrt", "--data", str(vad["data"]),
                       "--min-snr", "20", "-o", str(out_path), "--json"))
     assert out["by_contract"] and out["backend"] == "tensorrt" and out["budget_met"] is True
     per = _per_output(out)
@@ -123,7 +123,7 @@ def test_tensorrt_qdq_of_a_three_input_model_calibrates_from_feeds_and_checks_ev
 
 
 def test_tensorrt_qdq_of_the_detector_is_judged_on_box_f1_and_every_head(facedet):
-    out = _ok(run_cli("quantize", str(facedet["src"]), "--backend", "tensorrt", *DET, "--data",
+    out = _ok(run_cli_here("quantize", str(facedet["src"]), "--backend", "tensorrt", *DET, "--data",
                       str(facedet["data"]), "--calibration", "percentile", "--min-snr", "30", "--max-drop", "10",
                       "-o", str(facedet["d"] / "det.qdq.onnx"), "--json"))
     assert out["metric"] == "box_f1" and out["budget_met"] is True and out["headline"]["value"] >= 0.9
@@ -148,7 +148,7 @@ DET = ("--task", "detection", "--role", "boxes:boxes:N,A,4:xyxy", "--role", "sco
 
 
 def test_three_head_detector_is_judged_on_box_f1_and_every_head(facedet):
-    out = _ok(run_cli("quantize", str(facedet["src"]), "--backend", "openvino", *DET, "--data", str(facedet["data"]),
+    out = _ok(run_cli_here("quantize", str(facedet["src"]), "--backend", "openvino", *DET, "--data", str(facedet["data"]),
                       "--max-drop", "10", "-o", str(facedet["d"] / "det.int8.xml"), "--json"))
     assert out["metric"] == "box_f1" and out["headline"]["output"] == "boxes"
     assert set(_per_output(out)) == {"boxes", "scores", "landmarks"}
@@ -160,7 +160,7 @@ def test_three_head_detector_is_judged_on_box_f1_and_every_head(facedet):
 
 def test_fidelity_budget_that_cannot_be_met_writes_nothing(facedet, tmp_path):
     target = tmp_path / "det.int8.xml"
-    r = run_cli("quantize", str(facedet["src"]), "--backend", "openvino", *DET, "--data", str(facedet["data"]),
+    r = run_cli_here("quantize", str(facedet["src"]), "--backend", "openvino", *DET, "--data", str(facedet["data"]),
                 "--min-snr", "200", "--max-float-layers", "1", "-o", str(target))
     assert r.returncode == 1, r.stdout + r.stderr  # a runtime failure: after the progress lines, one error line
     last = r.stderr.strip().splitlines()[-1]
@@ -174,7 +174,7 @@ def test_onnxruntime_fallback_keeps_layers_in_float_for_a_three_head_detector(fa
     import onnx
 
     out_path = facedet["d"] / "det.fallback.int8.onnx"
-    out = _ok(run_cli("quantize", str(facedet["src"]), "--backend", "onnxruntime", *DET, "--calibration",
+    out = _ok(run_cli_here("quantize", str(facedet["src"]), "--backend", "onnxruntime", *DET, "--calibration",
                       "percentile", "--data", str(facedet["data"]), "--min-snr", "40", "-o", str(out_path), "--json"))
     first, chosen = out["attempts"][0], out["attempts"][-1]
     assert first["kept_float"] == [] and first["within_budget"] is False and min(first["snr_db"].values()) < 40
@@ -205,7 +205,7 @@ def test_onnxruntime_fallback_ranks_the_layers_of_a_three_input_model(vad, tmp_p
     assert {r["layer"] for r in ranked} == {"feat", "cell0", "cell1", "head"}
     assert all(np.isfinite(r["added"]) and r["nsr_out"] > 0 for r in ranked)
     target = tmp_path / "vad.int8.onnx"
-    r = run_cli("quantize", str(vad["src"]), "--backend", "onnxruntime", "--data", str(vad["data"]), "--min-snr",
+    r = run_cli_here("quantize", str(vad["src"]), "--backend", "onnxruntime", "--data", str(vad["data"]), "--min-snr",
                 "60", "--max-float-layers", "2", "-o", str(target))
     assert r.returncode == 1, r.stdout + r.stderr
     last = r.stderr.strip().splitlines()[-1]
@@ -228,7 +228,7 @@ def segnet(tmp_path_factory, shape_cache):
 
 def test_dynamic_hw_segmenter_keeps_hw_dynamic_and_is_judged_on_miou(segnet):
     out_path = segnet["d"] / "seg.int8.xml"
-    out = _ok(run_cli("quantize", str(segnet["src"]), "--backend", "openvino", "--task", "segmentation",
+    out = _ok(run_cli_here("quantize", str(segnet["src"]), "--backend", "openvino", "--task", "segmentation",
                       "--data", str(segnet["data"]), "--max-drop", "5", "-o", str(out_path), "--json"))
     assert out["metric"] == "miou" and out["max_drop"] == 5 and out["budget_met"] is True
     assert 0.95 <= out["headline"]["value"] <= 1.0 and _per_output(out)["mask"]["snr_db"] < 200
@@ -239,14 +239,14 @@ def test_dynamic_hw_segmenter_keeps_hw_dynamic_and_is_judged_on_miou(segnet):
     big = segnet["d"] / "seg40x56.npz"  # and the int8 IR runs at another resolution, faithful there too
     x = np.load(segnet["data"])["image"][:8]
     np.savez(big, image=torch.nn.functional.interpolate(torch.from_numpy(x), size=(40, 56)).numpy())
-    e = _ok(run_cli("eval", str(out_path), "--task", "segmentation", "--data", str(big), "--reference",
+    e = _ok(run_cli_here("eval", str(out_path), "--task", "segmentation", "--data", str(big), "--reference",
                     str(segnet["src"]), "--json"))
     assert e["output_shapes"]["mask"] == [1, 2, 40, 56] and e["headline"]["value"] > 0.9
 
 
 def test_pt2e_quantizes_own_architecture_state_dict_by_contract(segnet):
     out_path = segnet["d"] / "seg.int8.pte"
-    out = _ok(run_cli("quantize", str(segnet["pth"]), "--arch", "tests.shapes:SegNet", "--backend", "pytorch",
+    out = _ok(run_cli_here("quantize", str(segnet["pth"]), "--arch", "tests.shapes:SegNet", "--backend", "pytorch",
                       "--input", "image:1x1x28x28:float32", "--task", "segmentation", "--data", str(segnet["data"]),
                       "--max-drop", "5", "-o", str(out_path), "--json"))
     assert out["metric"] == "miou" and out["budget_met"] is True and 0.95 <= out["headline"]["value"] <= 1.0
@@ -277,7 +277,7 @@ def test_classifier_checkpoint_calibrates_from_an_unlabeled_folder_and_a_functio
     folder.mkdir()
     for i, img in enumerate((x * 255).round().astype(np.uint8)):
         Image.fromarray(img[0]).save(folder / f"{i:03d}.png")
-    out = _ok(run_cli("quantize", str(ckpt), "--arch", arch, "--backend", "openvino", "--data", str(folder),
+    out = _ok(run_cli_here("quantize", str(ckpt), "--arch", arch, "--backend", "openvino", "--data", str(folder),
                       "--max-drop", "10", "-o", str(tmp_path / "w.xml"), "--json"))
     assert out["by_contract"] and out["task"] == "classification" and out["metric"] == "top1_agreement"
     assert out["calibration"]["dataset"] == str(folder) and out["calibration"]["count"] == 48

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 
 
 class SvdHead(nn.Module):
@@ -25,7 +25,7 @@ class SvdHead(nn.Module):
 
 def test_export_onnx_and_tensorrt_bundle_with_dynamic_batch(lite0_digits_path, tmp_path):
     out = tmp_path / "deploy"
-    r = run_cli("export", str(lite0_digits_path), "--format", "onnx,tensorrt", "-o", str(out), "--dynamic-batch",
+    r = run_cli_here("export", str(lite0_digits_path), "--format", "onnx,tensorrt", "-o", str(out), "--dynamic-batch",
                 "--max-batch", "8", "--precision", "fp16", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)  # exactly one JSON object on stdout, nothing else
@@ -42,7 +42,7 @@ def test_export_onnx_and_tensorrt_bundle_with_dynamic_batch(lite0_digits_path, t
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["options"]["dynamic_batch"] is True
     # The delivered ONNX evaluates through the CLI as any model file does.
-    r = run_cli("eval", str(out / f"{stem}.onnx"), "--data", "digits", "--json")
+    r = run_cli_here("eval", str(out / f"{stem}.onnx"), "--data", "digits", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["accuracy"] > 0.5
 
@@ -56,7 +56,7 @@ def test_export_onnx_and_tensorrt_bundle_with_dynamic_batch(lite0_digits_path, t
 ])
 def test_bad_options_exit_2_with_one_line_and_write_nothing(lite0_digits_path, tmp_path, args, needle):
     out = tmp_path / "out"
-    r = run_cli("export", str(lite0_digits_path), "-o", str(out), *args)
+    r = run_cli_here("export", str(lite0_digits_path), "-o", str(out), *args)
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []
@@ -66,11 +66,11 @@ def test_existing_output_is_refused_then_replaced_with_overwrite(lite0_digits_pa
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    r = run_cli("export", str(lite0_digits_path), "--format", "ort", "-o", str(out), "--json")
+    r = run_cli_here("export", str(lite0_digits_path), "--format", "ort", "-o", str(out), "--json")
     assert r.returncode == 2 and "exists; pass --overwrite" in r.stderr
     assert json.loads(r.stdout)["ok"] is False
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    r = run_cli("export", str(lite0_digits_path), "--format", "ort", "-o", str(out), "--overwrite", "--no-parity")
+    r = run_cli_here("export", str(lite0_digits_path), "--format", "ort", "-o", str(out), "--overwrite", "--no-parity")
     assert r.returncode == 0, r.stderr
     stem = lite0_digits_path.stem
     assert {p.name for p in out.iterdir()} >= {f"{stem}.ort", f"{stem}.ort.edgetl.json", "export.json"}

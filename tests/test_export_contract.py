@@ -17,7 +17,7 @@ import torch
 
 from tests import shapes
 from tests.cli_checks import ok_json, refused
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 
 ARCH = ("--arch", "tests.shapes:SegNet")
 BOUNDS = ("--input", "image:1x1xHxW:float32", "--opt-shape", "image:1x1x28x28", "--min-shape", "image:1x1x16x16",
@@ -39,7 +39,7 @@ def seg(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pte(seg):
     pytest.importorskip("executorch")
-    r = ok_json(run_cli("export", str(seg / "seg.pth"), *ARCH, "--format", "executorch", "-o", str(seg / "out"),
+    r = ok_json(run_cli_here("export", str(seg / "seg.pth"), *ARCH, "--format", "executorch", "-o", str(seg / "out"),
                         *BOUNDS, "--task", "segmentation", "--data", str(seg / "seg28.npz"), "--json"))
     return r
 
@@ -56,7 +56,7 @@ def test_executorch_export_bounds_dynamic_hw_from_the_contract_and_runs_inside_t
     assert out["shape"] == [1, 2, "H", "W"]  # the mask follows the input's H x W, as the program computes it
     assert side["extra"]["dynamic_dims"] == {"H": [16, 64], "W": [16, 64]}
     # a second H x W inside the bounds runs in the ExecuTorch runtime, faithful to the PyTorch source
-    e = ok_json(run_cli("eval", str(path), "--data", str(seg / "seg40x56.npz"), "--reference", str(seg / "seg.pth"),
+    e = ok_json(run_cli_here("eval", str(path), "--data", str(seg / "seg40x56.npz"), "--reference", str(seg / "seg.pth"),
                         *ARCH, "--json"))
     assert e["output_shapes"]["output"] == [1, 2, 40, 56] and e["samples"] == 8
     assert e["headline"]["value"] == 1.0 and e["fidelity"]["outputs"][0]["max_rel"] < 1e-4
@@ -64,15 +64,15 @@ def test_executorch_export_bounds_dynamic_hw_from_the_contract_and_runs_inside_t
 
 def test_a_shape_past_the_exported_bounds_is_one_line_at_eval_and_bench(seg, pte):
     path = pte["exports"][0]["path"]
-    refused(run_cli("eval", path, "--data", str(seg / "seg72x72.npz"), "--reference", str(seg / "seg.pth"), *ARCH),
+    refused(run_cli_here("eval", path, "--data", str(seg / "seg72x72.npz"), "--reference", str(seg / "seg.pth"), *ARCH),
             "(1, 1, 72, 72)", "16..64", "--max-shape")
-    refused(run_cli("bench", path, "--data", str(seg / "seg72x72.npz")), "16..64", "--max-shape")
-    refused(run_cli("bench", path, "--opt-shape", "image:1x1x72x72"), "opt <= max")
+    refused(run_cli_here("bench", path, "--data", str(seg / "seg72x72.npz")), "16..64", "--max-shape")
+    refused(run_cli_here("bench", path, "--opt-shape", "image:1x1x72x72"), "opt <= max")
 
 
 def test_executorch_export_without_an_upper_bound_names_the_flag(seg, tmp_path):
     pytest.importorskip("executorch")
-    r = run_cli("export", str(seg / "seg.pth"), *ARCH, "--format", "executorch", "-o", str(tmp_path / "out"),
+    r = run_cli_here("export", str(seg / "seg.pth"), *ARCH, "--format", "executorch", "-o", str(tmp_path / "out"),
                 "--input", "image:1x1xHxW:float32", "--opt-shape", "image:1x1x28x28", "--no-parity")
     assert r.returncode == 2, r.stdout + r.stderr
     assert "--max-shape image:1x1xSIZExSIZE" in r.stderr.strip().splitlines()[-1], r.stderr
@@ -99,7 +99,7 @@ def test_tensorrt_bundle_of_a_three_input_model_holds_the_profile_per_named_inpu
     import subprocess
 
     out = tmp_path / "out"
-    r = ok_json(run_cli("export", str(vad_onnx), "--format", "tensorrt", "-o", str(out), *PROFILE, "--no-parity",
+    r = ok_json(run_cli_here("export", str(vad_onnx), "--format", "tensorrt", "-o", str(out), *PROFILE, "--no-parity",
                         "--json"))
     bundle = Path(r["exports"][0]["path"])
     assert r["exports"][0]["artifact_format"] == "tensorrt-bundle"
@@ -122,9 +122,9 @@ def test_tensorrt_bundle_of_a_three_input_model_holds_the_profile_per_named_inpu
 
 def test_tensorrt_profile_refusals_are_one_line_before_any_file(vad_onnx, tmp_path):
     out = tmp_path / "out"
-    refused(run_cli("export", str(vad_onnx), "--format", "tensorrt", "-o", str(out), *PROFILE[:6], "--no-parity"),
+    refused(run_cli_here("export", str(vad_onnx), "--format", "tensorrt", "-o", str(out), *PROFILE[:6], "--no-parity"),
             "--min-shape state:2xSIZEx32")
-    refused(run_cli("export", str(vad_onnx), "--format", "tensorrt", "-o", str(out), "--min-shape", "audio:4x256",
+    refused(run_cli_here("export", str(vad_onnx), "--format", "tensorrt", "-o", str(out), "--min-shape", "audio:4x256",
                     "--opt-shape", "audio:2x256", "--max-shape", "audio:8x256", "--no-parity"), "min", "opt")
     assert not out.exists()
 

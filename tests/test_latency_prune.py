@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 import torch.nn as nn
-from conftest import run_cli
+from conftest import run_cli_here
 
 from edgetl.artifact import Artifact, Format, InputSpec
 from edgetl.errors import BudgetError, ConfigError
@@ -302,7 +302,7 @@ def test_lite0_prunes_to_a_latency_budget_with_lrp(lite0_digits, digits, tmp_pat
 def test_cli_prunes_to_a_measured_latency_target(lite0_digits_path, tmp_path):
     out = tmp_path / "lat.pt"
     cache = tmp_path / "cache"
-    base = run_cli("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1000",
+    base = run_cli_here("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1000",
                    "--device", "x86-cpu", "--runtime", "onnxruntime", "--threads", "1", "--latency-cache",
                    str(cache), "--samples-per-class", "2", "--quick-latency", "-o", str(out), "--json")
     assert base.returncode == 0, base.stderr
@@ -314,7 +314,7 @@ def test_cli_prunes_to_a_measured_latency_target(lite0_digits_path, tmp_path):
     full = r0["iterations"][0]["predicted_ms"]
     target = float(f"{0.85 * full:.4f}")  # the very number the command is given (4 decimals)
     out2 = tmp_path / "lat2.pt"
-    r = run_cli("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", f"{target:.4f}",
+    r = run_cli_here("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", f"{target:.4f}",
                 "--device", "x86-cpu", "--runtime", "onnxruntime", "--threads", "1", "--latency-cache", str(cache),
                 "--samples-per-class", "2", "--quick-latency", "-o", str(out2), "--json")
     assert r.returncode == 0, r.stderr
@@ -329,17 +329,17 @@ def test_cli_prunes_to_a_measured_latency_target(lite0_digits_path, tmp_path):
 
 def test_cli_latency_target_that_cannot_be_met_is_an_error_without_output(lite0_digits_path, tmp_path):
     out = tmp_path / "never.pt"
-    r = run_cli("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "0.0001",
+    r = run_cli_here("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "0.0001",
                 "--device", "x86-cpu", "--runtime", "onnxruntime", "--threads", "1", "--latency-cache",
                 str(tmp_path / "c"), "--samples-per-class", "2", "--quick-latency", "-o", str(out), "--json")
     assert r.returncode == 1, r.stderr
     payload = json.loads(r.stdout)
     assert not payload["ok"] and payload["error_type"] == "BudgetError" and "out of reach" in payload["error"]
     assert not out.exists()
-    bad = run_cli("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1",
+    bad = run_cli_here("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1",
                   "--runtime", "executorch", "-o", str(out))
     assert bad.returncode == 2 and "latency table measures on" in bad.stderr
-    both = run_cli("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1",
+    both = run_cli_here("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1",
                    "--ratio", "0.5", "-o", str(out))
     assert both.returncode == 2 and "not both" in both.stderr
 
@@ -397,7 +397,7 @@ def test_int8_latency_table_is_its_own_cache_key_and_needs_the_deployed_base(sma
 @pytest.mark.slow
 def test_cli_int8_latency_target_quantizes_what_it_measures(lite0_digits_path, tmp_path):
     out = tmp_path / "q.pt"
-    r = run_cli("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1000",
+    r = run_cli_here("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1000",
                 "--device", "x86-cpu", "--runtime", "openvino", "--latency-precision", "int8", "--threads", "1",
                 "--latency-cache", str(tmp_path / "c"), "--samples-per-class", "2", "--quick-latency",
                 "-o", str(out), "--json")
@@ -405,7 +405,7 @@ def test_cli_int8_latency_target_quantizes_what_it_measures(lite0_digits_path, t
     lat = json.loads(r.stdout)["latency"]
     assert lat["precision"] == "int8" and lat["met"] and lat["table"]["precision"] == "int8"
     assert lat["table_base_ms"] == lat["unpruned_p50_ms"]  # the int8 base is the measured NNCF model
-    bad = run_cli("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1",
+    bad = run_cli_here("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1",
                   "--runtime", "torch", "--latency-precision", "int8", "-o", str(tmp_path / "bad.pt"))
     assert bad.returncode == 2 and "int8 latency target" in bad.stderr
 
@@ -426,7 +426,7 @@ def test_cli_latency_target_on_the_loopback_board(lite0_digits_path, tmp_path):
         remote = (f"env PYTHONPATH={shlex.quote(str(root))} EDGETL_LATENCY_CACHE={shlex.quote(str(board_cache))} "
                   f"{sys.executable} -m edgetl.cli")
         out = tmp_path / "remote.pt"
-        r = run_cli("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1000",
+        r = run_cli_here("prune", str(lite0_digits_path), "--data", "digits", "--target-latency-ms", "1000",
                     "--runtime", "onnxruntime", "--threads", "1", "--host", "board", "--ssh-config",
                     str(sshd.config), "--remote-edgetl", remote, "--samples-per-class", "2", "--quick-latency",
                     "-o", str(out), "--json")
@@ -436,6 +436,6 @@ def test_cli_latency_target_on_the_loopback_board(lite0_digits_path, tmp_path):
         assert any(board_cache.glob("*-onnxruntime-*-t1-fp32.json"))  # measured and cached on the board
     finally:
         sshd.stop()
-    lone = run_cli("prune", str(lite0_digits_path), "--data", "digits", "--host", "board", "-o",
+    lone = run_cli_here("prune", str(lite0_digits_path), "--data", "digits", "--host", "board", "-o",
                    str(tmp_path / "lone.pt"))
     assert lone.returncode == 2 and "give --target-latency-ms" in lone.stderr

@@ -15,7 +15,7 @@ import yaml
 
 from edgetl.errors import ConfigError, InputFileError, UnknownNameError
 from edgetl.recipe import list_recipes, load_recipe, parse_recipe, validate
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 
 
 def _write(tmp_path: Path, recipe: dict, name: str = "r.yaml") -> Path:
@@ -64,7 +64,7 @@ def test_unknown_recipe_name_and_missing_file():
 def test_bad_recipe_on_cli_fails_before_any_work(tmp_path):
     p = _write(tmp_path, {**BASE, "stages": [{"prune": {"critrion": "lrp"}}]})
     out = tmp_path / "run"
-    r = run_cli("run", "--recipe", str(p), "--model", "efficientnet_lite0", "-o", str(out))
+    r = run_cli_here("run", "--recipe", str(p), "--model", "efficientnet_lite0", "-o", str(out))
     assert r.returncode == 2 and "did you mean 'criterion'" in r.stderr and not out.exists()
 
 
@@ -86,7 +86,7 @@ def test_cache_keys_follow_inputs_and_options(tmp_path, lite0_digits_path):
 
 def test_dry_run_prints_plan(tmp_path, lite0_digits_path):
     p = _write(tmp_path, BASE)
-    r = run_cli("run", "--recipe", str(p), "--model", str(lite0_digits_path), "--dry-run", "--json")
+    r = run_cli_here("run", "--recipe", str(p), "--model", str(lite0_digits_path), "--dry-run", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert [s["stage"] for s in out["plan"]] == ["prune"] and out["plan"][0]["done"] is False
@@ -149,7 +149,7 @@ def test_killed_run_resumes_without_redoing_finished_stages(tmp_path, lite0_digi
     for f in ("report.json", "report.md", "report.html"):
         assert (run_dir / f).exists()
     # a third run is all cache
-    r = run_cli("run", "--recipe", str(recipe), "--model", str(lite0_digits_path), "-o", str(run_dir), "--json")
+    r = run_cli_here("run", "--recipe", str(recipe), "--model", str(lite0_digits_path), "-o", str(run_dir), "--json")
     assert all(s["cached"] for s in json.loads(r.stdout)["report"]["stages"])
 
 
@@ -164,7 +164,7 @@ def test_full_chain_report_has_every_artifact_and_a_recommendation(tmp_path, lit
                        "warmup_s": 0.0}},
         ]})
     run_dir = tmp_path / "run"
-    r = run_cli("run", "--recipe", str(recipe), "--model", str(lite0_digits_path), "-o", str(run_dir), "--json")
+    r = run_cli_here("run", "--recipe", str(recipe), "--model", str(lite0_digits_path), "-o", str(run_dir), "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((run_dir / "report.json").read_text())
     roles = {a["role"] for a in rep["artifacts"]}

@@ -18,7 +18,7 @@ import yaml
 from edgetl.errors import ConfigError, UnknownNameError
 from edgetl.recipe import load_recipe, parse_recipe
 from tests import shapes
-from tests.conftest import run_cli
+from tests.conftest import run_cli_here
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = "tests.shapes:SegNet"
@@ -50,7 +50,7 @@ def _recipe(tmp_path: Path, recipe: dict, name: str = "seg.yaml") -> Path:
 def test_segmentation_run_is_scored_by_miou_against_the_source(seg_files, tmp_path):
     model, data = seg_files
     run_dir = tmp_path / "run"
-    r = run_cli("run", "--recipe", str(_recipe(tmp_path, RECIPE)), "--model", str(model), "--arch", ARCH,
+    r = run_cli_here("run", "--recipe", str(_recipe(tmp_path, RECIPE)), "--model", str(model), "--arch", ARCH,
                 "--data", str(data), "-o", str(run_dir), "--json", cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((run_dir / "report.json").read_text())
@@ -130,7 +130,7 @@ def test_a_generic_task_or_a_builtin_dataset_is_refused_in_one_line_before_any_w
     for extra, needle in ((["--task", "generic", "--data", str(data)], "generic task has only SNR"),
                           (["--task", "segmentation", "--data", "digits"], "reads its inputs from an .npz")):
         out = tmp_path / f"run-{extra[1]}"
-        r = run_cli("run", "--recipe", str(recipe), "--model", str(model), "--arch", ARCH, "--input",
+        r = run_cli_here("run", "--recipe", str(recipe), "--model", str(model), "--arch", ARCH, "--input",
                     "image:Nx1xHxW:float32", *extra, "-o", str(out), cwd=ROOT)
         assert r.returncode == 2 and needle in r.stderr and not out.exists(), r.stderr[-2000:]
         assert len([ln for ln in r.stderr.strip().splitlines() if ln.strip()]) == 1

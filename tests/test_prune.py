@@ -316,10 +316,10 @@ def test_dataset_classes_must_match_the_model(digits):
 def test_cli_prunes_and_writes_a_reloadable_model(lite0_digits_path, tmp_path):
     import json
 
-    from conftest import run_cli
+    from conftest import run_cli_here
 
     out = tmp_path / "small.pt"
-    r = run_cli("prune", str(lite0_digits_path), "--data", "digits", "--ratio", "0.5", "--samples-per-class", "2",
+    r = run_cli_here("prune", str(lite0_digits_path), "--data", "digits", "--ratio", "0.5", "--samples-per-class", "2",
                 "-o", str(out), "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
@@ -336,28 +336,28 @@ def test_cli_prunes_and_writes_a_reloadable_model(lite0_digits_path, tmp_path):
     (["--criterion", "lpr"], 2, "did you mean 'lrp'"),
 ])
 def test_cli_bad_input_exits_nonzero_without_output(lite0_digits_path, tmp_path, extra, code, message):
-    from conftest import run_cli
+    from conftest import run_cli_here
 
     out = tmp_path / "never.pt"
-    r = run_cli("prune", str(lite0_digits_path), "--data", "digits", "-o", str(out), *extra)
+    r = run_cli_here("prune", str(lite0_digits_path), "--data", "digits", "-o", str(out), *extra)
     assert r.returncode == code, r.stderr
     assert message in r.stderr and not out.exists()
     assert not list(tmp_path.glob("*.part"))
 
 
 def test_cli_class_mismatch_and_untraceable_model(tmp_path, lite0_digits_path):
-    from conftest import run_cli
+    from conftest import run_cli_here
 
     from edgetl.models import build_arch, save_model
 
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "three.npz", x=rng.integers(0, 255, (30, 8, 8), dtype=np.uint8), y=np.repeat([0, 1, 2], 10))
     out = tmp_path / "never.pt"
-    r = run_cli("prune", str(lite0_digits_path), "--data", str(tmp_path / "three.npz"), "-o", str(out))
+    r = run_cli_here("prune", str(lite0_digits_path), "--data", str(tmp_path / "three.npz"), "-o", str(out))
     assert r.returncode != 0 and "10 outputs but dataset" in r.stderr and not out.exists()
 
     shuffle = Artifact(format=Format.TORCH, model=build_arch("shufflenet_v2_x0_5", num_classes=10),
                        arch="shufflenet_v2_x0_5", input_spec=SPEC32, labels=tuple(str(i) for i in range(10)))
     src = save_model(shuffle, tmp_path / "shuffle.pt")
-    r = run_cli("prune", str(src), "--data", "digits", "--criterion", "l1", "-o", str(out))
+    r = run_cli_here("prune", str(src), "--data", "digits", "--criterion", "l1", "-o", str(out))
     assert r.returncode == 1 and "cannot trace ShuffleNetV2" in r.stderr and not out.exists()
