@@ -7,8 +7,9 @@ Validation runs in eval mode, on BatchNorm *running* statistics, and those lag t
 average with the layer's momentum (EfficientNet-Lite0's package sets 0.01, so about 100 steps of memory). After
 a short fine-tune of a pruned model the eval-mode network could score below its start on statistics that no
 longer match its weights, and ``fit`` restored the untrained start (seen as val 0.7249 -> 0.7249 in the
-iterative-pruning test). So before every validation the statistics of the BatchNorm layers that trained are
-re-estimated from scratch on up to ``bn_images`` training images (a cumulative average, no augmentation, no
+iterative-pruning test). So, with ``bn_images`` (off by default for now: see ``fit``), before every validation
+the statistics of the BatchNorm layers that trained are re-estimated from scratch on up to ``bn_images`` training
+images (a cumulative average, no augmentation, no
 gradients: "precise BN"); the weights kept are judged with statistics that belong to them, and kept with them.
 A momentum policy (raising it while training) would only shorten the lag, not remove it, and would change how
 every model trains; re-estimation changes what is measured, not what is learned.
@@ -164,7 +165,7 @@ def fit(
     description: str = "train",
     patience: int | None = None,
     stable_forward: bool = False,
-    bn_images: int | None = 2048,
+    bn_images: int | None = 0,
 ) -> FitResult:
     """Train ``model`` in place for ``epochs`` (cosine schedule), restoring the best-validation weights.
 
@@ -174,6 +175,10 @@ def fit(
 
     ``bn_images``: before every validation the BatchNorm layers that trained get statistics re-estimated on this
     many training images (None: all; 0: never, judging on the lagging running averages; see the module doc).
+    Off (0) by default for now: on (2048), the test suite's fine-tuned digits teacher came out another model (test
+    top-1 95.17 %, val 97.40 %) whose int8 exports lost 3.7 (TensorRT Q/DQ) to 12.6 (ORT) points where the
+    previous teacher's stayed in budget; until that is understood, pass it where the lag matters (a short
+    recovery of a low-momentum net such as EfficientNet-Lite0: ``tests/test_train_bn.py``).
     """
     import torch
     import torch.nn.functional as F

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def fitted(lite0_digits, digits):
-    """The pruned teacher's start, and one epoch of fit with (``bn_images`` default) and without (``0``, the
+    """The pruned teacher's start, and one epoch of fit with (``bn_images=2048``) and without (``0``, the
     old judgement) re-estimated statistics, from the same pruned weights."""
     from edgetl.prune import PruneConfig, prune
     from edgetl.train import evaluate_module, fit

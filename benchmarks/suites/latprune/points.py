@@ -140,7 +140,7 @@ class QuietLatencyTarget(LatencyTarget):
 
         loop = Loop(target_ms=self.target_ms, measure=lambda a: self.measure_p50(a, splits),
                     latency_model=latency_model, info=self._local().info(), max_iterations=self.max_iterations,
-                    describe=lambda m: m.to_dict())
+                    describe=lambda m: m.to_dict(), recalibrate=True)
         return loop.prune(art, config, splits, recover=recover)
 
     def measure_p50(self, art, splits=None) -> float:
