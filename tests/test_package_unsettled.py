@@ -36,3 +36,17 @@ def test_an_unsettled_choice_is_packaged_with_a_warning(tmp_path):
 def test_a_settled_choice_carries_no_warning(tmp_path):
     src = _from_run_dir(_run_dir(tmp_path, {"settled": True}), lambda f: True)
     assert "unsettled" not in src.measured
+
+
+def test_a_format_the_device_does_not_take_is_substituted_and_said(tmp_path):
+    run = _run_dir(tmp_path, {"settled": True})
+    report = json.loads((run / "report.json").read_text())
+    pte = {**report["artifacts"][0], "role": "export:executorch", "artifact": "m.pte", "format": "executorch",
+           "runtime": "executorch", "p50_ms": 0.8, "p90_ms": 0.9}
+    report["artifacts"].append(pte)
+    report["recommendation"].update(role="export:executorch", artifact="m.pte", format="executorch")
+    (run / "report.json").write_text(json.dumps(report))
+    src = _from_run_dir(run, lambda f: f != "executorch")
+    assert src.artifact_path.name == "m.onnx"
+    assert "recommends m.pte (executorch), which this device does not take; packaged m.onnx" in \
+        src.measured["substituted"]

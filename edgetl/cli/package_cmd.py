@@ -64,7 +64,8 @@ def package_cmd(
                   "runs": m["runs"], "files": b.files, "requirements": m["requirements"],
                   "reference": {k: m["reference"][k] for k in ("sample_size", "dataset", "sample_accuracy",
                                                                 "tolerance")},
-                  "warnings": [w for w in ((m.get("measured") or {}).get("unsettled"),) if w]}
+                  "warnings": [w for w in ((m.get("measured") or {}).get(k) for k in ("substituted", "unsettled"))
+                               if w]}
 
         def render(console):
             table(console, f"bundle for {result['device']}", ["file", "format", "runtime", "precision", "sha256"],
