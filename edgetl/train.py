@@ -14,6 +14,11 @@ gradients: "precise BN"); the weights kept are judged with statistics that belon
 A momentum policy (raising it while training) would only shorten the lag, not remove it, and would change how
 every model trains; re-estimation changes what is measured, not what is learned.
 
+Off (``bn_images=0``) by default for now: on (2048), the test suite's fine-tuned digits teacher came out another
+model (test top-1 95.17 %, val 97.40 %) whose int8 exports lost 3.7 (TensorRT Q/DQ) to 12.6 (ORT) points where the
+previous teacher's stayed in budget; until that is understood, pass it where the lag matters (a short recovery of
+a low-momentum net such as EfficientNet-Lite0: ``tests/test_train_bn.py``).
+
 Example::
 
     result = fit(model, splits, spec, epochs=3, lr=1e-3)
@@ -174,11 +179,7 @@ def fit(
     fine-tuning a pretrained net whose head was fitted to eval-mode features.
 
     ``bn_images``: before every validation the BatchNorm layers that trained get statistics re-estimated on this
-    many training images (None: all; 0: never, judging on the lagging running averages; see the module doc).
-    Off (0) by default for now: on (2048), the test suite's fine-tuned digits teacher came out another model (test
-    top-1 95.17 %, val 97.40 %) whose int8 exports lost 3.7 (TensorRT Q/DQ) to 12.6 (ORT) points where the
-    previous teacher's stayed in budget; until that is understood, pass it where the lag matters (a short
-    recovery of a low-momentum net such as EfficientNet-Lite0: ``tests/test_train_bn.py``).
+    many training images (None: all; 0, the default for now: never; see the module doc for both).
     """
     import torch
     import torch.nn.functional as F
