@@ -8,6 +8,7 @@ No timing figure is asserted (no timed unit tests): what is checked is what was 
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime  # noqa: F401  (part of the test install: missing is a failure, not a skip)
 import pytest
 import torch
 
@@ -16,8 +17,6 @@ from tests.cli_checks import ok_json as _ok
 from tests.cli_checks import onnx_of as _onnx
 from tests.cli_checks import refused as _refused
 from tests.conftest import run_cli_here
-
-pytest.importorskip("onnxruntime")
 
 QUICK = ("--min-time", "0", "--min-count", "5", "--max-time", "10", "--warmup", "0", "--warmup-runs", "1",
          "--rounds", "1", "--threads", "1", "--no-store", "--json")

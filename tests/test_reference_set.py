@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-torch = pytest.importorskip("torch")
+import torch
 
 
 def _relabelled(split, classes: int):
