@@ -7,21 +7,12 @@ import json
 
 import pytest
 import torch
-import torch.nn as nn
 
 from edgetl.artifact import Artifact, Format, InputSpec
 from edgetl.prune import PruneConfig, layer_widths, model_cost, prune
+from tests.test_latency_prune import _small_cnn as _cnn  # the same small CNN the latency-table tests time
 
 SHAPE = (3, 32, 32)
-
-
-def _cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.ReLU(),
-        nn.Conv2d(64, 48, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(48, 10)).eval()
 
 
 def _mflops(models):
